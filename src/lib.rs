@@ -5,4 +5,6 @@
 //! - [`guid`]: service GUIDs ⇄ vsock ports (the hv_sock template).
 //! - [`wire`]: bytes ⇄ typed messages and stream framing; no I/O, no clock.
 pub mod guid;
+pub mod service;
+pub mod transport;
 pub mod wire;

@@ -1,0 +1,235 @@
+//! The host side of a service channel, as hvhost plays it: offer versions, check the guest's choice, send
+//! heartbeats and check each answer. Sans-I/O like the guest side: messages and `now` in, messages and
+//! events out.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use super::ServiceKind;
+use crate::wire::heartbeat::{AppState, Heartbeat};
+use crate::wire::negotiate::Negotiate;
+use crate::wire::{IcFlags, IcVersion, Message, MessageType, Status, WireError};
+
+/// Framework versions a host offers, ascending as a Microsoft host lists them.
+pub const HOST_FRAMEWORK_VERSIONS: [IcVersion; 2] = [IcVersion::new(1, 0), IcVersion::new(3, 0)];
+
+/// Where the host side stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostState {
+    /// The offer is out (or not yet sent); no answer yet.
+    Negotiating,
+    Ready {
+        framework: IcVersion,
+        message: IcVersion,
+    },
+}
+
+/// What an answer from the guest meant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostEvent {
+    Negotiated {
+        framework: IcVersion,
+        message: IcVersion,
+    },
+    HeartbeatAnswered {
+        seq_num: u64,
+        round_trip: Duration,
+        state: Option<AppState>,
+    },
+}
+
+/// An answer that breaks the protocol; the host peer reports it and gives up on the connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostError {
+    NoCommonVersion,
+    Unexpected(String),
+    Body(WireError),
+}
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostError::NoCommonVersion => {
+                f.write_str("the guest found no common version in our offer (it answered counts 0)")
+            }
+            HostError::Unexpected(what) => write!(f, "wrong answer from the guest: {what}"),
+            HostError::Body(error) => write!(f, "malformed answer from the guest: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for HostError {}
+
+#[derive(Debug)]
+struct InFlight {
+    transaction_id: u8,
+    seq_num: u64,
+    sent_at: Instant,
+}
+
+/// The host side of one channel.
+#[derive(Debug)]
+pub struct HostChannel {
+    kind: ServiceKind,
+    state: HostState,
+    next_transaction: u8,
+    next_seq: u64,
+    in_flight: VecDeque<InFlight>,
+}
+
+impl HostChannel {
+    pub fn new(kind: ServiceKind) -> HostChannel {
+        HostChannel {
+            kind,
+            state: HostState::Negotiating,
+            next_transaction: 1,
+            next_seq: 0,
+            in_flight: VecDeque::new(),
+        }
+    }
+
+    pub fn state(&self) -> HostState {
+        self.state
+    }
+
+    /// Requests sent and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// The opening NEGOTIATE request: transaction id 0, our versions ascending.
+    pub fn offer(&self) -> Message {
+        let mut messages = self.kind.message_versions().to_vec();
+        messages.reverse();
+        let offer = Negotiate {
+            framework_versions: HOST_FRAMEWORK_VERSIONS.to_vec(),
+            message_versions: messages,
+            ..Negotiate::default()
+        };
+        Message::request(
+            MessageType::NEGOTIATE,
+            IcVersion::new(1, 0),
+            IcVersion::new(1, 0),
+            0,
+            offer.to_body(),
+        )
+    }
+
+    /// The next heartbeat request, in the 16-byte form that carries the application state.
+    pub fn heartbeat(&mut self, now: Instant) -> Message {
+        let (framework, message) = match self.state {
+            HostState::Ready { framework, message } => (framework, message),
+            HostState::Negotiating => (IcVersion::new(3, 0), IcVersion::new(3, 0)),
+        };
+        let transaction_id = self.next_transaction;
+        self.next_transaction = self.next_transaction.wrapping_add(1);
+        let seq_num = self.next_seq;
+        self.next_seq = self.next_seq.wrapping_add(1);
+        self.in_flight.push_back(InFlight {
+            transaction_id,
+            seq_num,
+            sent_at: now,
+        });
+        let body = Heartbeat::new(seq_num, AppState::UNKNOWN).to_body();
+        Message::request(
+            MessageType::HEARTBEAT,
+            framework,
+            message,
+            transaction_id,
+            body,
+        )
+    }
+
+    /// Checks one message from the guest.
+    pub fn handle(&mut self, message: &Message, now: Instant) -> Result<HostEvent, HostError> {
+        let header = &message.header;
+        let expected_flags = IcFlags::TRANSACTION | IcFlags::RESPONSE;
+        if header.flags.0 & expected_flags != expected_flags {
+            return Err(HostError::Unexpected(format!(
+                "a {} message with flags {:#04x}, not a TRANSACTION|RESPONSE answer",
+                header.msgtype, header.flags.0
+            )));
+        }
+        if header.status != Status::OK {
+            return Err(HostError::Unexpected(format!(
+                "status {} to our {} request",
+                header.status, header.msgtype
+            )));
+        }
+        match (self.state, header.msgtype) {
+            (HostState::Negotiating, MessageType::NEGOTIATE) => self.negotiated(message),
+            (HostState::Ready { .. }, MessageType::HEARTBEAT) => {
+                self.heartbeat_answered(message, now)
+            }
+            (_, msgtype) => Err(HostError::Unexpected(format!(
+                "a {msgtype} answer while {:?}",
+                self.state
+            ))),
+        }
+    }
+
+    fn negotiated(&mut self, message: &Message) -> Result<HostEvent, HostError> {
+        if message.header.transaction_id != 0 {
+            return Err(HostError::Unexpected(format!(
+                "negotiation answered with transaction id {} instead of 0",
+                message.header.transaction_id
+            )));
+        }
+        let answer = Negotiate::parse(&message.body).map_err(HostError::Body)?;
+        let (framework, chosen) = answer.chosen().ok_or(HostError::NoCommonVersion)?;
+        if !HOST_FRAMEWORK_VERSIONS.contains(&framework)
+            || !self.kind.message_versions().contains(&chosen)
+        {
+            return Err(HostError::Unexpected(format!(
+                "the guest chose framework {framework} and message {chosen}, which we did not offer"
+            )));
+        }
+        self.state = HostState::Ready {
+            framework,
+            message: chosen,
+        };
+        Ok(HostEvent::Negotiated {
+            framework,
+            message: chosen,
+        })
+    }
+
+    fn heartbeat_answered(
+        &mut self,
+        message: &Message,
+        now: Instant,
+    ) -> Result<HostEvent, HostError> {
+        let Some(sent) = self.in_flight.pop_front() else {
+            return Err(HostError::Unexpected(
+                "a heartbeat answer with none outstanding".to_string(),
+            ));
+        };
+        let answer = Heartbeat::parse(&message.body).map_err(HostError::Body)?;
+        if message.header.transaction_id != sent.transaction_id {
+            return Err(HostError::Unexpected(format!(
+                "heartbeat answered with transaction id {} instead of {}",
+                message.header.transaction_id, sent.transaction_id
+            )));
+        }
+        if answer.seq_num != sent.seq_num.wrapping_add(1) {
+            return Err(HostError::Unexpected(format!(
+                "heartbeat {} answered with sequence {} instead of {}",
+                sent.seq_num,
+                answer.seq_num,
+                sent.seq_num.wrapping_add(1)
+            )));
+        }
+        if message.body.len() != Heartbeat::new(0, AppState::UNKNOWN).to_body().len() {
+            return Err(HostError::Unexpected(format!(
+                "heartbeat answer body is {} bytes, not as long as the 16-byte request",
+                message.body.len()
+            )));
+        }
+        Ok(HostEvent::HeartbeatAnswered {
+            seq_num: sent.seq_num,
+            round_trip: now.saturating_duration_since(sent.sent_at),
+            state: answer.app_state(),
+        })
+    }
+}

@@ -1,0 +1,247 @@
+//! One state machine per integration-service channel: (message, now) in, replies and events out. No I/O.
+//!
+//! A connection is one service channel, as one VMBus channel is on Hyper-V. The host speaks first with a
+//! NEGOTIATE request; the channel answers it with the versions it chose (hv-facts §2) and from then on serves
+//! its own message type. Requests of another type, and any request before a successful negotiation, are
+//! answered with HV_E_FAIL. A message without the RESPONSE flag is a request: it is answered only when it
+//! carries TRANSACTION, and processed silently otherwise (hv-facts §2b).
+
+pub mod heartbeat;
+pub mod host;
+
+use crate::wire::negotiate::Negotiate;
+use crate::wire::{IcVersion, Message, MessageType, Status};
+
+/// Framework versions the guest accepts, in preference order.
+pub const FRAMEWORK_VERSIONS: [IcVersion; 2] = [IcVersion::new(3, 0), IcVersion::new(1, 0)];
+
+/// The integration services hvagent knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServiceKind {
+    Heartbeat,
+    GuestInfo,
+    Shutdown,
+    TimeSync,
+}
+
+impl ServiceKind {
+    pub const ALL: [ServiceKind; 4] = [
+        ServiceKind::Heartbeat,
+        ServiceKind::GuestInfo,
+        ServiceKind::Shutdown,
+        ServiceKind::TimeSync,
+    ];
+
+    /// The IC message type this service carries.
+    pub fn msgtype(self) -> MessageType {
+        match self {
+            ServiceKind::Heartbeat => MessageType::HEARTBEAT,
+            ServiceKind::GuestInfo => MessageType::KVP_EXCHANGE,
+            ServiceKind::Shutdown => MessageType::SHUTDOWN,
+            ServiceKind::TimeSync => MessageType::TIMESYNC,
+        }
+    }
+
+    /// The name used in config sections and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceKind::Heartbeat => "heartbeat",
+            ServiceKind::GuestInfo => "guestinfo",
+            ServiceKind::Shutdown => "shutdown",
+            ServiceKind::TimeSync => "timesync",
+        }
+    }
+
+    /// hvagent's default vsock port: 0x48560000 + icmsgtype.
+    pub fn default_port(self) -> u32 {
+        0x4856_0000 + u32::from(self.msgtype().0)
+    }
+
+    /// Message versions the guest accepts, in preference order (Linux's lists; time sync adds hvagent's 4.1).
+    pub fn message_versions(self) -> &'static [IcVersion] {
+        const HEARTBEAT: [IcVersion; 2] = [IcVersion::new(3, 0), IcVersion::new(1, 0)];
+        const GUEST_INFO: [IcVersion; 3] = [
+            IcVersion::new(5, 0),
+            IcVersion::new(4, 0),
+            IcVersion::new(3, 0),
+        ];
+        const SHUTDOWN: [IcVersion; 4] = [
+            IcVersion::new(3, 2),
+            IcVersion::new(3, 1),
+            IcVersion::new(3, 0),
+            IcVersion::new(1, 0),
+        ];
+        const TIME_SYNC: [IcVersion; 4] = [
+            IcVersion::new(4, 1),
+            IcVersion::new(4, 0),
+            IcVersion::new(3, 0),
+            IcVersion::new(1, 0),
+        ];
+        match self {
+            ServiceKind::Heartbeat => &HEARTBEAT,
+            ServiceKind::GuestInfo => &GUEST_INFO,
+            ServiceKind::Shutdown => &SHUTDOWN,
+            ServiceKind::TimeSync => &TIME_SYNC,
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where a channel stands in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelState {
+    /// Connected; the host has not negotiated yet.
+    AwaitingNegotiation,
+    /// Versions agreed.
+    Ready {
+        framework: IcVersion,
+        message: IcVersion,
+    },
+    /// The host offered nothing we speak; it may negotiate again.
+    NoCommonVersion,
+}
+
+/// What happened on a channel, for logs and status; the edge decides how loud each is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Negotiated {
+        framework: IcVersion,
+        message: IcVersion,
+    },
+    NoCommonVersion {
+        offered_frameworks: Vec<IcVersion>,
+        offered_messages: Vec<IcVersion>,
+    },
+    HeartbeatAnswered {
+        seq_num: u64,
+    },
+    /// A request answered with an error status.
+    Refused {
+        msgtype: MessageType,
+        status: Status,
+        why: String,
+    },
+    /// A response nobody asked for, dropped.
+    UnexpectedResponse {
+        msgtype: MessageType,
+        transaction_id: u8,
+    },
+}
+
+/// The guest side of one service channel.
+#[derive(Debug)]
+pub struct Channel {
+    kind: ServiceKind,
+    state: ChannelState,
+    heartbeats: u64,
+}
+
+impl Channel {
+    pub fn new(kind: ServiceKind) -> Channel {
+        Channel {
+            kind,
+            state: ChannelState::AwaitingNegotiation,
+            heartbeats: 0,
+        }
+    }
+
+    pub fn kind(&self) -> ServiceKind {
+        self.kind
+    }
+
+    pub fn state(&self) -> ChannelState {
+        self.state
+    }
+
+    /// Heartbeats answered on this channel.
+    pub fn heartbeats(&self) -> u64 {
+        self.heartbeats
+    }
+
+    /// Handles one decoded message, appending the replies to send to `replies`.
+    pub fn handle(&mut self, message: &Message, replies: &mut Vec<Message>) -> Event {
+        let header = &message.header;
+        if header.flags.is_response() {
+            return Event::UnexpectedResponse {
+                msgtype: header.msgtype,
+                transaction_id: header.transaction_id,
+            };
+        }
+        let (reply, event) = self.answer(message);
+        if header.flags.expects_answer() {
+            replies.push(reply);
+        }
+        event
+    }
+
+    /// The answer to a request and what it means, whether or not the host wants the answer.
+    fn answer(&mut self, request: &Message) -> (Message, Event) {
+        let msgtype = request.header.msgtype;
+        if msgtype == MessageType::NEGOTIATE {
+            return match Negotiate::parse(&request.body) {
+                Ok(offer) => self.negotiate(request, &offer),
+                Err(error) => refuse(request, Status::INVALID_ARG, &error),
+            };
+        }
+        if msgtype != self.kind.msgtype() {
+            let why = format!(
+                "the {} channel does not serve {msgtype} requests",
+                self.kind
+            );
+            return refuse(request, Status::FAIL, &why);
+        }
+        if !matches!(self.state, ChannelState::Ready { .. }) {
+            return refuse(request, Status::FAIL, &"no versions were negotiated yet");
+        }
+        match self.kind {
+            ServiceKind::Heartbeat => match heartbeat::answer(request) {
+                Ok((reply, seq_num)) => {
+                    self.heartbeats += 1;
+                    (reply, Event::HeartbeatAnswered { seq_num })
+                }
+                Err(error) => refuse(request, Status::INVALID_ARG, &error),
+            },
+            other => {
+                let why = format!("the {other} service is not implemented by this build");
+                refuse(request, Status::FAIL, &why)
+            }
+        }
+    }
+
+    fn negotiate(&mut self, request: &Message, offer: &Negotiate) -> (Message, Event) {
+        let chosen = offer.choose(&FRAMEWORK_VERSIONS, self.kind.message_versions());
+        let reply = request.reply(Status::OK, Negotiate::answer(chosen).to_body());
+        let event = match chosen {
+            Some((framework, message)) => {
+                self.state = ChannelState::Ready { framework, message };
+                Event::Negotiated { framework, message }
+            }
+            None => {
+                self.state = ChannelState::NoCommonVersion;
+                Event::NoCommonVersion {
+                    offered_frameworks: offer.framework_versions.clone(),
+                    offered_messages: offer.message_versions.clone(),
+                }
+            }
+        };
+        (reply, event)
+    }
+}
+
+/// An error answer: the request's body echoed with `status`, as Linux's hv_utils answers in place.
+fn refuse(request: &Message, status: Status, why: &dyn std::fmt::Display) -> (Message, Event) {
+    let event = Event::Refused {
+        msgtype: request.header.msgtype,
+        status,
+        why: why.to_string(),
+    };
+    (request.reply(status, request.body.clone()), event)
+}
+
+#[cfg(test)]
+mod tests;
