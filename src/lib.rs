@@ -4,6 +4,7 @@
 //! Module map:
 //! - [`guid`]: service GUIDs ⇄ vsock ports (the hv_sock template).
 //! - [`wire`]: bytes ⇄ typed messages and stream framing; no I/O, no clock.
+pub mod config;
 pub mod guid;
 pub mod service;
 pub mod transport;

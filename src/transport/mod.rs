@@ -1,3 +1,8 @@
-//! Addresses, sockets and redial pacing: the only code that touches sockets.
+//! Addresses, sockets, connections and redial pacing: the only code that touches sockets.
 pub mod address;
+pub mod backoff;
+pub mod connection;
+pub mod socket;
+
 pub use address::{Address, AddressError};
+pub use connection::{Closed, Connection};

@@ -1,0 +1,485 @@
+//! The configuration file: TOML → a validated [`Config`], with errors that name the file, line, key and
+//! what is accepted. Nothing here opens a socket, so a bad file stops the agent before it touches the network.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use log::LevelFilter;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::service::ServiceKind;
+use crate::transport::address::CID_ANY;
+use crate::transport::Address;
+
+/// Where the agent looks when no `--config` is given; a missing file there means built-in defaults.
+pub const DEFAULT_PATH: &str = "/etc/hvagent/hvagent.toml";
+
+/// Services configurable in this build, in file order.
+pub const SERVICES: [ServiceKind; 3] = [
+    ServiceKind::Heartbeat,
+    ServiceKind::TimeSync,
+    ServiceKind::Shutdown,
+];
+
+/// Services whose behaviour has landed; the others may be configured but not enabled yet.
+const IMPLEMENTED: [ServiceKind; 1] = [ServiceKind::Heartbeat];
+
+/// Whether a service dials out or waits for the host.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// The guest dials the host (the default: a Windows host service listens on its registered GUID).
+    Connect(Address),
+    /// The host dials the guest.
+    Listen(Address),
+}
+
+impl Endpoint {
+    pub fn address(&self) -> &Address {
+        match self {
+            Endpoint::Connect(address) | Endpoint::Listen(address) => address,
+        }
+    }
+}
+
+/// One service's settings.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ServiceConfig {
+    pub kind: ServiceKind,
+    pub enabled: bool,
+    pub endpoint: Endpoint,
+    /// Listen mode: accept vsock peers whose CID is not 2 (virtio setups with sibling VMs).
+    pub allow_any_cid: bool,
+}
+
+impl ServiceConfig {
+    /// The built-in settings of a service.
+    pub fn default_for(kind: ServiceKind) -> ServiceConfig {
+        ServiceConfig {
+            kind,
+            enabled: IMPLEMENTED.contains(&kind),
+            endpoint: Endpoint::Connect(Address::Vsock {
+                cid: crate::transport::address::CID_HOST,
+                port: kind.default_port(),
+            }),
+            allow_any_cid: false,
+        }
+    }
+}
+
+/// The whole, validated configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub log_level: LevelFilter,
+    pub services: Vec<ServiceConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            log_level: LevelFilter::Info,
+            services: SERVICES
+                .iter()
+                .map(|&kind| ServiceConfig::default_for(kind))
+                .collect(),
+        }
+    }
+}
+
+impl Config {
+    /// The enabled services.
+    pub fn enabled(&self) -> impl Iterator<Item = &ServiceConfig> {
+        self.services.iter().filter(|service| service.enabled)
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug)]
+pub enum ConfigError {
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, error } => {
+                write!(f, "cannot read config file {}: {error}", path.display())
+            }
+            ConfigError::Invalid {
+                path,
+                line,
+                column,
+                message,
+            } => write!(f, "{}:{line}:{column}: {message}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Loads the configuration. `explicit` is `--config FILE`: it must exist. Without it the default path is
+/// read when present, and built-in defaults apply when it is not.
+pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+    let path = explicit.unwrap_or_else(|| Path::new(DEFAULT_PATH));
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, path),
+        Err(error) if explicit.is_none() && error.kind() == std::io::ErrorKind::NotFound => {
+            Ok(Config::default())
+        }
+        Err(error) => Err(ConfigError::Read {
+            path: path.to_path_buf(),
+            error,
+        }),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    log_level: Option<Spanned<String>>,
+    heartbeat: Option<RawService>,
+    timesync: Option<RawService>,
+    shutdown: Option<RawService>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    enabled: Option<Spanned<bool>>,
+    connect: Option<Spanned<String>>,
+    listen: Option<Spanned<String>>,
+    allow_any_cid: Option<bool>,
+}
+
+/// A validation failure at a byte span of the file.
+struct SpanError {
+    span: Range<usize>,
+    message: String,
+}
+
+fn at<T>(spanned: &Spanned<T>, message: String) -> SpanError {
+    SpanError {
+        span: spanned.span(),
+        message,
+    }
+}
+
+/// Parses and validates the text of a config file; `path` is only used in messages.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let located = |span: Range<usize>, message: String| {
+        let (line, column) = line_and_column(text, span.start);
+        ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message,
+        }
+    };
+    let raw: RawConfig = toml::from_str(text).map_err(|error| {
+        let span = error.span().unwrap_or(0..0);
+        let key = key_at(text, span.start)
+            .map(|key| format!("key '{key}': "))
+            .unwrap_or_default();
+        located(
+            span,
+            format!("{key}{}", error.message().trim_end().replace('\n', " ")),
+        )
+    })?;
+    validate(raw).map_err(|error| located(error.span, error.message))
+}
+
+fn validate(raw: RawConfig) -> Result<Config, SpanError> {
+    let mut config = Config::default();
+    if let Some(level) = &raw.log_level {
+        config.log_level = level.get_ref().parse().map_err(|_| {
+            at(
+                level,
+                format!(
+                    "key 'log_level': '{}' is not a log level (off, error, warn, info, debug or trace)",
+                    level.get_ref()
+                ),
+            )
+        })?;
+    }
+    let sections = [
+        (ServiceKind::Heartbeat, raw.heartbeat),
+        (ServiceKind::TimeSync, raw.timesync),
+        (ServiceKind::Shutdown, raw.shutdown),
+    ];
+    for (kind, section) in sections {
+        if let Some(section) = section {
+            let service = config
+                .services
+                .iter_mut()
+                .find(|service| service.kind == kind)
+                .expect("every configurable service has a default entry");
+            apply_section(service, section)?;
+        }
+    }
+    Ok(config)
+}
+
+fn apply_section(service: &mut ServiceConfig, raw: RawService) -> Result<(), SpanError> {
+    let kind = service.kind;
+    if let Some(enabled) = &raw.enabled {
+        if *enabled.get_ref() && !IMPLEMENTED.contains(&kind) {
+            return Err(at(
+                enabled,
+                format!(
+                    "key '{kind}.enabled': the {kind} service is not available in this build yet; \
+                     set enabled = false or remove the [{kind}] section"
+                ),
+            ));
+        }
+        service.enabled = *enabled.get_ref();
+    }
+    if let Some(allow) = raw.allow_any_cid {
+        service.allow_any_cid = allow;
+    }
+    match (&raw.connect, &raw.listen) {
+        (Some(_), Some(listen)) => Err(at(
+            listen,
+            format!("key '{kind}.listen': a service either connects or listens; remove connect or listen"),
+        )),
+        (Some(connect), None) => {
+            let address = parse_address(connect, kind, "connect")?;
+            if matches!(address, Address::Vsock { cid: CID_ANY, .. }) {
+                return Err(at(
+                    connect,
+                    format!(
+                        "key '{kind}.connect': cannot connect to CID any; use vsock:host:PORT to dial the host"
+                    ),
+                ));
+            }
+            service.endpoint = Endpoint::Connect(address);
+            Ok(())
+        }
+        (None, Some(listen)) => {
+            service.endpoint = Endpoint::Listen(parse_address(listen, kind, "listen")?);
+            Ok(())
+        }
+        (None, None) => Ok(()),
+    }
+}
+
+fn parse_address(
+    text: &Spanned<String>,
+    kind: ServiceKind,
+    key: &str,
+) -> Result<Address, SpanError> {
+    let address: Address = text
+        .get_ref()
+        .parse()
+        .map_err(|error| at(text, format!("key '{kind}.{key}': {error}")))?;
+    if let Address::Hybrid { .. } = address {
+        return Err(at(
+            text,
+            format!(
+                "key '{kind}.{key}': hybrid: addresses are for hvhost on the host side; the agent uses \
+                 vsock:CID:PORT or unix:PATH"
+            ),
+        ));
+    }
+    Ok(address)
+}
+
+/// 1-based line and column of a byte offset.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map_or(0, |tail| tail.chars().count())
+        + 1;
+    (line, column)
+}
+
+/// The dotted key (`section.key`) written on the line that holds `offset`, for messages about values.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |at| at + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line.split_once('=')?.0.trim();
+    if key.is_empty() || key.starts_with('[') || key.starts_with('#') {
+        return None;
+    }
+    let section = text[..line_start].lines().rev().find_map(|previous| {
+        let previous = previous.trim();
+        previous
+            .strip_prefix('[')
+            .and_then(|rest| rest.split(']').next())
+            .map(|name| name.trim().to_string())
+    });
+    Some(match section {
+        Some(section) => format!("{section}.{key}"),
+        None => key.to_string(),
+    })
+}
+
+impl fmt::Display for Config {
+    /// The effective configuration as TOML, with each service's GUID as a comment.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "log_level = \"{}\"",
+            self.log_level.as_str().to_lowercase()
+        )?;
+        for service in &self.services {
+            writeln!(f)?;
+            writeln!(f, "[{}]", service.kind)?;
+            writeln!(f, "enabled = {}", service.enabled)?;
+            let (key, address) = match &service.endpoint {
+                Endpoint::Connect(address) => ("connect", address),
+                Endpoint::Listen(address) => ("listen", address),
+            };
+            write!(f, "{key} = \"{address}\"")?;
+            match address.service_id() {
+                Some(id) => writeln!(f, "  # service GUID {id}")?,
+                None => writeln!(f)?,
+            }
+            writeln!(f, "allow_any_cid = {}", service.allow_any_cid)?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_text(text: &str) -> Result<Config, ConfigError> {
+        parse(text, Path::new("test.toml"))
+    }
+
+    fn error_text(text: &str) -> String {
+        parse_text(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_file_gives_the_defaults() {
+        let config = parse_text("").unwrap();
+        assert_eq!(config, Config::default());
+        let heartbeat = config.enabled().next().unwrap();
+        assert_eq!(heartbeat.kind, ServiceKind::Heartbeat);
+        assert_eq!(
+            heartbeat.endpoint,
+            Endpoint::Connect("vsock:host:0x48560001".parse().unwrap())
+        );
+        assert_eq!(config.enabled().count(), 1);
+    }
+
+    #[test]
+    fn a_full_file_is_applied() {
+        let config = parse_text(
+            "log_level = \"debug\"\n[heartbeat]\nlisten = \"vsock:any:48560001-facb-11e6-bd58-64006a7986d3\"\n\
+             allow_any_cid = true\n[timesync]\nenabled = false\nconnect = \"unix:/tmp/t\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.log_level, LevelFilter::Debug);
+        let heartbeat = &config.services[0];
+        assert_eq!(
+            heartbeat.endpoint,
+            Endpoint::Listen(Address::Vsock {
+                cid: CID_ANY,
+                port: 0x4856_0001
+            })
+        );
+        assert!(heartbeat.allow_any_cid);
+        assert_eq!(
+            config.services[1].endpoint,
+            Endpoint::Connect(Address::Unix("/tmp/t".into()))
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = error_text("log_level = \"info\"\n[heartbeat]\nconect = \"unix:/x\"\n");
+        assert!(text.starts_with("test.toml:3:1: "), "{text}");
+        assert!(text.contains("conect"), "{text}");
+        assert!(text.contains("connect"), "{text}");
+    }
+
+    #[test]
+    fn unknown_section_is_refused() {
+        let text = error_text("[hearbeat]\nenabled = true\n");
+        assert!(text.starts_with("test.toml:1:"), "{text}");
+        assert!(text.contains("hearbeat"), "{text}");
+    }
+
+    #[test]
+    fn bad_address_names_the_line_key_and_accepted_forms() {
+        let text = error_text("\n[heartbeat]\nconnect = \"tcp:1:2\"\n");
+        assert!(text.starts_with("test.toml:3:11: "), "{text}");
+        assert!(text.contains("heartbeat.connect"), "{text}");
+        assert!(text.contains("vsock:CID:PORT"), "{text}");
+    }
+
+    #[test]
+    fn non_template_guid_is_refused_naming_the_template() {
+        let text = error_text(
+            "[heartbeat]\nconnect = \"vsock:host:999E53D4-3D5C-4C3E-8779-BED06EC056E1\"\n",
+        );
+        assert!(text.contains("test.toml:2:"), "{text}");
+        assert!(text.contains("facb-11e6-bd58-64006a7986d3"), "{text}");
+    }
+
+    #[test]
+    fn wrong_types_and_values_are_refused_with_the_key() {
+        let text = error_text("[heartbeat]\nenabled = \"yes\"\n");
+        assert!(text.starts_with("test.toml:2:"), "{text}");
+        assert!(text.contains("heartbeat.enabled"), "{text}");
+        let text = error_text("log_level = \"loud\"\n");
+        assert!(text.starts_with("test.toml:1:13: "), "{text}");
+        assert!(
+            text.contains("off, error, warn, info, debug or trace"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn connect_and_listen_together_are_refused() {
+        let text = error_text("[heartbeat]\nconnect = \"unix:/a\"\nlisten = \"unix:/b\"\n");
+        assert!(text.starts_with("test.toml:3:"), "{text}");
+        assert!(text.contains("either connects or listens"), "{text}");
+    }
+
+    #[test]
+    fn connect_to_any_and_hybrid_addresses_are_refused() {
+        assert!(error_text("[heartbeat]\nconnect = \"vsock:any:5\"\n").contains("CID any"));
+        assert!(error_text("[heartbeat]\nlisten = \"hybrid:/x:5\"\n").contains("hvhost"));
+    }
+
+    #[test]
+    fn services_not_in_this_build_cannot_be_enabled() {
+        let text = error_text("[shutdown]\nenabled = true\n");
+        assert!(text.starts_with("test.toml:2:"), "{text}");
+        assert!(text.contains("not available in this build"), "{text}");
+    }
+
+    #[test]
+    fn syntax_errors_carry_a_position() {
+        let text = error_text("[heartbeat\n");
+        assert!(text.starts_with("test.toml:1:"), "{text}");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error_and_printed_config_parses_back() {
+        assert!(matches!(
+            load(Some(Path::new("/nonexistent/hvagent.toml"))),
+            Err(ConfigError::Read { .. })
+        ));
+        let config = parse_text("[heartbeat]\nlisten = \"unix:/tmp/hb\"\n").unwrap();
+        assert_eq!(parse_text(&config.to_string()).unwrap(), config);
+    }
+}

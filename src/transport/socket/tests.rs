@@ -1,0 +1,275 @@
+//! Socket tests. The Unix ones run everywhere; the `real_vsock` ones are ignored by default and run inside
+//! the QEMU guest of the VM test against vsock_loopback (CID 1), never on a development machine.
+
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use super::*;
+use crate::transport::address::CID_LOCAL;
+use crate::transport::{Closed, Connection};
+use crate::wire::heartbeat::{AppState, Heartbeat};
+use crate::wire::{IcVersion, Message, MessageType};
+
+fn wait_for(fd: BorrowedFd<'_>, flags: PollFlags) -> PollFlags {
+    let mut fds = [PollFd::new(fd, flags)];
+    let ready = poll(&mut fds, PollTimeout::from(5000u16)).expect("poll");
+    assert_eq!(ready, 1, "socket did not become ready within 5 s");
+    fds[0].revents().unwrap_or(PollFlags::empty())
+}
+
+fn connected(dial: Dial) -> OwnedFd {
+    match dial {
+        Dial::Connected(fd) => fd,
+        Dial::InProgress(fd) => {
+            wait_for(fd.as_fd(), PollFlags::POLLOUT);
+            finish_connect(fd.as_fd()).expect("connect completes");
+            fd
+        }
+    }
+}
+
+fn accept_one(listener: &OwnedFd) -> (OwnedFd, Peer) {
+    wait_for(listener.as_fd(), PollFlags::POLLIN);
+    accept(listener.as_fd())
+        .unwrap()
+        .expect("a pending connection")
+}
+
+fn heartbeat(seq: u64) -> Message {
+    Message::request(
+        MessageType::HEARTBEAT,
+        IcVersion::new(3, 0),
+        IcVersion::new(3, 0),
+        1,
+        Heartbeat::new(seq, AppState::UNKNOWN).to_body(),
+    )
+}
+
+/// Sends `count` messages through a pair of connections, flushing and receiving as poll says, with the
+/// sender's socket buffer made small so writes are partial.
+fn exchange(client: OwnedFd, server: OwnedFd, count: u64) {
+    socket::setsockopt(&client, socket::sockopt::SndBuf, &4096).unwrap();
+    let mut sender = Connection::new(client);
+    let mut receiver = Connection::new(server);
+    for seq in 0..count {
+        sender.queue(&heartbeat(seq)).unwrap();
+    }
+    let mut received = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while (received.len() as u64) < count {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {count} arrived",
+            received.len()
+        );
+        sender.flush().unwrap();
+        let mut fds = [
+            PollFd::new(receiver.fd(), PollFlags::POLLIN),
+            PollFd::new(
+                sender.fd(),
+                if sender.wants_write() {
+                    PollFlags::POLLOUT
+                } else {
+                    PollFlags::empty()
+                },
+            ),
+        ];
+        poll(&mut fds, PollTimeout::from(1000u16)).unwrap();
+        receiver.receive(&mut received).unwrap();
+    }
+    for (seq, message) in received.iter().enumerate() {
+        assert_eq!(Heartbeat::parse(&message.body).unwrap().seq_num, seq as u64);
+    }
+    drop(sender);
+    let mut rest = Vec::new();
+    wait_for(receiver.fd(), PollFlags::POLLIN);
+    assert_eq!(receiver.receive(&mut rest), Err(Closed::Eof));
+}
+
+#[test]
+fn unix_listen_connect_accept_and_partial_writes_deliver_every_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let address = Address::Unix(dir.path().join("hb.sock"));
+    let listener = listen(&address, 8).unwrap();
+    let client = connected(connect(&address).unwrap());
+    let (server, peer) = accept_one(&listener);
+    assert_eq!(peer, Peer::Unix);
+    exchange(client, server, 2000);
+}
+
+#[test]
+fn unix_listen_replaces_a_stale_socket_but_not_a_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hb.sock");
+    let first = listen(&Address::Unix(path.clone()), 8).unwrap();
+    drop(first);
+    listen(&Address::Unix(path.clone()), 8).expect("stale socket file replaced");
+    let file = dir.path().join("plain");
+    std::fs::write(&file, b"keep me").unwrap();
+    assert_eq!(
+        listen(&Address::Unix(file.clone()), 8).unwrap_err(),
+        Errno::EEXIST
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+}
+
+#[test]
+fn unix_connect_where_nothing_listens_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = connect(&Address::Unix(dir.path().join("absent"))).unwrap_err();
+    assert_eq!(error, Errno::ENOENT);
+}
+
+#[test]
+fn only_the_host_cid_is_allowed_unless_configured() {
+    assert!(peer_allowed(&Peer::Vsock { cid: 2, port: 1 }, false));
+    assert!(!peer_allowed(&Peer::Vsock { cid: 3, port: 1 }, false));
+    assert!(peer_allowed(&Peer::Vsock { cid: 3, port: 1 }, true));
+    assert!(peer_allowed(&Peer::Unix, false));
+}
+
+#[test]
+fn hybrid_handshake_reads_only_its_own_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vsock.uds");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut request = [0u8; 16];
+        let count = stream.read(&mut request).unwrap();
+        assert_eq!(&request[..count], b"CONNECT 2761\n");
+        stream.write_all(b"OK 1073741824\nSTREAM").unwrap();
+    });
+    let mut stream = connect_hybrid(&path, 2761, Duration::from_secs(5)).unwrap();
+    let mut rest = [0u8; 6];
+    stream.read_exact(&mut rest).unwrap();
+    assert_eq!(&rest, b"STREAM");
+    server.join().unwrap();
+}
+
+#[test]
+fn hybrid_refusal_says_what_to_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vsock.uds");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let server = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        drop(stream);
+    });
+    let error = connect_hybrid(&path, 5, Duration::from_secs(5)).unwrap_err();
+    assert!(
+        error.to_string().contains("is a guest service listening"),
+        "{error}"
+    );
+    server.join().unwrap();
+}
+
+// Real AF_VSOCK, loopback CID 1: only inside the VM test's guest (scripts/vm-test.sh runs them with
+// `--ignored real_vsock`). Never remove the #[ignore]: a development machine's vsock is not ours to use.
+
+const LOOPBACK_PORT_BASE: u32 = 0x4856_1000;
+
+#[test]
+#[ignore = "needs real AF_VSOCK with vsock_loopback: run by the VM test inside the guest"]
+fn real_vsock_listen_connect_accept_reports_the_peer_cid() {
+    let port = LOOPBACK_PORT_BASE + 1;
+    let listener = listen(
+        &Address::Vsock {
+            cid: CID_LOCAL,
+            port,
+        },
+        8,
+    )
+    .unwrap();
+    let client = connected(
+        connect(&Address::Vsock {
+            cid: CID_LOCAL,
+            port,
+        })
+        .unwrap(),
+    );
+    let (server, peer) = accept_one(&listener);
+    assert!(
+        matches!(peer, Peer::Vsock { cid: CID_LOCAL, .. }),
+        "{peer:?}"
+    );
+    assert!(!peer_allowed(&peer, false));
+    exchange(client, server, 10);
+}
+
+#[test]
+#[ignore = "needs real AF_VSOCK with vsock_loopback: run by the VM test inside the guest"]
+fn real_vsock_partial_writes_with_a_small_buffer_deliver_every_message() {
+    let port = LOOPBACK_PORT_BASE + 2;
+    let listener = listen(
+        &Address::Vsock {
+            cid: CID_LOCAL,
+            port,
+        },
+        8,
+    )
+    .unwrap();
+    let client = connected(
+        connect(&Address::Vsock {
+            cid: CID_LOCAL,
+            port,
+        })
+        .unwrap(),
+    );
+    let (server, _) = accept_one(&listener);
+    exchange(client, server, 5000);
+}
+
+#[test]
+#[ignore = "needs real AF_VSOCK with vsock_loopback: run by the VM test inside the guest"]
+fn real_vsock_connect_where_nothing_listens_fails_without_blocking() {
+    let started = Instant::now();
+    let result = match connect(&Address::Vsock {
+        cid: CID_LOCAL,
+        port: LOOPBACK_PORT_BASE + 3,
+    }) {
+        Ok(Dial::InProgress(fd)) => {
+            wait_for(fd.as_fd(), PollFlags::POLLOUT);
+            finish_connect(fd.as_fd())
+        }
+        Ok(Dial::Connected(_)) => Ok(()),
+        Err(error) => Err(error),
+    };
+    let error = result.expect_err("nothing listens there");
+    assert!(
+        matches!(
+            error,
+            Errno::ECONNRESET | Errno::ECONNREFUSED | Errno::ETIMEDOUT
+        ),
+        "{error}"
+    );
+    assert!(started.elapsed() <= CONNECT_TIMEOUT + Duration::from_secs(1));
+}
+
+#[test]
+#[ignore = "needs real AF_VSOCK with vsock_loopback: run by the VM test inside the guest"]
+fn real_vsock_peer_close_reads_as_eof() {
+    let port = LOOPBACK_PORT_BASE + 4;
+    let listener = listen(
+        &Address::Vsock {
+            cid: CID_LOCAL,
+            port,
+        },
+        8,
+    )
+    .unwrap();
+    let client = connected(
+        connect(&Address::Vsock {
+            cid: CID_LOCAL,
+            port,
+        })
+        .unwrap(),
+    );
+    let (server, _) = accept_one(&listener);
+    drop(client);
+    let mut connection = Connection::new(server);
+    wait_for(connection.fd(), PollFlags::POLLIN);
+    assert_eq!(connection.receive(&mut Vec::new()), Err(Closed::Eof));
+}
