@@ -55,8 +55,10 @@ impl Negotiate {
 
     /// The body's bytes. Lists longer than [`MAX_VERSIONS`] are cut there, as no peer would accept them.
     pub fn to_body(&self) -> Vec<u8> {
-        let framework = &self.framework_versions[..self.framework_versions.len().min(100)];
-        let message = &self.message_versions[..self.message_versions.len().min(100)];
+        let framework =
+            &self.framework_versions[..self.framework_versions.len().min(MAX_VERSIONS as usize)];
+        let message =
+            &self.message_versions[..self.message_versions.len().min(MAX_VERSIONS as usize)];
         let mut out = Vec::with_capacity(
             FIXED_LEN + (framework.len() + message.len()) * VERSION_LEN + self.trailing.len(),
         );

@@ -1,0 +1,150 @@
+//! hvhost: the host-side peer of hvagent, for Linux hosts and for tests. Parses arguments and calls the
+//! library.
+//!
+//! Exit status: 0 ok, 1 the agent answered wrongly or the connection failed, 2 usage error.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use hvagent::host_peer::{self, heartbeat_line, say, Client, RoundTrips};
+use hvagent::host_server::{serve, ServeOptions};
+use hvagent::service::host::HostEvent;
+use hvagent::service::ServiceKind;
+use hvagent::transport::Address;
+
+const USAGE: &str = "\
+usage: hvhost serve ADDR [--interval SECONDS] [--count N] [--quiet]
+           listen for agents that dial in; negotiate and heartbeat each every --interval (default 1, 0 = back
+           to back); with --count, exit 0 once N heartbeats were answered on one connection
+       hvhost heartbeat ADDR [--count N] [--interval SECONDS] [--quiet]
+           dial a listening agent and send N heartbeats (default 1)
+
+ADDR is unix:PATH, vsock:CID:PORT (a KVM host to its guest) or hybrid:PATH:PORT (the Unix socket of
+Firecracker, Cloud Hypervisor or vhost-device-vsock). PORT is decimal, 0x-hex or a template GUID.";
+
+struct Options {
+    command: String,
+    address: Address,
+    interval: Option<Duration>,
+    count: Option<u64>,
+    quiet: bool,
+}
+
+fn parse_args() -> Result<Option<Options>, String> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_env();
+    let mut positional = Vec::new();
+    let mut interval = None;
+    let mut count = None;
+    let mut quiet = false;
+    while let Some(arg) = parser.next().map_err(|error| error.to_string())? {
+        match arg {
+            Long("help") | Short('h') => return Ok(None),
+            Long("interval") => {
+                let text = parser
+                    .value()
+                    .map_err(|e| e.to_string())?
+                    .string()
+                    .map_err(|e| e.to_string())?;
+                let seconds: f64 = text
+                    .parse()
+                    .ok()
+                    .filter(|seconds: &f64| seconds.is_finite() && *seconds >= 0.0)
+                    .ok_or(format!("--interval '{text}' is not a number of seconds"))?;
+                interval = Some(Duration::from_secs_f64(seconds));
+            }
+            Long("count") | Short('n') => {
+                let text = parser
+                    .value()
+                    .map_err(|e| e.to_string())?
+                    .string()
+                    .map_err(|e| e.to_string())?;
+                count = Some(
+                    text.parse()
+                        .map_err(|_| format!("--count '{text}' is not a number"))?,
+                );
+            }
+            Long("quiet") | Short('q') => quiet = true,
+            Value(value) => positional.push(value.string().map_err(|e| e.to_string())?),
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    let [command, address] = <[String; 2]>::try_from(positional)
+        .map_err(|_| "expected a command and an address".to_string())?;
+    let address = address.parse().map_err(|error| format!("{error}"))?;
+    Ok(Some(Options {
+        command,
+        address,
+        interval,
+        count,
+        quiet,
+    }))
+}
+
+fn main() -> ExitCode {
+    let options = match parse_args() {
+        Ok(Some(options)) => options,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("hvhost: {message}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let result = match options.command.as_str() {
+        "serve" => serve(
+            &options.address,
+            &ServeOptions {
+                interval: options.interval.unwrap_or(Duration::from_secs(1)),
+                count: options.count,
+                quiet: options.quiet,
+            },
+            &mut out,
+        ),
+        "heartbeat" => heartbeat(&options, &mut out),
+        other => {
+            eprintln!("hvhost: unknown command '{other}'\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("hvhost: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn heartbeat(options: &Options, out: &mut dyn Write) -> Result<(), host_peer::PeerError> {
+    let fd = host_peer::dial(&options.address)?;
+    say(out, &format!("connected {}", options.address));
+    let mut client = Client::new(fd, ServiceKind::Heartbeat);
+    if let HostEvent::Negotiated { framework, message } = client.negotiate()? {
+        say(
+            out,
+            &format!("negotiated framework={framework} message={message}"),
+        );
+    }
+    let mut trips = RoundTrips::default();
+    for seq in 0..options.count.unwrap_or(1) {
+        if seq > 0 {
+            if let Some(interval) = options.interval {
+                std::thread::sleep(interval);
+            }
+        }
+        for (round_trip, state) in client.heartbeats(1)? {
+            trips.record(round_trip);
+            if !options.quiet {
+                say(out, &heartbeat_line(seq, round_trip, state));
+            }
+        }
+    }
+    say(out, &trips.summary());
+    Ok(())
+}
