@@ -1,0 +1,373 @@
+//! End to end over Unix sockets: the real hvagent and hvhost binaries in a temp dir.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const AGENT: &str = env!("CARGO_BIN_EXE_hvagent");
+const HOST: &str = env!("CARGO_BIN_EXE_hvhost");
+
+/// A child process killed when the test ends, pass or fail.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Running {
+    fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    /// Waits for exit up to `limit`; the status, or None on time-out.
+    fn wait_for(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.0.try_wait().unwrap() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+}
+
+fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn start_agent(config: &Path) -> Running {
+    Running(
+        Command::new(AGENT)
+            .arg("--config")
+            .arg(config)
+            .env_remove("RUST_LOG")
+            .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn wait_for_path(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn hvhost(args: &[&str]) -> Output {
+    Command::new(HOST).args(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn voluntary_switches(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn agent_dials_hvhost_serve_and_answers_heartbeats() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hb.sock");
+    let config = write_config(
+        dir.path(),
+        "a.toml",
+        &format!("[heartbeat]\nconnect = \"unix:{}\"\n", socket.display()),
+    );
+    let _agent = start_agent(&config);
+    let output = hvhost(&[
+        "serve",
+        &format!("unix:{}", socket.display()),
+        "--interval",
+        "0",
+        "--count",
+        "500",
+        "--quiet",
+    ]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    assert!(
+        stdout.contains("negotiated framework=3.0 message=3.0"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("done heartbeats=500 "), "{stdout}");
+}
+
+#[test]
+fn hvhost_dials_a_listening_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let config = write_config(
+        dir.path(),
+        "a.toml",
+        &format!("[heartbeat]\nlisten = \"unix:{}\"\n", socket.display()),
+    );
+    let mut agent = start_agent(&config);
+    wait_for_path(&socket);
+    let address = format!("unix:{}", socket.display());
+    let output = hvhost(&["heartbeat", &address, "--count", "3"]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    assert_eq!(stdout.matches("heartbeat seq=").count(), 3, "{stdout}");
+    assert!(stdout.contains("state=unknown"), "{stdout}");
+    // The agent removes its socket file when it stops.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.pid()),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(agent.wait_for(Duration::from_secs(2)).unwrap().success());
+    assert!(!socket.exists());
+}
+
+#[test]
+fn sigterm_stops_a_connected_agent_with_status_0_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hb.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let config = write_config(
+        dir.path(),
+        "a.toml",
+        &format!("[heartbeat]\nconnect = \"unix:{}\"\n", socket.display()),
+    );
+    let mut agent = start_agent(&config);
+    let (_connection, _) = listener.accept().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.pid()),
+        nix::sys::signal::SIGTERM,
+    )
+    .unwrap();
+    let status = agent
+        .wait_for(Duration::from_secs(1))
+        .expect("agent exits within 1 s of SIGTERM");
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn a_connected_idle_agent_is_never_woken() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hb.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let config = write_config(
+        dir.path(),
+        "a.toml",
+        &format!("[heartbeat]\nconnect = \"unix:{}\"\n", socket.display()),
+    );
+    let agent = start_agent(&config);
+    let (_connection, _) = listener.accept().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = voluntary_switches(agent.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let after = voluntary_switches(agent.pid());
+    assert_eq!(
+        after,
+        before,
+        "the idle agent woke up {} times in 2 s",
+        after - before
+    );
+}
+
+#[test]
+fn sighup_reopens_a_service_whose_address_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.sock");
+    let second = dir.path().join("second.sock");
+    let config = write_config(
+        dir.path(),
+        "a.toml",
+        &format!("[heartbeat]\nlisten = \"unix:{}\"\n", first.display()),
+    );
+    let agent = start_agent(&config);
+    wait_for_path(&first);
+    write_config(
+        dir.path(),
+        "a.toml",
+        &format!("[heartbeat]\nlisten = \"unix:{}\"\n", second.display()),
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.pid()),
+        nix::sys::signal::SIGHUP,
+    )
+    .unwrap();
+    wait_for_path(&second);
+    let output = hvhost(&["heartbeat", &format!("unix:{}", second.display())]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(!first.exists(), "the old listener's socket is removed");
+    // A broken config on reload keeps the running one.
+    write_config(dir.path(), "a.toml", "[heartbeat]\nlisten = 5\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.pid()),
+        nix::sys::signal::SIGHUP,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let output = hvhost(&["heartbeat", &format!("unix:{}", second.display())]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+#[test]
+fn agent_redials_after_the_host_goes_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hb.sock");
+    let config = write_config(
+        dir.path(),
+        "a.toml",
+        &format!("[heartbeat]\nconnect = \"unix:{}\"\n", socket.display()),
+    );
+    let _agent = start_agent(&config);
+    let address = format!("unix:{}", socket.display());
+    for _ in 0..3 {
+        let output = hvhost(&[
+            "serve",
+            &address,
+            "--interval",
+            "0",
+            "--count",
+            "20",
+            "--quiet",
+        ]);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        assert!(text(&output.stdout).contains("done heartbeats=20 "));
+    }
+}
+
+#[test]
+fn bad_config_stops_the_agent_with_status_2_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "bad.toml",
+        "log_level = \"info\"\n\n[heartbeat]\nconect = \"unix:/x\"\n",
+    );
+    let output = Command::new(AGENT)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("bad.toml:4:"), "{stderr}");
+    assert!(stderr.contains("conect"), "{stderr}");
+    let output = Command::new(AGENT)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let output = Command::new(AGENT)
+        .args(["--config", "/nonexistent/hvagent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("/nonexistent/hvagent.toml"));
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_guids() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "a.toml",
+        "[heartbeat]\nconnect = \"vsock:host:2761\"\n",
+    );
+    let output = Command::new(AGENT)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains(
+            "connect = \"vsock:host:0xac9\"  # service GUID 00000ac9-facb-11e6-bd58-64006a7986d3"
+        ),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn guid_and_port_commands_print_the_known_vectors() {
+    let run = |args: &[&str]| Command::new(AGENT).args(args).output().unwrap();
+    let output = run(&["guid", "2761"]);
+    assert_eq!(
+        text(&output.stdout),
+        "00000ac9-facb-11e6-bd58-64006a7986d3\n"
+    );
+    let output = run(&["guid", "0x48560001"]);
+    assert_eq!(
+        text(&output.stdout),
+        "48560001-facb-11e6-bd58-64006a7986d3\n"
+    );
+    let output = run(&["port", "{48560001-FACB-11E6-BD58-64006A7986D3}"]);
+    assert_eq!(text(&output.stdout), "1213595649\n");
+    let output = run(&["port", "999E53D4-3D5C-4C3E-8779-BED06EC056E1"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("cannot be reached over hv_sock"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("<port>-facb-11e6-bd58-64006a7986d3"),
+        "{stderr}"
+    );
+    assert_eq!(run(&["guid", "banana"]).status.code(), Some(2));
+    assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
+}
+
+#[test]
+fn journal_stream_gives_priority_prefixes_without_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "a.toml",
+        &format!(
+            "[heartbeat]\nconnect = \"unix:{}\"\n",
+            dir.path().join("absent.sock").display()
+        ),
+    );
+    let mut child = Command::new(AGENT)
+        .arg("--config")
+        .arg(&config)
+        .env("JOURNAL_STREAM", "8:12345")
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let second = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(first.starts_with("<6>hvagent "), "{first}");
+    assert!(
+        second.starts_with("<4>heartbeat: cannot connect to unix:"),
+        "{second}"
+    );
+    assert!(
+        second.contains("is hvhost (or another host peer) listening"),
+        "{second}"
+    );
+}
