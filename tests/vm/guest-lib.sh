@@ -1,0 +1,65 @@
+# Helpers for the commands the host sends to the vm-test guest (sourced by /init for each command).
+# A "daemon" is a background program known by a NAME: its pid in /tmp/NAME.pid, its output in
+# /tmp/NAME.log, and, once it has ended, its exit status in /tmp/NAME.rc.
+# shellcheck shell=sh
+
+# daemon_start NAME PROGRAM [ARG...]: start PROGRAM in the background and print "pid=PID".
+daemon_start() {
+    name=$1
+    shift
+    rm -f "/tmp/$name.pid" "/tmp/$name.rc"
+    # The wrapper waits for PROGRAM so that its exit status is kept and it never lingers as a zombie.
+    (
+        sh -c 'echo $$ >"$0.pid"; exec "$@"' "/tmp/$name" "$@" >"/tmp/$name.log" 2>&1
+        echo $? >"/tmp/$name.rc"
+    ) &
+    for _ in $(seq 50); do
+        [ -s "/tmp/$name.pid" ] && break
+        sleep 0.1
+    done
+    [ -s "/tmp/$name.pid" ] || { echo "daemon $name did not start"; return 1; }
+    echo "pid=$(cat "/tmp/$name.pid")"
+}
+
+daemon_pid() {
+    cat "/tmp/$1.pid"
+}
+
+# daemon_stop NAME [SIGNAL]: send SIGNAL (default TERM), wait up to 10 s, print "rc=STATUS".
+daemon_stop() {
+    kill "-${2:-TERM}" "$(daemon_pid "$1")" || return 1
+    for _ in $(seq 100); do
+        [ -e "/tmp/$1.rc" ] && break
+        sleep 0.1
+    done
+    [ -e "/tmp/$1.rc" ] || { echo "daemon $1 still running 10 s after SIG${2:-TERM}"; return 1; }
+    echo "rc=$(cat "/tmp/$1.rc")"
+}
+
+# daemon_running NAME: succeeds while the daemon has not ended.
+daemon_running() {
+    [ -s "/tmp/$1.pid" ] && [ ! -e "/tmp/$1.rc" ]
+}
+
+# daemon_fds NAME: print "fds=N" (entries of /proc/PID/fd) and the list itself.
+daemon_fds() {
+    pid=$(daemon_pid "$1")
+    echo "fds=$(ls "/proc/$pid/fd" | wc -l)"
+    ls -l "/proc/$pid/fd" | sed 's/^/  /'
+}
+
+# agent_start NAME connect|listen ADDRESS [TOML-LINE...]: write /tmp/NAME.toml and start hvagent on it.
+agent_start() {
+    name=$1
+    mode=$2
+    address=$3
+    shift 3
+    {
+        echo 'log_level = "info"'
+        echo '[heartbeat]'
+        echo 'enabled = true'
+        echo "$mode = \"$address\""
+        for line in "$@"; do echo "$line"; done
+    } >"/tmp/$name.toml"
+    daemon_start "$name" hvagent --config "/tmp/$name.toml"
+}
