@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# vm-test: prove hvagent on real AF_VSOCK by booting a Linux guest under QEMU (TCG) whose virtio-vsock
+# device is served by vhost-device-vsock, and driving the scenarios of tests/vm/scenarios.sh.
+#
+# The host side never opens an AF_VSOCK socket: it reaches the guest only through vhost-device-vsock's
+# Unix sockets (RUN/vsock.uds for host -> guest with "CONNECT PORT", RUN/vsock.uds_PORT for guest -> host).
+#
+# Environment:
+#   HVAGENT_VM_CACHE      where the kernel and vhost-device-vsock are kept between runs
+#                         (default ${XDG_CACHE_HOME:-$HOME/.cache}/hvagent-vm)
+#   HVAGENT_REQUIRE_VM=1  fail (instead of skipping with exit 0) when the VM test cannot run here
+#   HVAGENT_SKIP_VM=1     skip on purpose
+#   HVAGENT_VM_SCENARIOS  space-separated subset of scenarios to run (default: all)
+#   HVAGENT_VM_KEEP=1     keep the run directory (logs, console) even when everything passed
+#   HVAGENT_VM_KERNEL_PKG Debian cloud kernel package to use instead of the newest one found
+#
+# Output: one "PASS name: figure" or "FAIL name: reason" line per scenario, then
+# "vm-test: N passed, M failed". Exit status 0 when none failed (or when skipped).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VM_DIR=$REPO/tests/vm
+CACHE=${HVAGENT_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hvagent-vm}
+VHOST_VERSION=0.3.0
+VHOST_BIN=$CACHE/vhost-device-vsock-$VHOST_VERSION/bin/vhost-device-vsock
+TARGET=x86_64-unknown-linux-gnu
+STATIC_RUSTFLAGS='-C target-feature=+crt-static'
+GUEST_CID=3
+# Modules the guest loads, each after the ones it depends on; ones built into the kernel are skipped.
+GUEST_MODULES=(virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci vsock
+    vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport vsock_loopback)
+BOOT_TIMEOUT=90    # seconds from QEMU start to the guest's "ready"
+QEMU_LIMIT=900     # hard limit on QEMU's whole life
+export CARGO_TARGET_DIR=$REPO/target/vm
+
+say() { echo "vm-test: $*"; }
+
+# cannot_run WHY HOW: the VM test cannot run on this machine; say so loudly.
+cannot_run() {
+    {
+        echo "=================================================================="
+        echo "vm-test: SKIPPED, the real-vsock VM test did not run: $1"
+        echo "vm-test: to enable it: $2"
+        echo "=================================================================="
+    } >&2
+    if [ "${HVAGENT_REQUIRE_VM:-0}" = 1 ]; then
+        echo "vm-test: HVAGENT_REQUIRE_VM=1, so this counts as a failure" >&2
+        exit 1
+    fi
+    exit 0
+}
+
+# Run everything under ../shared/tools/novsock when it is there, so that no mistake of ours can open an
+# AF_VSOCK socket on this machine.
+run_under_novsock() {
+    local novsock=${HVAGENT_NOVSOCK:-$REPO/../shared/tools/novsock}
+    [ -n "${HVAGENT_VM_UNDER_NOVSOCK:-}" ] && return 0
+    if [ -x "$novsock" ]; then
+        export HVAGENT_VM_UNDER_NOVSOCK=1
+        exec "$novsock" bash "${BASH_SOURCE[0]}" "$@"
+    fi
+    say "note: no novsock wrapper at $novsock; the host side opens no AF_VSOCK socket anyway"
+}
+
+# shellcheck source=SCRIPTDIR/../tests/vm/provision.sh
+source "$VM_DIR/provision.sh"
+# shellcheck source=SCRIPTDIR/../tests/vm/harness.sh
+source "$VM_DIR/harness.sh"
+# shellcheck source=SCRIPTDIR/../tests/vm/scenarios.sh
+source "$VM_DIR/scenarios.sh"
+
+main() {
+    run_under_novsock "$@"
+    if [ "${HVAGENT_SKIP_VM:-0}" = 1 ]; then
+        cannot_run "HVAGENT_SKIP_VM=1" "unset HVAGENT_SKIP_VM"
+    fi
+    [ "$(uname -s)/$(uname -m)" = Linux/x86_64 ] ||
+        cannot_run "this is $(uname -s)/$(uname -m), the guest build needs Linux/x86_64" "run it on an x86_64 Linux machine"
+    command -v cargo >/dev/null || cannot_run "cargo is not on PATH" "install Rust (rustup) and retry"
+
+    mkdir -p "$CACHE"
+    provision
+    RUN=$(mktemp -d "${TMPDIR:-/tmp}/hvagent-vm.XXXXXX")
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+
+    local scenarios
+    read -r -a scenarios <<<"${HVAGENT_VM_SCENARIOS:-$ALL_SCENARIOS}"
+    if ! build_guest_programs; then
+        fail_all "build failed (see $RUN/build.log)" "${scenarios[@]}"
+    elif ! start_vm; then
+        fail_all "the guest did not boot (see $RUN/console.log, $RUN/qemu.log)" "${scenarios[@]}"
+    else
+        local name
+        for name in "${scenarios[@]}"; do
+            run_scenario "$name"
+        done
+        stop_vm
+    fi
+    say "wall time ${SECONDS} s"
+    echo "vm-test: $PASSED passed, $FAILED failed"
+    [ "$FAILED" = 0 ]
+}
+
+main "$@"

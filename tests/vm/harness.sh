@@ -1,0 +1,285 @@
+# The machinery of scripts/vm-test.sh (sourced): builds, the initramfs, the VM's life, the command channel
+# to the guest, host-side background programs, and the scenario bookkeeping.
+# shellcheck shell=bash
+
+PASSED=0
+FAILED=0
+RESULT=
+DIAG=
+QEMU_PID=
+VHOST_PID=
+GUEST_SEQ=0
+GUEST_OUT=
+GUEST_WEDGED=
+declare -A BG_PIDS=()
+
+now() { date +%s.%N; }
+
+# elapsed START: seconds since START (from now), with one decimal.
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+# wait_until SECONDS COMMAND...: poll COMMAND every 0.1 s until it succeeds or SECONDS pass.
+wait_until() {
+    local deadline=$((SECONDS + $1))
+    shift
+    until "$@"; do
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.1
+    done
+}
+
+# ---------------------------------------------------------------------------------------------- builds
+
+build_guest_programs() {
+    local log=$RUN/build.log release=$CARGO_TARGET_DIR/$TARGET/release
+    say "building static hvagent, hvhost (cargo, $CARGO_TARGET_DIR)"
+    if ! (cd "$REPO" && RUSTFLAGS=$STATIC_RUSTFLAGS cargo build --release --target "$TARGET" --bins) \
+        >>"$log" 2>&1; then
+        tail -n 30 "$log" | sed 's/^/    | /'
+        return 1
+    fi
+    HVAGENT=$release/hvagent
+    HVHOST=$release/hvhost
+    VSOCK_ECHO=$CARGO_TARGET_DIR/vsock_echo
+    cc -O2 -static -Wall -o "$VSOCK_ECHO" "$VM_DIR/vsock_echo.c" >>"$log" 2>&1 || {
+        tail -n 30 "$log" | sed 's/^/    | /'
+        return 1
+    }
+    build_libtests
+}
+
+# Sets LIBTESTS to the static lib unit-test executable, or leaves it empty (scenario in-guest-loopback
+# then reports why).
+build_libtests() {
+    LIBTESTS=
+    say "building the static lib unit-test binary"
+    if ! (cd "$REPO" && RUSTFLAGS=$STATIC_RUSTFLAGS cargo test --lib --no-run --release --target "$TARGET" \
+        --message-format=json) >"$RUN/libtests.json" 2>>"$RUN/build.log"; then
+        say "the lib unit tests did not build (see $RUN/build.log)"
+        return 0
+    fi
+    LIBTESTS=$(grep '"test":true' "$RUN/libtests.json" | grep -o '"executable":"[^"]*"' | tail -n 1 |
+        cut -d'"' -f4) || true
+}
+
+# add_module NAME ROOT: put module NAME, after the modules it depends on, into ROOT/lib/modules and its
+# load order ROOT/etc/hvtest-modules. A module absent from the kernel package is taken to be built in.
+add_module() {
+    local name=$1 root=$2 file dep
+    grep -qx "$name" "$root/etc/hvtest-modules" && return 0
+    file=$(find "$KERNEL_DIR/lib/modules" -name "$name.ko*" -print -quit)
+    if [ -z "$file" ]; then
+        grep -qs "/$name.ko" "$KERNEL_DIR"/lib/modules/*/modules.builtin ||
+            say "note: module $name is neither in the kernel package nor listed as built in"
+        return 0
+    fi
+    case $file in
+    *.ko) cp "$file" "$root/lib/modules/$name.ko" ;;
+    *.ko.xz) xz -dc "$file" >"$root/lib/modules/$name.ko" ;;
+    *.ko.zst) zstd -qdc "$file" >"$root/lib/modules/$name.ko" ;;
+    *) say "cannot unpack module $file"; return 1 ;;
+    esac
+    # The .modinfo section lists what the module needs as "depends=a,b".
+    for dep in $(grep -ao 'depends=[A-Za-z0-9_,-]*' "$root/lib/modules/$name.ko" | head -n 1 | cut -d= -f2 |
+        tr ',' ' '); do
+        add_module "$dep" "$root" || return 1
+    done
+    echo "$name" >>"$root/etc/hvtest-modules"
+}
+
+build_initramfs() {
+    local root=$RUN/initramfs module
+    mkdir -p "$root"/{bin,dev,etc,lib/modules,lib/hvtest,proc,sys,tmp}
+    cp /bin/busybox "$root/bin/busybox"
+    install -m 755 "$VM_DIR/init" "$root/init"
+    cp "$VM_DIR/guest-lib.sh" "$root/lib/hvtest/"
+    cp "$HVAGENT" "$VSOCK_ECHO" "$root/bin/"
+    if [ -n "$LIBTESTS" ]; then cp "$LIBTESTS" "$root/bin/hvagent-libtests"; fi
+    : >"$root/etc/hvtest-modules"
+    for module in "${GUEST_MODULES[@]}"; do
+        add_module "$module" "$root" || return 1
+    done
+    (cd "$root" && find . | cpio -o -H newc --quiet) | gzip -1 >"$RUN/initrd.gz"
+}
+
+# ------------------------------------------------------------------------------------------ the VM
+
+vm_alive() { [ -n "$QEMU_PID" ] && kill -0 "$QEMU_PID" 2>/dev/null; }
+
+start_vm() {
+    build_initramfs || return 1
+    local kernel
+    kernel=$(find "$KERNEL_DIR/boot" -name 'vmlinuz-*' -print -quit)
+    mkfifo "$RUN/ctl.in" "$RUN/ctl.out"
+    : >"$RUN/console.log"
+
+    say "starting vhost-device-vsock and QEMU (TCG)"
+    RUST_LOG=warn "$VHOST_BIN" --guest-cid "$GUEST_CID" --socket "$RUN/vhost.sock" \
+        --uds-path "$RUN/vsock.uds" >"$RUN/vhost.log" 2>&1 &
+    VHOST_PID=$!
+    wait_until 15 test -S "$RUN/vhost.sock" || {
+        say "vhost-device-vsock did not create its socket: $(tail -n 3 "$RUN/vhost.log")"
+        return 1
+    }
+    # ttyS0: the console, into a file. ttyS1: the command channel, from the FIFO RUN/ctl.in.
+    timeout "$QEMU_LIMIT" qemu-system-x86_64 -accel tcg -m 512M -smp 1 -nodefaults -no-user-config \
+        -display none -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
+        -chardev socket,id=vhost,path="$RUN/vhost.sock" -device vhost-user-vsock-pci,chardev=vhost \
+        -serial "file:$RUN/console.log" -chardev pipe,id=ctl,path="$RUN/ctl" -serial chardev:ctl \
+        -kernel "$kernel" -initrd "$RUN/initrd.gz" -append 'console=ttyS0 quiet panic=-1' \
+        -no-reboot >"$RUN/qemu.log" 2>&1 &
+    QEMU_PID=$!
+    exec 7<>"$RUN/ctl.in"
+    local start
+    start=$(now)
+    if ! wait_console '^HVTEST ready' "$BOOT_TIMEOUT"; then
+        tail -n 20 "$RUN/console.log" "$RUN/qemu.log" 2>/dev/null | sed 's/^/    | /'
+        return 1
+    fi
+    say "guest ready after $(elapsed "$start") s: $(grep -a '^HVTEST ready' "$RUN/console.log" | tr -d '\r')"
+    grep -a '^HVTEST warning' "$RUN/console.log" | sed 's/^/    | /' || true
+}
+
+stop_vm() {
+    vm_alive || return 0
+    echo quit >&7 || true
+    if ! wait_until 30 eval '! vm_alive'; then
+        say "the guest did not power off within 30 s; killing QEMU"
+    fi
+}
+
+# stop_pid PID: SIGTERM, then SIGKILL if it is still there 5 s later.
+stop_pid() {
+    [ -n "$1" ] || return 0
+    kill "$1" 2>/dev/null || return 0
+    wait_until 5 eval "! kill -0 $1 2>/dev/null" || kill -KILL "$1" 2>/dev/null || true
+}
+
+cleanup() {
+    local status=$? name
+    for name in "${!BG_PIDS[@]}"; do
+        bg_stop "$name" KILL
+    done
+    stop_pid "$QEMU_PID"
+    stop_pid "$VHOST_PID"
+    wait 2>/dev/null || true
+    if [ "$status" != 0 ] || [ "$FAILED" != 0 ] || [ "${HVAGENT_VM_KEEP:-0}" = 1 ]; then
+        say "logs kept in $RUN"
+    else
+        rm -rf "$RUN"
+    fi
+}
+
+# wait_console PATTERN SECONDS: wait for a console line matching PATTERN (grep basic regexp).
+wait_console() {
+    local deadline=$((SECONDS + $2))
+    until grep -aq -- "$1" "$RUN/console.log"; do
+        vm_alive || { say "QEMU has exited"; return 1; }
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.1
+    done
+}
+
+# guest SECONDS COMMAND: run the shell COMMAND in the guest (with tests/vm/guest-lib.sh), wait at most
+# SECONDS; GUEST_OUT gets its output. COMMAND travels as one line: its newlines become spaces, so end its
+# lines with ; && or ||. Returns its exit status, or 124 when the guest did not answer (after
+# which the guest counts as wedged and later commands fail at once).
+guest() {
+    if [ -n "$GUEST_WEDGED" ]; then
+        GUEST_OUT="the guest stopped answering earlier"
+        return 125
+    fi
+    GUEST_SEQ=$((GUEST_SEQ + 1))
+    local id=c$GUEST_SEQ status
+    printf '%s %s\n' "$id" "${2//$'\n'/ }" >&7
+    if ! wait_console "^@$id/end rc=" "$1"; then
+        GUEST_WEDGED=1
+        GUEST_OUT="no answer from the guest within $1 s to: $2"
+        return 124
+    fi
+    GUEST_OUT=$(grep -a "^@$id " "$RUN/console.log" | tr -d '\r' | sed "s/^@$id //") || true
+    status=$(grep -a "^@$id/end rc=" "$RUN/console.log" | tr -d '\r' | sed 's/.* rc=//')
+    return "$status"
+}
+
+# guest_value KEY: the value of the last "KEY=VALUE" in GUEST_OUT.
+guest_value() { sed -n "s/^$1=//p" <<<"$GUEST_OUT" | tail -n 1; }
+
+# ------------------------------------------------------------------- host-side background programs
+
+# bg_start NAME COMMAND...: start COMMAND (with a time limit) into RUN/NAME.out and RUN/NAME.err.
+bg_start() {
+    local name=$1
+    shift
+    timeout 600 "$@" >"$RUN/$name.out" 2>"$RUN/$name.err" &
+    BG_PIDS[$name]=$!
+}
+
+bg_running() { [ -n "${BG_PIDS[$1]:-}" ] && kill -0 "${BG_PIDS[$1]}" 2>/dev/null; }
+
+# bg_wait NAME SECONDS: wait for NAME to end and return its status; 124 (after killing it) on time-out.
+bg_wait() {
+    local pid=${BG_PIDS[$1]} status=0
+    if ! wait_until "$2" eval "! bg_running $1"; then
+        bg_stop "$1" KILL
+        return 124
+    fi
+    wait "$pid" || status=$?
+    unset "BG_PIDS[$1]"
+    return "$status"
+}
+
+# bg_stop NAME [SIGNAL]: stop NAME (TERM by default) and reap it.
+bg_stop() {
+    local pid=${BG_PIDS[$1]:-}
+    [ -n "$pid" ] || return 0
+    kill "-${2:-TERM}" "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    unset "BG_PIDS[$1]"
+}
+
+# bg_count NAME PATTERN: how many lines of NAME's output match PATTERN.
+bg_count() { grep -c -- "$2" "$RUN/$1.out" 2>/dev/null || true; }
+
+# bg_field NAME KEY: the value of KEY=VALUE on NAME's last "done" line.
+bg_field() { grep '^done ' "$RUN/$1.out" 2>/dev/null | tail -n 1 | grep -o "$2=[^ ]*" | cut -d= -f2; }
+
+# bg_why NAME: a one-line account of what NAME said on stderr.
+bg_why() { tail -n 2 "$RUN/$1.err" 2>/dev/null | tr '\n' ' ' | cut -c1-200; }
+
+# ---------------------------------------------------------------------------------- bookkeeping
+
+# In a scenario: `pass FIGURE; return` or `fail REASON; return` (fail returns 1). `diag TEXT` adds
+# lines to print under the scenario's result line.
+pass() { RESULT=$1; }
+fail() {
+    RESULT=$1
+    return 1
+}
+diag() { DIAG+="$1"$'\n'; }
+
+run_scenario() {
+    local name=$1 function=scenario_${1//-/_}
+    RESULT=
+    DIAG=
+    if ! declare -F "$function" >/dev/null; then
+        echo "FAIL $name: no such scenario (known: $ALL_SCENARIOS)"
+        FAILED=$((FAILED + 1))
+    elif "$function"; then
+        echo "PASS $name: $RESULT"
+        PASSED=$((PASSED + 1))
+    else
+        echo "FAIL $name: ${RESULT:-failed}"
+        FAILED=$((FAILED + 1))
+    fi
+    if [ -n "$DIAG" ]; then printf '%s' "$DIAG" | sed 's/^/    | /'; fi
+}
+
+fail_all() {
+    local reason=$1 name
+    shift
+    for name in "$@"; do
+        echo "FAIL $name: $reason"
+        FAILED=$((FAILED + 1))
+    done
+}

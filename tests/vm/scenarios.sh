@@ -1,0 +1,233 @@
+# The vm-test scenarios (sourced by scripts/vm-test.sh). One function per scenario, scenario_NAME for the
+# scenario "NAME" (dashes become underscores); it ends with `pass FIGURE` or `fail REASON`. To add one,
+# write the function and add its name to ALL_SCENARIOS. Guest halves run through `guest SECONDS COMMAND`
+# with the helpers of tests/vm/guest-lib.sh; host halves are hvhost (and vsock_echo) on vhost-device-vsock's
+# Unix sockets, started with bg_start.
+# shellcheck shell=bash
+
+ALL_SCENARIOS="guest-dials-host host-dials-guest guid-addressing host-restart agent-restart in-guest-loopback benchmark"
+
+HEARTBEAT_PORT=$((0x48560001))
+GUID_PORT=$((0x48560101)) # a port of its own, so that only the GUID can have named it
+ECHO_PORT=20000
+REDIAL_LIMIT_S=30
+
+# guid_of PORT: the hv_sock service GUID of PORT (hv-facts.md §1).
+guid_of() { printf '%08x-facb-11e6-bd58-64006a7986d3' "$1"; }
+
+# -------------------------------------------------------------------------------------- helpers
+
+# serve_start NAME PORT HVHOST-ARGS...: hvhost serve on the socket where guest connects to CID 2 PORT
+# arrive; returns once it listens.
+serve_start() {
+    local name=$1 uds=$RUN/vsock.uds_$2
+    shift 2
+    rm -f "$uds"
+    bg_start "$name" "$HVHOST" serve "unix:$uds" "$@"
+    wait_until 10 test -S "$uds" || fail "hvhost serve did not listen on $uds: $(bg_why "$name")"
+}
+
+# agent_up NAME connect|listen ADDRESS: start hvagent in the guest.
+agent_up() {
+    guest 20 "agent_start $1 $2 $3" || fail "hvagent did not start in the guest: $GUEST_OUT"
+}
+
+# agent_down NAME: SIGTERM the guest's agent NAME; it must exit 0. Adds its log to the diagnostics.
+agent_down() {
+    local status
+    guest 20 "daemon_stop $1" || { fail "stopping hvagent: $GUEST_OUT"; return; }
+    status=$(guest_value rc)
+    [ "$status" = 0 ] || { agent_diag "$1"; fail "hvagent exited $status on SIGTERM (expected 0)"; }
+}
+
+# agent_diag NAME: the end of the guest agent's log, as diagnostics.
+agent_diag() {
+    if guest 10 "tail -n 8 /tmp/$1.log"; then diag "hvagent $1 log (guest):"$'\n'"$GUEST_OUT"; fi
+}
+
+# wait_heartbeats NAME N SECONDS: until hvhost NAME has printed N heartbeat lines.
+wait_heartbeats() {
+    wait_until "$3" eval "[ \"\$(bg_count $1 '^heartbeat seq=')\" -ge $2 ]"
+}
+
+# hybrid_heartbeat NAME PORT COUNT: hvhost heartbeat to the guest's PORT through the CONNECT handshake;
+# tries again for up to 30 s while the agent is not listening yet (nothing negotiated).
+hybrid_heartbeat() {
+    local name=$1 deadline=$((SECONDS + 30)) status
+    while :; do
+        status=0
+        bg_start "$name" "$HVHOST" heartbeat "hybrid:$RUN/vsock.uds:$2" --count "$3" --quiet
+        bg_wait "$name" 120 || status=$?
+        [ "$status" = 0 ] && return 0
+        if grep -q '^negotiated' "$RUN/$name.out" || [ "$SECONDS" -ge "$deadline" ]; then
+            fail "hvhost heartbeat to port $2 exited $status: $(bg_why "$name")"
+            return
+        fi
+        sleep 0.5
+    done
+}
+
+# done_figures NAME: "p50 X us, p99 Y us" from hvhost NAME's closing line.
+done_figures() { echo "p50 $(bg_field "$1" p50_us) us, p99 $(bg_field "$1" p99_us) us"; }
+
+# guest_dials_host NAME AGENT-PORT PORT COUNT: the agent connects to CID 2 AGENT-PORT (as the agent's
+# config spells it); hvhost serve on PORT's socket must get COUNT heartbeats answered.
+guest_dials_host() {
+    local name=$1 status=0
+    serve_start "$name-host" "$3" --interval 0 --count "$4" --quiet || return
+    agent_up "$name" connect "vsock:host:$2" || return
+    bg_wait "$name-host" 120 || status=$?
+    agent_down "$name" || return
+    if [ "$status" != 0 ]; then
+        agent_diag "$name"
+        fail "hvhost serve exited $status: $(bg_why "$name-host")"
+        return
+    fi
+    [ "$(bg_field "$name-host" heartbeats)" = "$4" ] ||
+        fail "hvhost serve ended without $4 heartbeats: $(tail -n 1 "$RUN/$name-host.out")"
+}
+
+# host_dials_guest NAME AGENT-PORT HOST-PORT COUNT: the agent listens on AGENT-PORT; hvhost heartbeat
+# dials HOST-PORT through vhost-device-vsock and must get COUNT heartbeats answered.
+host_dials_guest() {
+    local name=$1
+    agent_up "$name" listen "vsock:any:$2" || return
+    if ! hybrid_heartbeat "$name-host" "$3" "$4"; then
+        agent_diag "$name"
+        guest 20 "daemon_stop $1" || true
+        return 1
+    fi
+    agent_down "$name" || return
+    [ "$(bg_field "$name-host" heartbeats)" = "$4" ] ||
+        fail "hvhost heartbeat ended without $4 heartbeats: $(tail -n 1 "$RUN/$name-host.out")"
+}
+
+# --------------------------------------------------------------------------------------- scenarios
+
+scenario_guest_dials_host() {
+    guest_dials_host gdh 0x48560001 "$HEARTBEAT_PORT" 1000 || return
+    pass "1000 heartbeats guest -> host, $(done_figures gdh-host)"
+}
+
+scenario_host_dials_guest() {
+    host_dials_guest hdg 0x48560001 0x48560001 100 || return
+    pass "100 heartbeats host -> guest via CONNECT, $(done_figures hdg-host)"
+}
+
+scenario_guid_addressing() {
+    local guid
+    guid=$(guid_of "$GUID_PORT")
+    guest_dials_host guid-out "$guid" "$GUID_PORT" 100 || return
+    host_dials_guest guid-in "$guid" "$guid" 100 || return
+    pass "$guid reached port $GUID_PORT both ways, 100 heartbeats each"
+}
+
+scenario_host_restart() {
+    local name=hr restarts=3 i start took slowest=0 before after
+    serve_start hr-host "$HEARTBEAT_PORT" --interval 0.2 || return
+    agent_up "$name" connect vsock:host:0x48560001 || return
+    if ! wait_heartbeats hr-host 3 30; then
+        agent_diag "$name"
+        fail "no heartbeats before the first restart: $(bg_why hr-host)"
+        return
+    fi
+    guest 10 "daemon_fds $name" || { fail "counting the agent's fds: $GUEST_OUT"; return; }
+    before=$(guest_value fds)
+    diag "agent fds before the restarts:"$'\n'"$GUEST_OUT"
+    for i in $(seq "$restarts"); do
+        bg_stop hr-host KILL
+        sleep 1
+        serve_start hr-host "$HEARTBEAT_PORT" --interval 0.2 || return
+        start=$(now)
+        if ! wait_heartbeats hr-host 3 $((REDIAL_LIMIT_S + 5)); then
+            agent_diag "$name"
+            fail "restart $i: heartbeats did not resume within $((REDIAL_LIMIT_S + 5)) s"
+            return
+        fi
+        took=$(elapsed "$start")
+        slowest=$(awk -v a="$slowest" -v b="$took" 'BEGIN { print (b > a) ? b : a }')
+    done
+    guest 10 "daemon_fds $name" || { fail "counting the agent's fds: $GUEST_OUT"; return; }
+    after=$(guest_value fds)
+    diag "agent fds after $restarts restarts:"$'\n'"$GUEST_OUT"
+    bg_stop hr-host
+    agent_down "$name" || return
+    if [ "$before" != "$after" ]; then
+        fail "the agent's open fds went from $before to $after over $restarts host restarts"
+        return
+    fi
+    awk -v t="$slowest" -v limit="$REDIAL_LIMIT_S" 'BEGIN { exit !(t <= limit) }' ||
+        { fail "heartbeats resumed only after $slowest s (limit $REDIAL_LIMIT_S s)"; return; }
+    DIAG=
+    pass "$restarts host restarts, heartbeats resumed within $slowest s, agent fds $before -> $after"
+}
+
+scenario_agent_restart() {
+    local name=ar start status
+    serve_start ar-host "$HEARTBEAT_PORT" --interval 0.2 || return
+    agent_up "$name" connect vsock:host:0x48560001 || return
+    wait_heartbeats ar-host 3 30 || { agent_diag "$name"; fail "no heartbeats before the kill"; return; }
+    guest 20 "daemon_stop $name KILL" || { fail "SIGKILL of the agent: $GUEST_OUT"; return; }
+    status=$(guest_value rc)
+    [ "$status" = 137 ] || { fail "the agent's exit status after SIGKILL was $status, not 137"; return; }
+    local seen
+    seen=$(bg_count ar-host '^heartbeat seq=')
+    start=$(now)
+    agent_up "$name" connect vsock:host:0x48560001 || return
+    if ! wait_heartbeats ar-host $((seen + 3)) 30; then
+        agent_diag "$name"
+        fail "heartbeats did not resume within 30 s of starting the agent again: $(bg_why ar-host)"
+        return
+    fi
+    local took
+    took=$(elapsed "$start")
+    bg_stop ar-host
+    agent_down "$name" || return
+    pass "SIGKILLed agent started again, heartbeats resumed after $took s"
+}
+
+scenario_in_guest_loopback() {
+    [ -n "$LIBTESTS" ] || { fail "the lib unit-test binary did not build (see $RUN/build.log)"; return; }
+    local status=0 start summary passed failed
+    start=$(now)
+    guest 300 "grep -q '^vsock_loopback ' /proc/modules && echo loopback=yes;
+        timeout 240 hvagent-libtests --ignored --test-threads=1 real_vsock" || status=$?
+    [ "$(guest_value loopback)" = yes ] || diag "vsock_loopback is not loaded in the guest"
+    summary=$(grep '^test result:' <<<"$GUEST_OUT" | tail -n 1) || true
+    if [ -z "$summary" ]; then
+        diag "$(tail -n 15 <<<"$GUEST_OUT")"
+        fail "no libtest summary from the guest (status $status)"
+        return
+    fi
+    passed=$(grep -o '[0-9]* passed' <<<"$summary" | cut -d' ' -f1)
+    failed=$(grep -o '[0-9]* failed' <<<"$summary" | cut -d' ' -f1)
+    if [ "$passed" = 0 ] && [ "$failed" = 0 ]; then
+        fail "no real_vsock tests found"
+        return
+    fi
+    if [ "$failed" != 0 ] || [ "$status" != 0 ]; then
+        diag "$(grep -E '^test .* FAILED$|panicked' <<<"$GUEST_OUT" | head -n 20)"
+        fail "$failed of $((passed + failed)) real_vsock tests failed in the guest (status $status)"
+        return
+    fi
+    pass "$passed real_vsock tests passed on CID 1 (vsock_loopback) in $(elapsed "$start") s"
+}
+
+# Not asserted: heartbeat round trips through the agent against a raw echo on the same host -> guest
+# path (68-byte messages, the size of a heartbeat), as a ratio of medians.
+scenario_benchmark() {
+    local count=2000 agent_p50 echo_p50
+    agent_up bench listen vsock:any:0x48560001 || return
+    guest 20 "daemon_start echo vsock_echo serve $ECHO_PORT >/dev/null &&
+        for i in \$(seq 50); do grep -q listening /tmp/echo.log && break; sleep 0.1; done;
+        cat /tmp/echo.log" || { fail "vsock_echo did not start in the guest: $GUEST_OUT"; return; }
+    hybrid_heartbeat bench-host 0x48560001 "$count" || return
+    bg_start bench-echo "$VSOCK_ECHO" ping "$RUN/vsock.uds" "$ECHO_PORT" "$count" 68
+    bg_wait bench-echo 120 || { fail "vsock_echo ping failed: $(bg_why bench-echo)"; return; }
+    guest 20 "daemon_stop echo" || true
+    agent_down bench || return
+    agent_p50=$(bg_field bench-host p50_us)
+    echo_p50=$(bg_field bench-echo p50_us)
+    pass "$(awk -v a="$agent_p50" -v e="$echo_p50" 'BEGIN {
+        printf "heartbeat via agent p50 %s us vs raw vsock echo p50 %s us: ratio %.2f", a, e, a / e }')"
+}
