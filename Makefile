@@ -1,0 +1,52 @@
+# hvagent: make (build), make test (every test), make demo, make bench, make vm-test, make install.
+CARGO   ?= cargo
+PREFIX  ?= /usr/local
+DESTDIR ?=
+SBINDIR ?= $(PREFIX)/sbin
+BINDIR  ?= $(PREFIX)/bin
+DOCDIR  ?= $(PREFIX)/share/doc/hvagent
+
+.PHONY: all build test unit-test interop-test vm-test lint demo bench install uninstall clean
+
+all: build
+
+build:
+	$(CARGO) build --release --bins
+
+# Every test: unit and end-to-end tests, the independent host written from docs/PROTOCOL.md, and the real-vsock
+# VM test (which explains itself and skips when it cannot run, unless HVAGENT_REQUIRE_VM=1).
+test: lint unit-test interop-test vm-test
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+unit-test:
+	$(CARGO) test
+
+interop-test:
+	$(CARGO) build --bins
+	python3 tests/interop/spec_host.py target/debug/hvagent
+
+vm-test:
+	scripts/vm-test.sh
+
+demo:
+	scripts/demo.sh
+
+bench:
+	$(CARGO) build --release --bins
+	target/release/hvbench
+
+install: build
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(DOCDIR)
+	install -m 0755 target/release/hvagent $(DESTDIR)$(SBINDIR)/hvagent
+	install -m 0755 target/release/hvhost $(DESTDIR)$(BINDIR)/hvhost
+	install -m 0644 README.md docs/PROTOCOL.md $(DESTDIR)$(DOCDIR)/
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/hvagent $(DESTDIR)$(BINDIR)/hvhost
+	rm -rf $(DESTDIR)$(DOCDIR)
+
+clean:
+	$(CARGO) clean
