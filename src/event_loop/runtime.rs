@@ -1,0 +1,381 @@
+//! One enabled service at run time: its dialler or listener state, its links, and the logging of what
+//! happens to them. The poll loop in the parent module drives these.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use log::{debug, info, log, warn, Level};
+use nix::errno::Errno;
+use nix::poll::PollFlags;
+
+use crate::config::{Endpoint, ServiceConfig};
+use crate::service::{Channel, Event};
+use crate::transport::backoff::Backoff;
+use crate::transport::socket::{self, Dial, Peer, CONNECT_TIMEOUT};
+use crate::transport::{Address, Closed, Connection};
+use crate::wire::Message;
+
+use super::MAX_CONNECTIONS;
+
+/// A connected channel.
+pub(super) struct Link {
+    pub(super) connection: Connection,
+    pub(super) channel: Channel,
+    pub(super) peer: String,
+    pub(super) since: Instant,
+    /// Set when the link must be dropped; swept after each poll round.
+    pub(super) closed: Option<Closed>,
+}
+
+impl Link {
+    pub(super) fn new(fd: OwnedFd, config: &ServiceConfig, peer: String, now: Instant) -> Link {
+        Link {
+            connection: Connection::new(fd),
+            channel: Channel::new(config.kind),
+            peer,
+            since: now,
+            closed: None,
+        }
+    }
+
+    /// Reads what is there, answers it and sends what can be sent.
+    pub(super) fn service(
+        &mut self,
+        kind: &str,
+        inbox: &mut Vec<Message>,
+        replies: &mut Vec<Message>,
+    ) {
+        if let Err(closed) = self.connection.receive(inbox) {
+            self.closed = Some(closed);
+        }
+        for message in inbox.drain(..) {
+            let event = self.channel.handle(&message, replies);
+            log_event(kind, &self.peer, &event);
+        }
+        for reply in replies.drain(..) {
+            if let Err(closed) = self.connection.queue(&reply) {
+                self.closed.get_or_insert(closed);
+            }
+        }
+        self.flush();
+    }
+
+    pub(super) fn flush(&mut self) {
+        if self.closed.is_none() {
+            if let Err(closed) = self.connection.flush() {
+                self.closed = Some(closed);
+            }
+        }
+    }
+
+    pub(super) fn interest(&self) -> PollFlags {
+        if self.connection.wants_write() {
+            PollFlags::POLLIN | PollFlags::POLLOUT
+        } else {
+            PollFlags::POLLIN
+        }
+    }
+}
+
+fn log_event(kind: &str, peer: &str, event: &Event) {
+    match event {
+        Event::Negotiated { framework, message } => {
+            info!("{kind}: negotiated framework {framework}, message version {message} with {peer}")
+        }
+        Event::NoCommonVersion {
+            offered_frameworks,
+            offered_messages,
+        } => warn!(
+            "{kind}: {peer} offered no version we speak (frameworks {offered_frameworks:?}, messages \
+             {offered_messages:?}); answered with counts 0"
+        ),
+        Event::HeartbeatAnswered { seq_num } => debug!("{kind}: heartbeat {seq_num} answered"),
+        Event::Refused {
+            msgtype,
+            status,
+            why,
+        } => info!("{kind}: refused a {msgtype} request from {peer} with {status}: {why}"),
+        Event::UnexpectedResponse {
+            msgtype,
+            transaction_id,
+        } => debug!(
+            "{kind}: dropped a {msgtype} response (transaction {transaction_id}) nobody asked for"
+        ),
+    }
+}
+
+/// Where a dialling service stands.
+pub(super) enum DialState {
+    Waiting { retry_at: Instant },
+    Connecting { fd: OwnedFd, deadline: Instant },
+    Up(Box<Link>),
+}
+
+/// Where a listening service stands.
+pub(super) struct Listening {
+    pub(super) listener: Option<OwnedFd>,
+    pub(super) retry_at: Option<Instant>,
+    pub(super) links: Vec<Link>,
+}
+
+pub(super) enum Role {
+    Dialer(DialState),
+    Listener(Listening),
+}
+
+/// One enabled service at run time.
+pub(super) struct Service {
+    pub(super) config: ServiceConfig,
+    pub(super) role: Role,
+    pub(super) backoff: Backoff,
+    /// Failed attempts since the last success: the first is logged loudly, the rest quietly.
+    pub(super) failures: u32,
+}
+
+impl Service {
+    pub(super) fn new(config: ServiceConfig, now: Instant, seed: u64) -> Service {
+        let role = match config.endpoint {
+            Endpoint::Connect(_) => Role::Dialer(DialState::Waiting { retry_at: now }),
+            Endpoint::Listen(_) => Role::Listener(Listening {
+                listener: None,
+                retry_at: Some(now),
+                links: Vec::new(),
+            }),
+        };
+        Service {
+            config,
+            role,
+            backoff: Backoff::new(seed),
+            failures: 0,
+        }
+    }
+
+    pub(super) fn name(&self) -> &'static str {
+        self.config.kind.name()
+    }
+
+    pub(super) fn address(&self) -> &Address {
+        self.config.endpoint.address()
+    }
+
+    /// Logs a failed attempt (loudly the first time, with what to check) and returns when to retry.
+    pub(super) fn failed(
+        &mut self,
+        what: &str,
+        error: &dyn std::fmt::Display,
+        now: Instant,
+    ) -> Instant {
+        let delay = self.backoff.next_delay();
+        let level = if self.failures == 0 {
+            Level::Warn
+        } else {
+            Level::Debug
+        };
+        self.failures += 1;
+        log!(
+            level,
+            "{}: cannot {what} {}: {error}; {}; retrying in {} ms (backoff up to 30 s, further failures logged at debug)",
+            self.name(),
+            self.address(),
+            hint(self.address(), what),
+            delay.as_millis()
+        );
+        now + delay
+    }
+
+    /// Runs what is due: redials, connect time-outs, listener retries.
+    pub(super) fn run_timers(&mut self, now: Instant) {
+        match &mut self.role {
+            Role::Dialer(DialState::Waiting { retry_at }) if *retry_at <= now => self.dial(now),
+            Role::Dialer(DialState::Connecting { deadline, .. }) if *deadline <= now => {
+                let retry_at = self.failed("connect to", &Errno::ETIMEDOUT, now);
+                self.role = Role::Dialer(DialState::Waiting { retry_at });
+            }
+            Role::Listener(listening) if listening.retry_at.is_some_and(|at| at <= now) => {
+                match socket::listen(self.config.endpoint.address(), 64) {
+                    Ok(fd) => {
+                        info!(
+                            "{}: listening on {}",
+                            self.config.kind,
+                            self.config.endpoint.address()
+                        );
+                        listening.listener = Some(fd);
+                        listening.retry_at = None;
+                        self.failures = 0;
+                    }
+                    Err(error) => {
+                        let retry_at = self.failed("listen on", &error, now);
+                        if let Role::Listener(listening) = &mut self.role {
+                            listening.retry_at = Some(retry_at);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn dial(&mut self, now: Instant) {
+        let state = match socket::connect(self.address()) {
+            Ok(Dial::Connected(fd)) => self.connected(fd, now),
+            Ok(Dial::InProgress(fd)) => DialState::Connecting {
+                fd,
+                deadline: now + CONNECT_TIMEOUT + Duration::from_secs(1),
+            },
+            Err(error) => DialState::Waiting {
+                retry_at: self.failed("connect to", &error, now),
+            },
+        };
+        self.role = Role::Dialer(state);
+    }
+
+    /// A connect in progress polled writable (or failed): see how it went.
+    pub(super) fn connect_finished(&mut self, now: Instant) {
+        let Role::Dialer(DialState::Connecting { fd, .. }) = &self.role else {
+            return;
+        };
+        let state = match socket::finish_connect(fd.as_fd()) {
+            Ok(()) => {
+                let previous = std::mem::replace(
+                    &mut self.role,
+                    Role::Dialer(DialState::Waiting { retry_at: now }),
+                );
+                let Role::Dialer(DialState::Connecting { fd, .. }) = previous else {
+                    return;
+                };
+                self.connected(fd, now)
+            }
+            Err(error) => DialState::Waiting {
+                retry_at: self.failed("connect to", &error, now),
+            },
+        };
+        self.role = Role::Dialer(state);
+    }
+
+    pub(super) fn connected(&mut self, fd: OwnedFd, now: Instant) -> DialState {
+        info!("{}: connected to {}", self.name(), self.address());
+        self.failures = 0;
+        let peer = self.address().to_string();
+        DialState::Up(Box::new(Link::new(fd, &self.config, peer, now)))
+    }
+
+    /// The earliest deadline of this service.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match &self.role {
+            Role::Dialer(DialState::Waiting { retry_at }) => Some(*retry_at),
+            Role::Dialer(DialState::Connecting { deadline, .. }) => Some(*deadline),
+            Role::Dialer(DialState::Up(_)) => None,
+            Role::Listener(listening) => listening.retry_at,
+        }
+    }
+
+    /// Closes links marked closed; a dialler schedules its redial.
+    pub(super) fn sweep(&mut self, now: Instant) {
+        let name = self.config.kind.name();
+        match &mut self.role {
+            Role::Dialer(DialState::Up(link)) => {
+                if let Some(closed) = link.closed.take() {
+                    self.backoff
+                        .connection_ended(now.saturating_duration_since(link.since));
+                    let delay = self.backoff.next_delay();
+                    info!(
+                        "{name}: connection to {} closed: {closed}; redialling in {} ms",
+                        link.peer,
+                        delay.as_millis()
+                    );
+                    self.role = Role::Dialer(DialState::Waiting {
+                        retry_at: now + delay,
+                    });
+                }
+            }
+            Role::Listener(listening) => {
+                listening.links.retain_mut(|link| match link.closed.take() {
+                    Some(closed) => {
+                        info!("{name}: connection from {} closed: {closed}", link.peer);
+                        false
+                    }
+                    None => true,
+                })
+            }
+            _ => {}
+        }
+    }
+
+    /// Accepts every waiting connection, refusing peers the config does not allow and any beyond the cap.
+    pub(super) fn accept_all(&mut self, now: Instant) {
+        let Role::Listener(listening) = &mut self.role else {
+            return;
+        };
+        let Some(listener) = &listening.listener else {
+            return;
+        };
+        loop {
+            match socket::accept(listener.as_fd()) {
+                Ok(Some((fd, peer))) => {
+                    let name = self.config.kind.name();
+                    if !socket::peer_allowed(&peer, self.config.allow_any_cid) {
+                        warn!(
+                            "{name}: refused {peer}: only the host (CID 2) may connect; set allow_any_cid = true \
+                             in [{name}] to accept other CIDs"
+                        );
+                        continue;
+                    }
+                    if listening.links.len() >= MAX_CONNECTIONS {
+                        warn!("{name}: refused {peer}: {MAX_CONNECTIONS} connections are open already");
+                        continue;
+                    }
+                    info!("{name}: accepted {peer}");
+                    let label = match peer {
+                        Peer::Unix => format!("{} peer", self.config.endpoint.address()),
+                        other => other.to_string(),
+                    };
+                    listening
+                        .links
+                        .push(Link::new(fd, &self.config, label, now));
+                }
+                Ok(None) => break,
+                Err(Errno::ECONNABORTED) | Err(Errno::EINTR) => continue,
+                Err(error) => {
+                    warn!("{}: accept failed: {error}", self.config.kind);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Service {
+    /// A Unix listener removes its socket file, so the next start finds no stale one.
+    fn drop(&mut self) {
+        if let (
+            Role::Listener(Listening {
+                listener: Some(_), ..
+            }),
+            Address::Unix(path),
+        ) = (&self.role, self.config.endpoint.address())
+        {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// What to check after a failed attempt, in words a user can act on.
+fn hint(address: &Address, what: &str) -> String {
+    match address {
+        Address::Vsock { port, .. } if what == "connect to" => format!(
+            "is the host service running, and on Hyper-V is service GUID {} registered under \
+             HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\\Virtualization\\GuestCommunicationServices? \
+             Is the hv_sock (or vmw_vsock_virtio_transport) module loaded?",
+            crate::guid::ServiceId::from_port(*port)
+        ),
+        Address::Vsock { .. } => {
+            "is AF_VSOCK available (module hv_sock on Hyper-V, vmw_vsock_virtio_transport on KVM) and the port free?"
+                .to_string()
+        }
+        Address::Unix(path) if what == "connect to" => {
+            format!("is hvhost (or another host peer) listening at {}?", path.display())
+        }
+        Address::Unix(path) => format!("can this user create {}?", path.display()),
+        Address::Hybrid { .. } => "hybrid addresses are for hvhost".to_string(),
+    }
+}
