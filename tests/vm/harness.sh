@@ -229,11 +229,14 @@ bg_wait() {
     return "$status"
 }
 
-# bg_stop NAME [SIGNAL]: stop NAME (TERM by default) and reap it.
+# bg_stop NAME [SIGNAL]: send SIGNAL (TERM by default) to NAME's program and reap it. The program runs
+# under `timeout`, which passes TERM on but cannot pass KILL: KILL goes to the program itself.
 bg_stop() {
-    local pid=${BG_PIDS[$1]:-}
+    local pid=${BG_PIDS[$1]:-} child=
     [ -n "$pid" ] || return 0
-    kill "-${2:-TERM}" "$pid" 2>/dev/null || true
+    read -r child _ <"/proc/$pid/task/$pid/children" 2>/dev/null || true
+    kill "-${2:-TERM}" "${child:-$pid}" 2>/dev/null || true
+    wait_until 5 eval "! kill -0 $pid 2>/dev/null" || kill -KILL "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     unset "BG_PIDS[$1]"
 }
