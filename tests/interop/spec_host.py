@@ -1024,8 +1024,11 @@ def main():
         print("not an executable: %s" % exe, file=sys.stderr)
         return 2
 
+    tmp = tempfile.mkdtemp(prefix="hvspec.")
+
     def on_alarm(signum, frame):
         kill_all_agents()
+        shutil.rmtree(tmp, ignore_errors=True)
         print("FAIL watchdog: the run exceeded 55 s", flush=True)
         passed = sum(1 for _, ok in results if ok)
         print("interop: %d passed, %d failed" % (passed, len(results) - passed + 1), flush=True)
@@ -1038,7 +1041,6 @@ def main():
     signal.signal(signal.SIGTERM, on_term)
     signal.alarm(55)
 
-    tmp = tempfile.mkdtemp(prefix="hvspec.")
     t_start = time.monotonic()
     try:
         ctx = Ctx()
