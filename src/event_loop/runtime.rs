@@ -60,11 +60,19 @@ impl Link {
         self.flush();
     }
 
+    /// Sends what is queued. A link about to close for EOF or garbage still gets the answers to the whole
+    /// requests that came before, as far as the socket takes them now.
     pub(super) fn flush(&mut self) {
-        if self.closed.is_none() {
-            if let Err(closed) = self.connection.flush() {
-                self.closed = Some(closed);
+        match &self.closed {
+            None => {
+                if let Err(closed) = self.connection.flush() {
+                    self.closed = Some(closed);
+                }
             }
+            Some(Closed::Eof) | Some(Closed::Garbage(_)) => {
+                let _ = self.connection.flush();
+            }
+            Some(Closed::Error(_)) | Some(Closed::Stuck) => {}
         }
     }
 
