@@ -42,6 +42,7 @@ daemon_running() {
 }
 
 # daemon_fds NAME: print "fds=N" (entries of /proc/PID/fd) and the list itself.
+# shellcheck disable=SC2012 # the names in /proc/PID/fd are numbers
 daemon_fds() {
     pid=$(daemon_pid "$1")
     echo "fds=$(ls "/proc/$pid/fd" | wc -l)"

@@ -207,37 +207,57 @@ guest_value() { sed -n "s/^$1=//p" <<<"$GUEST_OUT" | tail -n 1; }
 
 # ------------------------------------------------------------------- host-side background programs
 
+# Each one runs as: a wrapper subshell (BG_PIDS[NAME]) -> timeout 600 -> the program. The wrapper keeps
+# the program's exit status in RUN/NAME.rc and swallows the shell's "Killed" notices.
+
 # bg_start NAME COMMAND...: start COMMAND (with a time limit) into RUN/NAME.out and RUN/NAME.err.
 bg_start() {
     local name=$1
     shift
-    timeout 600 "$@" >"$RUN/$name.out" 2>"$RUN/$name.err" &
+    rm -f "$RUN/$name.rc"
+    (
+        timeout 600 "$@" >"$RUN/$name.out" 2>"$RUN/$name.err"
+        echo $? >"$RUN/$name.rc"
+    ) 2>/dev/null &
     BG_PIDS[$name]=$!
 }
 
-bg_running() { [ -n "${BG_PIDS[$1]:-}" ] && kill -0 "${BG_PIDS[$1]}" 2>/dev/null; }
+bg_running() { [ -n "${BG_PIDS[$1]:-}" ] && [ ! -e "$RUN/$1.rc" ] && kill -0 "${BG_PIDS[$1]}" 2>/dev/null; }
 
 # bg_wait NAME SECONDS: wait for NAME to end and return its status; 124 (after killing it) on time-out.
 bg_wait() {
-    local pid=${BG_PIDS[$1]} status=0
+    local pid=${BG_PIDS[$1]}
     if ! wait_until "$2" eval "! bg_running $1"; then
         bg_stop "$1" KILL
         return 124
     fi
-    wait "$pid" || status=$?
+    wait "$pid" 2>/dev/null || true
     unset "BG_PIDS[$1]"
-    return "$status"
+    return "$(cat "$RUN/$1.rc" 2>/dev/null || echo 1)"
 }
 
-# bg_stop NAME [SIGNAL]: send SIGNAL (TERM by default) to NAME's program and reap it. The program runs
-# under `timeout`, which passes TERM on but cannot pass KILL: KILL goes to the program itself.
+# bg_program NAME: the pid of NAME's program, the last of the wrapper's line of descendants (the wrapper
+# itself while it has not forked yet).
+bg_program() {
+    local pid=${BG_PIDS[$1]} children
+    while children=$(cat "/proc/$pid/task/$pid/children" 2>/dev/null) && [ -n "${children%% *}" ]; do
+        pid=${children%% *}
+    done
+    echo "$pid"
+}
+
+# bg_stop NAME [SIGNAL]: send SIGNAL (TERM by default) to NAME's program itself and reap the wrapper.
 bg_stop() {
-    local pid=${BG_PIDS[$1]:-} child=
-    [ -n "$pid" ] || return 0
-    read -r child _ <"/proc/$pid/task/$pid/children" 2>/dev/null || true
-    kill "-${2:-TERM}" "${child:-$pid}" 2>/dev/null || true
-    wait_until 5 eval "! kill -0 $pid 2>/dev/null" || kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
+    local wrapper=${BG_PIDS[$1]:-} pid
+    [ -n "$wrapper" ] || return 0
+    pid=$(bg_program "$1")
+    if [ "$pid" = "$wrapper" ] && bg_running "$1"; then
+        sleep 0.2 # just started: let it reach the program, or the program would outlive its wrapper
+        pid=$(bg_program "$1")
+    fi
+    kill "-${2:-TERM}" "$pid" 2>/dev/null || true
+    wait_until 5 eval "! kill -0 $wrapper 2>/dev/null" || kill -KILL "$pid" "$wrapper" 2>/dev/null || true
+    wait "$wrapper" 2>/dev/null || true
     unset "BG_PIDS[$1]"
 }
 

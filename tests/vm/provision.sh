@@ -58,6 +58,9 @@ pick_kernel_package() {
     return 1
 }
 
+# apt_download PACKAGE DIR: fetch PACKAGE's .deb into DIR (no root needed, nothing is installed).
+apt_download() { (cd "$2" && apt-get download "$1" >>"$CACHE/apt.log" 2>&1); }
+
 # Sets KERNEL_DIR to an unpacked kernel package: KERNEL_DIR/boot/vmlinuz-*, KERNEL_DIR/lib/modules/*.
 ensure_kernel() {
     local wanted=${HVAGENT_VM_KERNEL_PKG:-}
@@ -79,10 +82,9 @@ ensure_kernel() {
     local download=$CACHE/kernel/.download
     rm -rf "$download" "$KERNEL_DIR.tmp"
     mkdir -p "$download"
-    if ! (cd "$download" && apt-get download "$wanted" >>"$CACHE/apt.log" 2>&1); then
-        apt_update_once && (cd "$download" && apt-get download "$wanted" >>"$CACHE/apt.log" 2>&1) ||
-            cannot_run "apt-get download $wanted failed (see $CACHE/apt.log)" \
-                "check that the Debian package archive is reachable, then retry"
+    if ! apt_download "$wanted" "$download" && ! { apt_update_once && apt_download "$wanted" "$download"; }; then
+        cannot_run "apt-get download $wanted failed (see $CACHE/apt.log)" \
+            "check that the Debian package archive is reachable, then retry"
     fi
     dpkg-deb -x "$download"/*.deb "$KERNEL_DIR.tmp"
     compgen -G "$KERNEL_DIR.tmp/boot/vmlinuz-*" >/dev/null || {
