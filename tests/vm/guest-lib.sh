@@ -41,6 +41,15 @@ daemon_running() {
     [ -s "/tmp/$1.pid" ] && [ ! -e "/tmp/$1.rc" ]
 }
 
+# daemon_kill_all: SIGKILL every daemon still running (what a failed scenario left behind).
+daemon_kill_all() {
+    for pidfile in /tmp/*.pid; do
+        name=$(basename "$pidfile" .pid)
+        if daemon_running "$name"; then daemon_stop "$name" KILL; fi
+    done
+    return 0
+}
+
 # daemon_fds NAME: print "fds=N" (entries of /proc/PID/fd) and the list itself.
 # shellcheck disable=SC2012 # the names in /proc/PID/fd are numbers
 daemon_fds() {

@@ -294,8 +294,18 @@ run_scenario() {
     else
         echo "FAIL $name: ${RESULT:-failed}"
         FAILED=$((FAILED + 1))
+        stop_leftovers
     fi
     if [ -n "$DIAG" ]; then printf '%s' "$DIAG" | sed 's/^/    | /'; fi
+}
+
+# After a failed scenario: stop what it left running on both sides, so the next one starts clean.
+stop_leftovers() {
+    local name
+    for name in "${!BG_PIDS[@]}"; do
+        bg_stop "$name" KILL
+    done
+    guest 20 daemon_kill_all || true
 }
 
 fail_all() {
