@@ -14,9 +14,11 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::config::{self, Config};
+use crate::service::Logic;
 use crate::wire::Message;
 
 mod runtime;
+mod services;
 use runtime::{DialState, Link, Role, Service};
 
 /// Most connections one listening service keeps at once; more are accepted and closed at once.
@@ -31,6 +33,8 @@ enum Token {
     DialLink(usize),
     Listener(usize),
     ListenLink(usize, usize),
+    /// The descriptor a service's logic asked to be watched.
+    Logic(usize),
 }
 
 /// The running agent.
@@ -97,7 +101,8 @@ impl Agent {
             .enabled()
             .enumerate()
             .map(|(index, service)| {
-                Service::new(service.clone(), now, seed.wrapping_add(index as u64))
+                let logic = services::logic_for(service, &config);
+                Service::new(service.clone(), logic, now, seed.wrapping_add(index as u64))
             })
             .collect();
         Ok(Agent {
@@ -192,7 +197,8 @@ impl Agent {
                 let service = &mut self.services[index];
                 let name = service.name();
                 if let Role::Dialer(DialState::Up(link)) = &mut service.role {
-                    serve_link(link, name, events, inbox, replies);
+                    let logic = &mut *service.logic;
+                    serve_link(link, name, logic, events, now, inbox, replies);
                 }
             }
             Token::Listener(index) => self.services[index].accept_all(now),
@@ -201,10 +207,12 @@ impl Agent {
                 let name = service.name();
                 if let Role::Listener(listening) = &mut service.role {
                     if let Some(link) = listening.links.get_mut(slot) {
-                        serve_link(link, name, events, inbox, replies);
+                        let logic = &mut *service.logic;
+                        serve_link(link, name, logic, events, now, inbox, replies);
                     }
                 }
             }
+            Token::Logic(index) => self.services[index].logic.fd_ready(now),
             Token::Terminate | Token::Reload => {}
         }
     }
@@ -228,7 +236,9 @@ impl Agent {
                 None => {
                     info!("{}: settings changed, reopening", wanted.kind);
                     let seed = self.seed.wrapping_add(index as u64 + 1000);
-                    self.services.push(Service::new(wanted.clone(), now, seed));
+                    let logic = services::logic_for(wanted, &config);
+                    self.services
+                        .push(Service::new(wanted.clone(), logic, now, seed));
                 }
             }
         }
@@ -249,12 +259,14 @@ impl Agent {
 fn serve_link(
     link: &mut Link,
     name: &str,
+    logic: &mut dyn Logic,
     events: PollFlags,
+    now: Instant,
     inbox: &mut Vec<Message>,
     replies: &mut Vec<Message>,
 ) {
     if events.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
-        link.service(name, inbox, replies);
+        link.service(name, logic, now, inbox, replies);
     } else if events.contains(PollFlags::POLLOUT) {
         link.flush();
     }
@@ -270,6 +282,9 @@ fn watch<'a>(
         fds.push(PollFd::new(fd, flags));
         tokens.push(token);
     };
+    if let Some(fd) = service.logic_fd() {
+        add(fd, PollFlags::POLLIN, Token::Logic(index));
+    }
     match &service.role {
         Role::Dialer(DialState::Connecting { fd, .. }) => {
             add(fd.as_fd(), PollFlags::POLLOUT, Token::Dialing(index))

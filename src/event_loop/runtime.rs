@@ -1,7 +1,7 @@
 //! One enabled service at run time: its dialler or listener state, its links, and the logging of what
 //! happens to them. The poll loop in the parent module drives these.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use log::{debug, info, log, warn, Level};
@@ -9,7 +9,7 @@ use nix::errno::Errno;
 use nix::poll::PollFlags;
 
 use crate::config::{Endpoint, ServiceConfig};
-use crate::service::{Channel, Event};
+use crate::service::{Channel, Event, LinkId, Logic};
 use crate::transport::backoff::Backoff;
 use crate::transport::socket::{self, Dial, Peer, CONNECT_TIMEOUT};
 use crate::transport::{Address, Closed, Connection};
@@ -28,10 +28,16 @@ pub(super) struct Link {
 }
 
 impl Link {
-    pub(super) fn new(fd: OwnedFd, config: &ServiceConfig, peer: String, now: Instant) -> Link {
+    pub(super) fn new(
+        fd: OwnedFd,
+        config: &ServiceConfig,
+        id: LinkId,
+        peer: String,
+        now: Instant,
+    ) -> Link {
         Link {
             connection: Connection::new(fd),
-            channel: Channel::new(config.kind),
+            channel: Channel::new(config.kind, id),
             peer,
             since: now,
             closed: None,
@@ -42,6 +48,8 @@ impl Link {
     pub(super) fn service(
         &mut self,
         kind: &str,
+        logic: &mut dyn Logic,
+        now: Instant,
         inbox: &mut Vec<Message>,
         replies: &mut Vec<Message>,
     ) {
@@ -49,11 +57,17 @@ impl Link {
             self.closed = Some(closed);
         }
         for message in inbox.drain(..) {
-            let event = self.channel.handle(&message, replies);
+            let event = self.channel.handle(&message, logic, now, replies);
             log_event(kind, &self.peer, &event);
         }
-        for reply in replies.drain(..) {
-            if let Err(closed) = self.connection.queue(&reply) {
+        self.send(replies);
+        logic.after_send(now);
+    }
+
+    /// Queues messages and sends what the socket takes.
+    pub(super) fn send(&mut self, messages: &mut Vec<Message>) {
+        for message in messages.drain(..) {
+            if let Err(closed) = self.connection.queue(&message) {
                 self.closed.get_or_insert(closed);
             }
         }
@@ -97,7 +111,7 @@ fn log_event(kind: &str, peer: &str, event: &Event) {
             "{kind}: {peer} offered no version we speak (frameworks {offered_frameworks:?}, messages \
              {offered_messages:?}); answered with counts 0"
         ),
-        Event::HeartbeatAnswered { seq_num } => debug!("{kind}: heartbeat {seq_num} answered"),
+        Event::Served { .. } | Event::ResponseTaken { .. } => {}
         Event::Refused {
             msgtype,
             status,
@@ -134,14 +148,22 @@ pub(super) enum Role {
 /// One enabled service at run time.
 pub(super) struct Service {
     pub(super) config: ServiceConfig,
+    pub(super) logic: Box<dyn Logic>,
     pub(super) role: Role,
+    /// The id the next link gets.
+    next_link: LinkId,
     pub(super) backoff: Backoff,
     /// Failed attempts since the last success: the first is logged loudly, the rest quietly.
     pub(super) failures: u32,
 }
 
 impl Service {
-    pub(super) fn new(config: ServiceConfig, now: Instant, seed: u64) -> Service {
+    pub(super) fn new(
+        config: ServiceConfig,
+        logic: Box<dyn Logic>,
+        now: Instant,
+        seed: u64,
+    ) -> Service {
         let role = match config.endpoint {
             Endpoint::Connect(_) => Role::Dialer(DialState::Waiting { retry_at: now }),
             Endpoint::Listen(_) => Role::Listener(Listening {
@@ -152,7 +174,9 @@ impl Service {
         };
         Service {
             config,
+            logic,
             role,
+            next_link: 1,
             backoff: Backoff::new(seed),
             failures: 0,
         }
@@ -191,8 +215,47 @@ impl Service {
         now + delay
     }
 
-    /// Runs what is due: redials, connect time-outs, listener retries.
+    fn new_link_id(&mut self) -> LinkId {
+        let id = self.next_link;
+        self.next_link += 1;
+        id
+    }
+
+    /// The links that are up.
+    pub(super) fn links_mut(&mut self) -> Vec<&mut Link> {
+        match &mut self.role {
+            Role::Dialer(DialState::Up(link)) => vec![&mut **link],
+            Role::Dialer(_) => Vec::new(),
+            Role::Listener(listening) => listening.links.iter_mut().collect(),
+        }
+    }
+
+    /// Runs the logic's timers and sends what it wants sent on the links it names.
+    fn run_logic_timers(&mut self, now: Instant) {
+        if !self.logic.deadline().is_some_and(|at| at <= now) {
+            return;
+        }
+        let mut out = Vec::new();
+        self.logic.on_timer(now, &mut out);
+        for (id, message) in out {
+            if let Some(link) = self
+                .links_mut()
+                .into_iter()
+                .find(|link| link.channel.link() == id)
+            {
+                link.send(&mut vec![message]);
+            }
+        }
+    }
+
+    /// The descriptor the logic wants watched, if any.
+    pub(super) fn logic_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.logic.watched_fd()
+    }
+
+    /// Runs what is due: the logic's timers, redials, connect time-outs, listener retries.
     pub(super) fn run_timers(&mut self, now: Instant) {
+        self.run_logic_timers(now);
         match &mut self.role {
             Role::Dialer(DialState::Waiting { retry_at }) if *retry_at <= now => self.dial(now),
             Role::Dialer(DialState::Connecting { deadline, .. }) if *deadline <= now => {
@@ -264,16 +327,21 @@ impl Service {
         info!("{}: connected to {}", self.name(), self.address());
         self.failures = 0;
         let peer = self.address().to_string();
-        DialState::Up(Box::new(Link::new(fd, &self.config, peer, now)))
+        let id = self.new_link_id();
+        DialState::Up(Box::new(Link::new(fd, &self.config, id, peer, now)))
     }
 
-    /// The earliest deadline of this service.
+    /// The earliest deadline of this service and its logic.
     pub(super) fn deadline(&self) -> Option<Instant> {
-        match &self.role {
+        let own = match &self.role {
             Role::Dialer(DialState::Waiting { retry_at }) => Some(*retry_at),
             Role::Dialer(DialState::Connecting { deadline, .. }) => Some(*deadline),
             Role::Dialer(DialState::Up(_)) => None,
             Role::Listener(listening) => listening.retry_at,
+        };
+        match (own, self.logic.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -283,6 +351,7 @@ impl Service {
         match &mut self.role {
             Role::Dialer(DialState::Up(link)) => {
                 if let Some(closed) = link.closed.take() {
+                    self.logic.closed(link.channel.link());
                     self.backoff
                         .connection_ended(now.saturating_duration_since(link.since));
                     let delay = self.backoff.next_delay();
@@ -297,8 +366,10 @@ impl Service {
                 }
             }
             Role::Listener(listening) => {
+                let logic = &mut self.logic;
                 listening.links.retain_mut(|link| match link.closed.take() {
                     Some(closed) => {
+                        logic.closed(link.channel.link());
                         info!("{name}: connection from {} closed: {closed}", link.peer);
                         false
                     }
@@ -337,9 +408,11 @@ impl Service {
                         Peer::Unix => format!("{} peer", self.config.endpoint.address()),
                         other => other.to_string(),
                     };
+                    let id = self.next_link;
+                    self.next_link += 1;
                     listening
                         .links
-                        .push(Link::new(fd, &self.config, label, now));
+                        .push(Link::new(fd, &self.config, id, label, now));
                 }
                 Ok(None) => break,
                 Err(Errno::ECONNABORTED) | Err(Errno::EINTR) => continue,

@@ -8,6 +8,11 @@
 
 pub mod heartbeat;
 pub mod host;
+pub mod logic;
+
+use std::time::Instant;
+
+pub use logic::{LinkId, Logic, Refusal, StatusLine};
 
 use crate::wire::negotiate::Negotiate;
 use crate::wire::{IcVersion, Message, MessageType, Status};
@@ -117,15 +122,16 @@ pub enum Event {
         offered_frameworks: Vec<IcVersion>,
         offered_messages: Vec<IcVersion>,
     },
-    HeartbeatAnswered {
-        seq_num: u64,
-    },
+    /// A request of the service's own type was handed to its logic and answered with HV_S_OK.
+    Served { msgtype: MessageType },
     /// A request answered with an error status.
     Refused {
         msgtype: MessageType,
         status: Status,
         why: String,
     },
+    /// A response to a request the service's logic sent.
+    ResponseTaken { msgtype: MessageType },
     /// A response nobody asked for, dropped.
     UnexpectedResponse {
         msgtype: MessageType,
@@ -133,20 +139,20 @@ pub enum Event {
     },
 }
 
-/// The guest side of one service channel.
+/// The guest side of one service channel: negotiation and the IC rules; the rest is the service's logic.
 #[derive(Debug)]
 pub struct Channel {
     kind: ServiceKind,
+    link: LinkId,
     state: ChannelState,
-    heartbeats: u64,
 }
 
 impl Channel {
-    pub fn new(kind: ServiceKind) -> Channel {
+    pub fn new(kind: ServiceKind, link: LinkId) -> Channel {
         Channel {
             kind,
+            link,
             state: ChannelState::AwaitingNegotiation,
-            heartbeats: 0,
         }
     }
 
@@ -154,25 +160,46 @@ impl Channel {
         self.kind
     }
 
+    pub fn link(&self) -> LinkId {
+        self.link
+    }
+
     pub fn state(&self) -> ChannelState {
         self.state
     }
 
-    /// Heartbeats answered on this channel.
-    pub fn heartbeats(&self) -> u64 {
-        self.heartbeats
+    /// The message version agreed, once negotiated.
+    pub fn version(&self) -> Option<IcVersion> {
+        match self.state {
+            ChannelState::Ready { message, .. } => Some(message),
+            _ => None,
+        }
     }
 
     /// Handles one decoded message, appending the replies to send to `replies`.
-    pub fn handle(&mut self, message: &Message, replies: &mut Vec<Message>) -> Event {
+    pub fn handle(
+        &mut self,
+        message: &Message,
+        logic: &mut dyn Logic,
+        now: Instant,
+        replies: &mut Vec<Message>,
+    ) -> Event {
         let header = &message.header;
         if header.flags.is_response() {
+            if header.msgtype == self.kind.msgtype()
+                && self.version().is_some()
+                && logic.response(self.link, message, now)
+            {
+                return Event::ResponseTaken {
+                    msgtype: header.msgtype,
+                };
+            }
             return Event::UnexpectedResponse {
                 msgtype: header.msgtype,
                 transaction_id: header.transaction_id,
             };
         }
-        let (reply, event) = self.answer(message);
+        let (reply, event) = self.answer(message, logic, now);
         if header.flags.expects_answer() {
             replies.push(reply);
         }
@@ -180,12 +207,23 @@ impl Channel {
     }
 
     /// The answer to a request and what it means, whether or not the host wants the answer.
-    fn answer(&mut self, request: &Message) -> (Message, Event) {
+    fn answer(
+        &mut self,
+        request: &Message,
+        logic: &mut dyn Logic,
+        now: Instant,
+    ) -> (Message, Event) {
         let msgtype = request.header.msgtype;
         if msgtype == MessageType::NEGOTIATE {
             return match Negotiate::parse(&request.body) {
-                Ok(offer) => self.negotiate(request, &offer),
-                Err(error) => refuse(request, Status::INVALID_ARG, &error),
+                Ok(offer) => {
+                    let (reply, event) = self.negotiate(request, &offer);
+                    if let Event::Negotiated { message, .. } = event {
+                        logic.negotiated(self.link, message, now);
+                    }
+                    (reply, event)
+                }
+                Err(error) => refuse(request, &Refusal::new(Status::INVALID_ARG, error)),
             };
         }
         if msgtype != self.kind.msgtype() {
@@ -193,23 +231,17 @@ impl Channel {
                 "the {} channel does not serve {msgtype} requests",
                 self.kind
             );
-            return refuse(request, Status::FAIL, &why);
+            return refuse(request, &Refusal::new(Status::FAIL, why));
         }
-        if !matches!(self.state, ChannelState::Ready { .. }) {
-            return refuse(request, Status::FAIL, &"no versions were negotiated yet");
-        }
-        match self.kind {
-            ServiceKind::Heartbeat => match heartbeat::answer(request) {
-                Ok((reply, seq_num)) => {
-                    self.heartbeats += 1;
-                    (reply, Event::HeartbeatAnswered { seq_num })
-                }
-                Err(error) => refuse(request, Status::INVALID_ARG, &error),
-            },
-            other => {
-                let why = format!("the {other} service is not implemented by this build");
-                refuse(request, Status::FAIL, &why)
-            }
+        let Some(version) = self.version() else {
+            return refuse(
+                request,
+                &Refusal::new(Status::FAIL, "no versions were negotiated yet"),
+            );
+        };
+        match logic.request(self.link, request, version, now) {
+            Ok(reply) => (reply, Event::Served { msgtype }),
+            Err(refusal) => refuse(request, &refusal),
         }
     }
 
@@ -233,14 +265,15 @@ impl Channel {
     }
 }
 
-/// An error answer: the request's body echoed with `status`, as Linux's hv_utils answers in place.
-fn refuse(request: &Message, status: Status, why: &dyn std::fmt::Display) -> (Message, Event) {
+/// An error answer: the request's body echoed with the refusal's status, as Linux's hv_utils answers in
+/// place.
+fn refuse(request: &Message, refusal: &Refusal) -> (Message, Event) {
     let event = Event::Refused {
         msgtype: request.header.msgtype,
-        status,
-        why: why.to_string(),
+        status: refusal.status,
+        why: refusal.why.clone(),
     };
-    (request.reply(status, request.body.clone()), event)
+    (request.reply(refusal.status, request.body.clone()), event)
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::heartbeat::HeartbeatLogic;
 use super::host::{HostChannel, HostEvent, HostState};
 use super::*;
 use crate::wire::heartbeat::Heartbeat;
@@ -9,6 +10,34 @@ use crate::wire::{IcFlags, Message};
 
 fn v(major: u16, minor: u16) -> IcVersion {
     IcVersion::new(major, minor)
+}
+
+/// A guest channel with the heartbeat logic behind it, as the agent runs it.
+struct Guest {
+    channel: Channel,
+    logic: HeartbeatLogic,
+}
+
+impl Guest {
+    fn new(kind: ServiceKind) -> Guest {
+        Guest {
+            channel: Channel::new(kind, 1),
+            logic: HeartbeatLogic::new(),
+        }
+    }
+
+    fn handle(&mut self, message: &Message, replies: &mut Vec<Message>) -> Event {
+        self.channel
+            .handle(message, &mut self.logic, Instant::now(), replies)
+    }
+
+    fn state(&self) -> ChannelState {
+        self.channel.state()
+    }
+
+    fn heartbeats(&self) -> u64 {
+        self.logic.answered()
+    }
 }
 
 fn offer(frameworks: &[IcVersion], messages: &[IcVersion]) -> Message {
@@ -21,15 +50,15 @@ fn offer(frameworks: &[IcVersion], messages: &[IcVersion]) -> Message {
     Message::request(MessageType::NEGOTIATE, v(1, 0), v(1, 0), 0, body)
 }
 
-fn one_reply(channel: &mut Channel, message: &Message) -> (Message, Event) {
+fn one_reply(channel: &mut Guest, message: &Message) -> (Message, Event) {
     let mut replies = Vec::new();
     let event = channel.handle(message, &mut replies);
     assert_eq!(replies.len(), 1, "exactly one reply for {message:?}");
     (replies.remove(0), event)
 }
 
-fn ready(kind: ServiceKind) -> Channel {
-    let mut channel = Channel::new(kind);
+fn ready(kind: ServiceKind) -> Guest {
+    let mut channel = Guest::new(kind);
     let messages: Vec<IcVersion> = kind.message_versions().iter().rev().copied().collect();
     one_reply(&mut channel, &offer(&[v(1, 0), v(3, 0)], &messages));
     channel
@@ -61,7 +90,7 @@ fn each_service_negotiates_its_preferred_versions() {
         (ServiceKind::Shutdown, vec![v(1, 0)], v(1, 0)),
     ];
     for (kind, messages, expected) in cases {
-        let mut channel = Channel::new(kind);
+        let mut channel = Guest::new(kind);
         let (reply, event) = one_reply(&mut channel, &offer(&[v(1, 0), v(3, 0)], &messages));
         assert_eq!(
             reply.header.flags.0,
@@ -84,7 +113,7 @@ fn each_service_negotiates_its_preferred_versions() {
 
 #[test]
 fn framework_1_0_is_taken_when_3_0_is_not_offered() {
-    let mut channel = Channel::new(ServiceKind::Heartbeat);
+    let mut channel = Guest::new(ServiceKind::Heartbeat);
     let (reply, _) = one_reply(&mut channel, &offer(&[v(1, 0)], &[v(1, 0)]));
     assert_eq!(
         Negotiate::parse(&reply.body).unwrap().chosen(),
@@ -94,7 +123,7 @@ fn framework_1_0_is_taken_when_3_0_is_not_offered() {
 
 #[test]
 fn no_common_version_is_answered_with_counts_zero_and_blocks_requests() {
-    let mut channel = Channel::new(ServiceKind::Heartbeat);
+    let mut channel = Guest::new(ServiceKind::Heartbeat);
     let (reply, event) = one_reply(&mut channel, &offer(&[v(2, 0)], &[v(3, 0)]));
     assert_eq!(reply.body, vec![0; 16]);
     assert!(matches!(event, Event::NoCommonVersion { .. }));
@@ -117,7 +146,12 @@ fn heartbeat_is_answered_with_seq_plus_one_same_transaction_and_length() {
         );
         assert_eq!(reply.body.len(), len);
         assert_eq!(Heartbeat::parse(&reply.body).unwrap().seq_num, 42);
-        assert_eq!(event, Event::HeartbeatAnswered { seq_num: 41 });
+        assert_eq!(
+            event,
+            Event::Served {
+                msgtype: MessageType::HEARTBEAT
+            }
+        );
     }
     assert_eq!(channel.heartbeats(), 3);
 }
@@ -129,7 +163,12 @@ fn request_without_transaction_is_processed_silently() {
     // icflags 0, as a Microsoft host sends time samples; and REQUEST alone.
     for flags in [0, IcFlags::REQUEST] {
         let event = channel.handle(&heartbeat(5, flags, 16), &mut replies);
-        assert_eq!(event, Event::HeartbeatAnswered { seq_num: 5 });
+        assert_eq!(
+            event,
+            Event::Served {
+                msgtype: MessageType::HEARTBEAT
+            }
+        );
     }
     assert!(replies.is_empty());
     assert_eq!(channel.heartbeats(), 2);
@@ -174,7 +213,7 @@ fn another_services_type_is_refused_on_this_channel() {
 
 #[test]
 fn request_before_negotiation_is_answered_with_hv_e_fail() {
-    let mut channel = Channel::new(ServiceKind::Heartbeat);
+    let mut channel = Guest::new(ServiceKind::Heartbeat);
     let (reply, event) = one_reply(&mut channel, &heartbeat(1, 3, 16));
     assert_eq!(reply.header.status, Status::FAIL);
     assert!(matches!(event, Event::Refused { .. }));
@@ -214,7 +253,7 @@ fn responses_nobody_asked_for_are_dropped() {
 fn host_side_negotiates_and_heartbeats_with_the_guest_side() {
     let start = Instant::now();
     let mut host = HostChannel::new(ServiceKind::Heartbeat);
-    let mut guest = Channel::new(ServiceKind::Heartbeat);
+    let mut guest = Guest::new(ServiceKind::Heartbeat);
     let (reply, _) = one_reply(&mut guest, &host.offer());
     assert_eq!(
         host.handle(&reply, start),
@@ -256,7 +295,7 @@ fn host_side_negotiates_and_heartbeats_with_the_guest_side() {
 fn host_side_rejects_a_wrong_sequence_number() {
     let now = Instant::now();
     let mut host = HostChannel::new(ServiceKind::Heartbeat);
-    let mut guest = Channel::new(ServiceKind::Heartbeat);
+    let mut guest = Guest::new(ServiceKind::Heartbeat);
     let (reply, _) = one_reply(&mut guest, &host.offer());
     host.handle(&reply, now).unwrap();
     let request = host.heartbeat(now);
