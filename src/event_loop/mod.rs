@@ -21,7 +21,7 @@ mod runtime;
 mod services;
 use runtime::{DialState, Link, Role, Service};
 
-/// How long a stopping agent spends answering what already arrived and sending what is queued.
+/// How long a stopping agent waits for its peers to take the answers queued for them.
 const FINISH_LIMIT: Duration = Duration::from_secs(1);
 
 /// Which file descriptor a poll slot watches.
@@ -220,13 +220,14 @@ impl Agent {
         }
     }
 
-    /// Before exiting: answers the requests already received and sends every queued answer, for at most
-    /// [`FINISH_LIMIT`], so a peer loses no answer to a request it completed before the signal.
+    /// Before exiting: answers the requests already received, then sends every queued answer, waiting at
+    /// most [`FINISH_LIMIT`] for peers to take them, so a peer loses no answer to a request it completed
+    /// before the signal.
     fn finish(&mut self, inbox: &mut Vec<Message>, replies: &mut Vec<Message>) {
-        let until = Instant::now() + FINISH_LIMIT;
         for service in &mut self.services {
-            service.answer_waiting(inbox, replies, until);
+            service.answer_waiting(inbox, replies);
         }
+        let until = Instant::now() + FINISH_LIMIT;
         loop {
             let now = Instant::now();
             if now >= until {
