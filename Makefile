@@ -6,16 +6,17 @@ SBINDIR ?= $(PREFIX)/sbin
 BINDIR  ?= $(PREFIX)/bin
 DOCDIR  ?= $(PREFIX)/share/doc/hvagent
 
-.PHONY: all build test unit-test interop-test vm-test lint demo bench install uninstall clean
+.PHONY: all build test unit-test interop-test packaging-test vm-test lint demo bench install uninstall clean
 
 all: build
 
 build:
 	$(CARGO) build --release --bins
 
-# Every test: unit and end-to-end tests, the independent host written from docs/PROTOCOL.md, and the real-vsock
-# VM test (which explains itself and skips when it cannot run, unless HVAGENT_REQUIRE_VM=1).
-test: lint unit-test interop-test vm-test
+# Every test: unit and end-to-end tests, the independent host written from docs/PROTOCOL.md, the systemd unit
+# and packages, and the real-vsock VM test (which explains itself and skips when it cannot run, unless
+# HVAGENT_REQUIRE_VM=1).
+test: lint unit-test interop-test packaging-test vm-test
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -27,6 +28,10 @@ unit-test:
 interop-test:
 	$(CARGO) build --bins
 	python3 tests/interop/spec_host.py target/debug/hvagent
+
+# The unit's exposure score and `systemd-analyze verify`, the install tree and the .deb's contents.
+packaging-test: build
+	scripts/packaging-test.sh
 
 vm-test:
 	scripts/vm-test.sh
