@@ -1,0 +1,242 @@
+//! End to end, the operations side: sd_notify to a datagram socket standing in for systemd, the watchdog,
+//! and `hvagent status` over the control socket. Unix sockets only.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::time::{Duration, Instant};
+
+use common::*;
+use nix::sys::signal::Signal;
+
+/// A datagram socket standing in for systemd's notify socket.
+struct FakeSystemd(UnixDatagram);
+
+impl FakeSystemd {
+    fn bind(path: &std::path::Path) -> FakeSystemd {
+        let socket = UnixDatagram::bind(path).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        FakeSystemd(socket)
+    }
+
+    fn next(&self) -> String {
+        let mut buffer = [0u8; 1024];
+        let count = self.0.recv(&mut buffer).expect("a notification within 5 s");
+        text(&buffer[..count])
+    }
+
+    /// The next notification that is not a watchdog ping or a status update.
+    fn next_event(&self) -> String {
+        loop {
+            let message = self.next();
+            if message != "WATCHDOG=1" && !message.starts_with("STATUS=") {
+                return message;
+            }
+        }
+    }
+}
+
+fn heartbeat_config(dir: &std::path::Path, socket: &std::path::Path) -> std::path::PathBuf {
+    write_file(
+        dir,
+        "a.toml",
+        &format!("[heartbeat]\nconnect = \"unix:{}\"\n", socket.display()),
+    )
+}
+
+#[test]
+fn sd_notify_ready_reloading_stopping_around_signals() {
+    let dir = tempfile::tempdir().unwrap();
+    let systemd = FakeSystemd::bind(&dir.path().join("notify"));
+    let config = heartbeat_config(dir.path(), &dir.path().join("hb.sock"));
+    let notify = dir.path().join("notify").display().to_string();
+    let mut agent = start_agent(
+        &config,
+        &dir.path().join("control.sock"),
+        &[("NOTIFY_SOCKET", notify)],
+    );
+    let ready = systemd.next_event();
+    assert!(
+        ready.starts_with("READY=1\nSTATUS=heartbeat dialling"),
+        "{ready}"
+    );
+    agent.signal(Signal::SIGHUP);
+    let reloading = systemd.next_event();
+    assert!(
+        reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
+        "{reloading}"
+    );
+    assert!(systemd
+        .next_event()
+        .starts_with("READY=1\nSTATUS=heartbeat"));
+    agent.signal(Signal::SIGTERM);
+    assert_eq!(systemd.next_event(), "STOPPING=1");
+    assert!(agent.wait_for(Duration::from_secs(2)).unwrap().success());
+}
+
+#[test]
+fn status_updates_reach_systemd_when_a_service_connects() {
+    let dir = tempfile::tempdir().unwrap();
+    let systemd = FakeSystemd::bind(&dir.path().join("notify"));
+    let socket = dir.path().join("hb.sock");
+    let config = heartbeat_config(dir.path(), &socket);
+    let notify = dir.path().join("notify").display().to_string();
+    let _agent = start_agent(
+        &config,
+        &dir.path().join("control.sock"),
+        &[("NOTIFY_SOCKET", notify)],
+    );
+    assert!(systemd.next().starts_with("READY=1\n"));
+    let _listener = UnixListener::bind(&socket).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let message = systemd.next();
+        if message == "STATUS=heartbeat connected" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "last: {message}");
+    }
+}
+
+#[test]
+fn watchdog_pings_come_at_half_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let systemd = FakeSystemd::bind(&dir.path().join("notify"));
+    let socket = dir.path().join("hb.sock");
+    let _listener = UnixListener::bind(&socket).unwrap();
+    let config = heartbeat_config(dir.path(), &socket);
+    let notify = dir.path().join("notify").display().to_string();
+    let agent = start_agent(
+        &config,
+        &dir.path().join("control.sock"),
+        &[
+            ("NOTIFY_SOCKET", notify),
+            ("WATCHDOG_USEC", "400000".to_string()),
+        ],
+    );
+    let _ = agent.pid();
+    let start = Instant::now();
+    let mut pings = 0;
+    while start.elapsed() < Duration::from_millis(1100) {
+        if systemd.next() == "WATCHDOG=1" {
+            pings += 1;
+        }
+    }
+    // One at start, then every 200 ms: about 6 in 1.1 s.
+    assert!((4..=8).contains(&pings), "{pings} pings in 1.1 s");
+}
+
+#[test]
+fn a_watchdog_for_another_pid_is_not_pinged_and_the_idle_agent_sleeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let systemd = FakeSystemd::bind(&dir.path().join("notify"));
+    let socket = dir.path().join("hb.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let config = heartbeat_config(dir.path(), &socket);
+    let notify = dir.path().join("notify").display().to_string();
+    let agent = start_agent(
+        &config,
+        &dir.path().join("control.sock"),
+        &[
+            ("NOTIFY_SOCKET", notify),
+            ("WATCHDOG_USEC", "100000".to_string()),
+            ("WATCHDOG_PID", "1".to_string()),
+        ],
+    );
+    let (_connection, _) = listener.accept().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = voluntary_switches(agent.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let after = voluntary_switches(agent.pid());
+    assert_eq!(
+        after,
+        before,
+        "the idle agent woke up {} times in 1 s",
+        after - before
+    );
+    systemd.0.set_nonblocking(true).unwrap();
+    let mut buffer = [0u8; 256];
+    while let Ok(count) = systemd.0.recv(&mut buffer) {
+        assert_ne!(&buffer[..count], b"WATCHDOG=1");
+    }
+}
+
+#[test]
+fn status_shows_each_service_its_state_versions_and_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hb.sock");
+    let control = dir.path().join("control.sock");
+    let config = write_file(
+        dir.path(),
+        "a.toml",
+        &format!("[heartbeat]\nlisten = \"unix:{}\"\n", socket.display()),
+    );
+    let _agent = start_agent(&config, &control, &[]);
+    wait_for_path(&control);
+    wait_for_path(&socket);
+    let mode = std::fs::metadata(&control).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let host = std::process::Command::new(env!("CARGO_BIN_EXE_hvhost"))
+        .args([
+            "heartbeat",
+            &format!("unix:{}", socket.display()),
+            "--count",
+            "3",
+            "--quiet",
+        ])
+        .output()
+        .unwrap();
+    assert!(host.status.success(), "{}", text(&host.stderr));
+    let control_arg = control.display().to_string();
+    let output = agent(&["status", "--control", &control_arg]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    assert!(stdout.starts_with("hvagent "), "{stdout}");
+    assert!(
+        stdout.contains(&format!("heartbeat: listen unix:{}", socket.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("  state              listening with "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("  heartbeats         3\n"), "{stdout}");
+
+    // The same as JSON, with a host connected and negotiated.
+    let stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let mut host =
+        hvagent::host_peer::Client::new(stream.into(), hvagent::service::ServiceKind::Heartbeat);
+    host.negotiate().unwrap();
+    let output = agent(&["status", "--json", "--control", &control_arg]);
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let service = &json["services"][0];
+    assert_eq!(service["name"], "heartbeat");
+    assert_eq!(service["state"]["state"], "listening");
+    assert_eq!(service["state"]["peers"], 1);
+    assert_eq!(service["links"][0]["framework"], "3.0");
+    assert_eq!(service["links"][0]["message"], "3.0");
+    assert_eq!(service["details"][0]["label"], "heartbeats");
+}
+
+#[test]
+fn status_without_an_agent_fails_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let control = dir.path().join("control.sock").display().to_string();
+    let output = agent(&["status", "--control", &control]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        text(&output.stderr).contains("is hvagent running"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
+#[test]
+fn options_a_command_does_not_take_are_usage_errors() {
+    let output = agent(&["status", "--config", "/x"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("--config does not apply to 'status'"));
+}
