@@ -6,7 +6,8 @@ SBINDIR ?= $(PREFIX)/sbin
 BINDIR  ?= $(PREFIX)/bin
 DOCDIR  ?= $(PREFIX)/share/doc/hvagent
 
-.PHONY: all build test unit-test interop-test packaging-test vm-test lint demo bench install uninstall clean
+.PHONY: all build test unit-test interop-test packaging-test vm-test lint demo bench install uninstall clean \
+	host-setup-scripts
 
 all: build
 
@@ -35,6 +36,13 @@ packaging-test: build
 
 vm-test:
 	scripts/vm-test.sh
+
+# scripts/hvagent-host-setup.{ps1,reg}: the Windows host's registrations for every service at its default
+# port, as `hvagent host-setup --all` prints them (a test checks they are current).
+host-setup-scripts:
+	$(CARGO) build --bins
+	target/debug/hvagent host-setup --all --format powershell >scripts/hvagent-host-setup.ps1
+	target/debug/hvagent host-setup --all --format reg >scripts/hvagent-host-setup.reg
 
 demo:
 	scripts/demo.sh

@@ -10,6 +10,7 @@ pub mod event_loop;
 pub mod guid;
 pub mod host_peer;
 pub mod host_server;
+pub mod host_setup;
 pub mod service;
 pub mod status;
 pub mod systemd;

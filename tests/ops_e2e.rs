@@ -240,3 +240,45 @@ fn options_a_command_does_not_take_are_usage_errors() {
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output.stderr).contains("--config does not apply to 'status'"));
 }
+
+#[test]
+fn host_setup_scripts_in_scripts_are_current() {
+    for (format, file) in [
+        ("powershell", "hvagent-host-setup.ps1"),
+        ("reg", "hvagent-host-setup.reg"),
+    ] {
+        let output = agent(&["host-setup", "--all", "--format", format]);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scripts")
+            .join(file);
+        let shipped = std::fs::read(&path).unwrap();
+        assert!(
+            shipped == output.stdout,
+            "{} is out of date: run `make host-setup-scripts`",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn host_setup_follows_the_config_and_refuses_unknown_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "a.toml",
+        "[heartbeat]\nconnect = \"vsock:host:0x48560101\"\n",
+    );
+    let config = config.display().to_string();
+    let output = agent(&["host-setup", "--config", &config, "--format", "reg"]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        stdout.contains("GuestCommunicationServices\\48560101-facb-11e6-bd58-64006a7986d3]"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("48560001-facb"), "{stdout}");
+    let output = agent(&["host-setup", "--format", "bat"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("powershell or reg"));
+}

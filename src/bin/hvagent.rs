@@ -16,6 +16,9 @@ usage: hvagent [run] [--config FILE] [--control PATH]
                                       what the running agent is doing, from its control socket
        hvagent check-config [--config FILE]
                                       print the effective configuration, or the errors
+       hvagent host-setup [--format powershell|reg] [--config FILE | --all]
+                                      what the Windows host must register for the enabled services
+                                      (--all: every service at its default port)
        hvagent guid PORT              print the hv_sock service GUID of a vsock port (decimal or 0x-hex)
        hvagent port GUID              print the vsock port of an hv_sock service GUID
        hvagent --version | --help
@@ -39,6 +42,8 @@ struct Options {
     config: Option<PathBuf>,
     control: Option<PathBuf>,
     json: bool,
+    format: Option<String>,
+    all: bool,
 }
 
 impl Options {
@@ -53,6 +58,7 @@ enum Command {
     Run(Options),
     Status(Options),
     CheckConfig(Option<PathBuf>),
+    HostSetup(Options),
     Guid(String),
     Port(String),
     Help,
@@ -79,6 +85,14 @@ fn parse_args() -> Result<Command, Usage> {
             Long("json") => {
                 options.json = true;
                 given.push("--json");
+            }
+            Long("format") => {
+                options.format = Some(parser.value()?.string()?);
+                given.push("--format");
+            }
+            Long("all") => {
+                options.all = true;
+                given.push("--all");
             }
             Long("help") | Short('h') => return Ok(Command::Help),
             Long("version") | Short('V') => return Ok(Command::Version),
@@ -116,6 +130,13 @@ fn parse_args() -> Result<Command, Usage> {
         Some("check-config") => {
             only(&["--config"])?;
             no_operand().map(|()| Command::CheckConfig(options.config))
+        }
+        Some("host-setup") => {
+            only(&["--config", "--format", "--all"])?;
+            if options.all && options.config.is_some() {
+                return Err(Usage("--all and --config exclude each other".to_string()));
+            }
+            no_operand().map(|()| Command::HostSetup(options))
         }
         Some("guid") => only(&[]).and_then(|()| needs_operand("PORT").map(Command::Guid)),
         Some("port") => only(&[]).and_then(|()| needs_operand("GUID").map(Command::Port)),
@@ -174,7 +195,43 @@ fn main() -> ExitCode {
         },
         Command::Run(options) => run(options),
         Command::Status(options) => status(&options),
+        Command::HostSetup(options) => host_setup(&options),
     }
+}
+
+/// `hvagent host-setup`: the registry entries the Windows host needs, as PowerShell or a .reg file.
+fn host_setup(options: &Options) -> ExitCode {
+    use hvagent::host_setup::{self, Format};
+    let format = match options
+        .format
+        .as_deref()
+        .unwrap_or("powershell")
+        .parse::<Format>()
+    {
+        Ok(format) => format,
+        Err(message) => {
+            eprintln!("hvagent: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut how = String::new();
+    let (needed, skipped) = if options.all {
+        how.push_str("--all ");
+        (host_setup::all_defaults(), Vec::new())
+    } else {
+        match config::load(options.config.as_deref()) {
+            Ok(config) => host_setup::registrations(&config),
+            Err(error) => {
+                eprintln!("hvagent: {error}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    how.push_str(match format {
+        Format::PowerShell => "--format powershell",
+        Format::Reg => "--format reg",
+    });
+    print_out(&host_setup::render(&needed, &skipped, format, &how))
 }
 
 /// Prints to stdout; a reader that went away (`| head`) is not an error.
