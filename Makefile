@@ -5,8 +5,14 @@ DESTDIR ?=
 SBINDIR ?= $(PREFIX)/sbin
 BINDIR  ?= $(PREFIX)/bin
 DOCDIR  ?= $(PREFIX)/share/doc/hvagent
+MANDIR  ?= $(PREFIX)/share/man
+# systemd reads units and modules-load.d files under /usr/local/lib too; the .deb uses /lib/systemd/system.
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+MODULESLOADDIR ?= $(PREFIX)/lib/modules-load.d
+# The agent reads /etc/hvagent/hvagent.toml whatever the PREFIX.
+SYSCONFDIR ?= /etc
 
-.PHONY: all build test unit-test interop-test packaging-test vm-test lint demo bench install uninstall clean \
+.PHONY: all build test unit-test interop-test packaging-test vm-test lint demo bench install uninstall deb clean \
 	host-setup-scripts
 
 all: build
@@ -51,15 +57,33 @@ bench:
 	$(CARGO) build --release --bins
 	target/release/hvbench
 
+# The binaries, the systemd unit (ExecStart= pointing at SBINDIR), the hv_sock modules-load file, the commented
+# default config (never over one already there), the man pages and the docs.
 install: build
-	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(DOCDIR)
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(MODULESLOADDIR) $(DESTDIR)$(SYSCONFDIR)/hvagent $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5
 	install -m 0755 target/release/hvagent $(DESTDIR)$(SBINDIR)/hvagent
 	install -m 0755 target/release/hvhost $(DESTDIR)$(BINDIR)/hvhost
-	install -m 0644 README.md docs/PROTOCOL.md $(DESTDIR)$(DOCDIR)/
+	sed 's|^ExecStart=/usr/sbin/hvagent|ExecStart=$(SBINDIR)/hvagent|' systemd/hvagent.service >$(DESTDIR)$(UNITDIR)/hvagent.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/hvagent.service
+	install -m 0644 systemd/hvagent-modules.conf $(DESTDIR)$(MODULESLOADDIR)/hvagent.conf
+	[ -e $(DESTDIR)$(SYSCONFDIR)/hvagent/hvagent.toml ] || \
+		install -m 0644 etc/hvagent.toml $(DESTDIR)$(SYSCONFDIR)/hvagent/hvagent.toml
+	install -m 0644 docs/hvagent.8 $(DESTDIR)$(MANDIR)/man8/hvagent.8
+	install -m 0644 docs/hvagent.toml.5 $(DESTDIR)$(MANDIR)/man5/hvagent.toml.5
+	install -m 0644 README.md docs/PROTOCOL.md scripts/hvagent-host-setup.ps1 scripts/hvagent-host-setup.reg \
+		$(DESTDIR)$(DOCDIR)/
 
+# Removes what install put there, except the config file (yours now); `rm -r /etc/hvagent` removes that too.
 uninstall:
-	rm -f $(DESTDIR)$(SBINDIR)/hvagent $(DESTDIR)$(BINDIR)/hvhost
+	rm -f $(DESTDIR)$(SBINDIR)/hvagent $(DESTDIR)$(BINDIR)/hvhost $(DESTDIR)$(UNITDIR)/hvagent.service \
+		$(DESTDIR)$(MODULESLOADDIR)/hvagent.conf $(DESTDIR)$(MANDIR)/man8/hvagent.8 \
+		$(DESTDIR)$(MANDIR)/man5/hvagent.toml.5
 	rm -rf $(DESTDIR)$(DOCDIR)
+
+# target/debian/hvagent_VERSION_ARCH.deb, built with dpkg-deb from a `make install` tree.
+deb: build
+	scripts/build-deb.sh
 
 clean:
 	$(CARGO) clean

@@ -282,3 +282,51 @@ fn host_setup_follows_the_config_and_refuses_unknown_formats() {
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output.stderr).contains("powershell or reg"));
 }
+
+/// etc/hvagent.toml with every `#key = value` line uncommented.
+fn uncommented_default_config() -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/hvagent.toml");
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| match line.strip_prefix('#') {
+            Some(rest)
+                if rest
+                    .split_once(" = ")
+                    .is_some_and(|(key, _)| !key.contains(' ')) =>
+            {
+                rest
+            }
+            _ => line,
+        })
+        .map(|line| format!("{line}\n"))
+        .collect()
+}
+
+#[test]
+fn the_shipped_config_shows_every_key_with_its_default() {
+    use hvagent::config::{parse, Config};
+    let path = std::path::Path::new("etc/hvagent.toml");
+    let shipped =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+            .unwrap();
+    assert_eq!(
+        parse(&shipped, path).unwrap(),
+        Config::default(),
+        "as shipped it changes nothing"
+    );
+    let uncommented = uncommented_default_config();
+    assert_eq!(
+        parse(&uncommented, path).unwrap(),
+        Config::default(),
+        "its commented values are the defaults"
+    );
+    // Every key of the effective configuration is in the file: a new key must be documented there.
+    for line in Config::default().to_string().lines() {
+        let line = line.split("  #").next().unwrap().trim_end();
+        assert!(
+            uncommented.lines().any(|shipped| shipped == line),
+            "etc/hvagent.toml lacks `{line}`"
+        );
+    }
+}
