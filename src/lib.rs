@@ -6,6 +6,7 @@
 //! - [`wire`]: bytes ⇄ typed messages and stream framing; no I/O, no clock.
 pub mod config;
 pub mod control;
+pub mod doctor;
 pub mod event_loop;
 pub mod guid;
 pub mod host_peer;

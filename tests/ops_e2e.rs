@@ -330,3 +330,41 @@ fn the_shipped_config_shows_every_key_with_its_default() {
         );
     }
 }
+
+#[test]
+fn doctor_exits_1_with_fixes_on_a_machine_without_vsock_and_0_when_all_is_well() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("proc/net")).unwrap();
+    let host = dir.path().join("host.sock");
+    let config = write_file(
+        dir.path(),
+        "a.toml",
+        &format!("[heartbeat]\nconnect = \"unix:{}\"\n", host.display()),
+    );
+    let (root_arg, config_arg) = (root.display().to_string(), config.display().to_string());
+    let output = agent(&["doctor", "--root", &root_arg, "--config", &config_arg]);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("PROBLEM  AF_VSOCK: not available"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("PROBLEM  heartbeat: the host does not answer"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("         fix: "), "{stdout}");
+
+    std::fs::write(root.join("proc/net/protocols"), "AF_VSOCK  1240\n").unwrap();
+    std::fs::create_dir_all(root.join("sys/module/vmw_vsock_virtio_transport")).unwrap();
+    let _listener = UnixListener::bind(&host).unwrap();
+    let output = agent(&["doctor", "--root", &root_arg, "--config", &config_arg]);
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("ok       heartbeat: the host answers"),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("no problem found\n"), "{stdout}");
+}

@@ -14,6 +14,10 @@ usage: hvagent [run] [--config FILE] [--control PATH]
                                       run the agent in the foreground
        hvagent status [--json] [--control PATH]
                                       what the running agent is doing, from its control socket
+       hvagent doctor [--config FILE] [--root DIR]
+                                      check vsock, the transport, the host, CAP_SYS_TIME, time daemons and
+                                      the config, with the fix for each problem (exit 1 when one is found;
+                                      --root reads /proc, /sys and /dev below DIR, for tests)
        hvagent check-config [--config FILE]
                                       print the effective configuration, or the errors
        hvagent host-setup [--format powershell|reg] [--config FILE | --all]
@@ -44,6 +48,7 @@ struct Options {
     json: bool,
     format: Option<String>,
     all: bool,
+    root: Option<PathBuf>,
 }
 
 impl Options {
@@ -59,6 +64,7 @@ enum Command {
     Status(Options),
     CheckConfig(Option<PathBuf>),
     HostSetup(Options),
+    Doctor(Options),
     Guid(String),
     Port(String),
     Help,
@@ -93,6 +99,10 @@ fn parse_args() -> Result<Command, Usage> {
             Long("all") => {
                 options.all = true;
                 given.push("--all");
+            }
+            Long("root") => {
+                options.root = Some(parser.value()?.into());
+                given.push("--root");
             }
             Long("help") | Short('h') => return Ok(Command::Help),
             Long("version") | Short('V') => return Ok(Command::Version),
@@ -137,6 +147,10 @@ fn parse_args() -> Result<Command, Usage> {
                 return Err(Usage("--all and --config exclude each other".to_string()));
             }
             no_operand().map(|()| Command::HostSetup(options))
+        }
+        Some("doctor") => {
+            only(&["--config", "--root"])?;
+            no_operand().map(|()| Command::Doctor(options))
         }
         Some("guid") => only(&[]).and_then(|()| needs_operand("PORT").map(Command::Guid)),
         Some("port") => only(&[]).and_then(|()| needs_operand("GUID").map(Command::Port)),
@@ -196,6 +210,20 @@ fn main() -> ExitCode {
         Command::Run(options) => run(options),
         Command::Status(options) => status(&options),
         Command::HostSetup(options) => host_setup(&options),
+        Command::Doctor(options) => doctor(&options),
+    }
+}
+
+/// `hvagent doctor`: the checks and their fixes; exit 1 when a problem was found.
+fn doctor(options: &Options) -> ExitCode {
+    let root = options.root.as_deref().unwrap_or(std::path::Path::new("/"));
+    let findings = hvagent::doctor::Doctor::new(root, options.config.as_deref()).run();
+    let (text, problems) = hvagent::doctor::render(&findings);
+    print_out(&text);
+    if problems {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
