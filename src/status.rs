@@ -139,10 +139,15 @@ fn render_service(out: &mut String, service: &ServiceStatus, now: f64) {
             }
             _ => link.negotiation.clone(),
         };
-        line(
-            "link",
-            &format!("{} since {}: {versions}", link.peer, ago(link.since, now)),
-        );
+        if service.mode == "connect" {
+            // The one link of a dialling service is its address, connected since the state says.
+            line("versions", &versions);
+        } else {
+            line(
+                "peer",
+                &format!("{} since {}: {versions}", link.peer, ago(link.since, now)),
+            );
+        }
     }
     for detail in &service.details {
         line(&detail.label, &detail.value);
@@ -295,7 +300,10 @@ mod tests {
             text.contains("connected since 2025-11-25 14:00:01Z (2 min 4 s ago)"),
             "{text}"
         );
-        assert!(text.contains("framework 3.0, message 3.0"), "{text}");
+        assert!(
+            text.contains("  versions           framework 3.0, message 3.0\n"),
+            "{text}"
+        );
         assert!(text.contains("  heartbeats         61\n"), "{text}");
         assert!(
             text.contains("dialling, next attempt in 2.5 s (3 failed)"),
