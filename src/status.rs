@@ -160,8 +160,9 @@ fn state_text(state: &ServiceState, now: f64) -> String {
             next_retry,
             failures,
         } => format!(
-            "dialling, next attempt in {} ({failures} failed)",
-            span(next_retry - now)
+            "dialling, next attempt in {} at {} ({failures} failed)",
+            span(next_retry - now),
+            utc(*next_retry)
         ),
         ServiceState::Connecting { deadline } => {
             format!("connecting, gives up in {}", span(deadline - now))
@@ -306,7 +307,7 @@ mod tests {
         );
         assert!(text.contains("  heartbeats         61\n"), "{text}");
         assert!(
-            text.contains("dialling, next attempt in 2.5 s (3 failed)"),
+            text.contains("dialling, next attempt in 2.5 s at 2025-11-25 14:02:07Z (3 failed)"),
             "{text}"
         );
     }
