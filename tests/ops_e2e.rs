@@ -5,6 +5,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -39,25 +40,28 @@ impl FakeSystemd {
     }
 }
 
-fn heartbeat_config(dir: &std::path::Path, socket: &std::path::Path) -> std::path::PathBuf {
-    write_file(
+/// An agent whose heartbeat dials `hb.sock` in `dir`, started by a stand-in for systemd with `env` added to
+/// NOTIFY_SOCKET.
+fn start_under_systemd(dir: &Path, env: &[(&str, &str)]) -> (FakeSystemd, Running) {
+    let systemd = FakeSystemd::bind(&dir.join("notify"));
+    let config = write_file(
         dir,
         "a.toml",
-        &format!("[heartbeat]\nconnect = \"unix:{}\"\n", socket.display()),
-    )
+        &format!(
+            "[heartbeat]\nconnect = \"unix:{}\"\n",
+            dir.join("hb.sock").display()
+        ),
+    );
+    let mut vars = vec![("NOTIFY_SOCKET", dir.join("notify").display().to_string())];
+    vars.extend(env.iter().map(|(name, value)| (*name, value.to_string())));
+    let agent = start_agent(&config, &dir.join("control.sock"), &vars);
+    (systemd, agent)
 }
 
 #[test]
 fn sd_notify_ready_reloading_stopping_around_signals() {
     let dir = tempfile::tempdir().unwrap();
-    let systemd = FakeSystemd::bind(&dir.path().join("notify"));
-    let config = heartbeat_config(dir.path(), &dir.path().join("hb.sock"));
-    let notify = dir.path().join("notify").display().to_string();
-    let mut agent = start_agent(
-        &config,
-        &dir.path().join("control.sock"),
-        &[("NOTIFY_SOCKET", notify)],
-    );
+    let (systemd, mut agent) = start_under_systemd(dir.path(), &[]);
     let ready = systemd.next_event();
     assert!(
         ready.starts_with("READY=1\nSTATUS=heartbeat dialling"),
@@ -80,17 +84,9 @@ fn sd_notify_ready_reloading_stopping_around_signals() {
 #[test]
 fn status_updates_reach_systemd_when_a_service_connects() {
     let dir = tempfile::tempdir().unwrap();
-    let systemd = FakeSystemd::bind(&dir.path().join("notify"));
-    let socket = dir.path().join("hb.sock");
-    let config = heartbeat_config(dir.path(), &socket);
-    let notify = dir.path().join("notify").display().to_string();
-    let _agent = start_agent(
-        &config,
-        &dir.path().join("control.sock"),
-        &[("NOTIFY_SOCKET", notify)],
-    );
+    let (systemd, _agent) = start_under_systemd(dir.path(), &[]);
     assert!(systemd.next().starts_with("READY=1\n"));
-    let _listener = UnixListener::bind(&socket).unwrap();
+    let _listener = UnixListener::bind(dir.path().join("hb.sock")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let message = systemd.next();
@@ -104,20 +100,8 @@ fn status_updates_reach_systemd_when_a_service_connects() {
 #[test]
 fn watchdog_pings_come_at_half_the_interval() {
     let dir = tempfile::tempdir().unwrap();
-    let systemd = FakeSystemd::bind(&dir.path().join("notify"));
-    let socket = dir.path().join("hb.sock");
-    let _listener = UnixListener::bind(&socket).unwrap();
-    let config = heartbeat_config(dir.path(), &socket);
-    let notify = dir.path().join("notify").display().to_string();
-    let agent = start_agent(
-        &config,
-        &dir.path().join("control.sock"),
-        &[
-            ("NOTIFY_SOCKET", notify),
-            ("WATCHDOG_USEC", "400000".to_string()),
-        ],
-    );
-    let _ = agent.pid();
+    let _listener = UnixListener::bind(dir.path().join("hb.sock")).unwrap();
+    let (systemd, _agent) = start_under_systemd(dir.path(), &[("WATCHDOG_USEC", "400000")]);
     let start = Instant::now();
     let mut pings = 0;
     while start.elapsed() < Duration::from_millis(1100) {
@@ -132,19 +116,10 @@ fn watchdog_pings_come_at_half_the_interval() {
 #[test]
 fn a_watchdog_for_another_pid_is_not_pinged_and_the_idle_agent_sleeps() {
     let dir = tempfile::tempdir().unwrap();
-    let systemd = FakeSystemd::bind(&dir.path().join("notify"));
-    let socket = dir.path().join("hb.sock");
-    let listener = UnixListener::bind(&socket).unwrap();
-    let config = heartbeat_config(dir.path(), &socket);
-    let notify = dir.path().join("notify").display().to_string();
-    let agent = start_agent(
-        &config,
-        &dir.path().join("control.sock"),
-        &[
-            ("NOTIFY_SOCKET", notify),
-            ("WATCHDOG_USEC", "100000".to_string()),
-            ("WATCHDOG_PID", "1".to_string()),
-        ],
+    let listener = UnixListener::bind(dir.path().join("hb.sock")).unwrap();
+    let (systemd, agent) = start_under_systemd(
+        dir.path(),
+        &[("WATCHDOG_USEC", "100000"), ("WATCHDOG_PID", "1")],
     );
     let (_connection, _) = listener.accept().unwrap();
     std::thread::sleep(Duration::from_millis(300));
