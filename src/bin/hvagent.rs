@@ -17,7 +17,7 @@ usage: hvagent [run] [--config FILE] [--control PATH]
        hvagent doctor [--config FILE] [--root DIR]
                                       check vsock, the transport, the host, CAP_SYS_TIME, time daemons and
                                       the config, with the fix for each problem (exit 1 when one is found;
-                                      --root reads /proc, /sys and /dev below DIR, for tests)
+                                      --root reads /proc, /sys, /dev and /etc below DIR, for tests)
        hvagent check-config [--config FILE]
                                       print the effective configuration, or the errors
        hvagent host-setup [--format powershell|reg] [--config FILE | --all]
