@@ -201,7 +201,7 @@ fn watchdog_pings_come_at_half_the_interval() {
         }
     }
     // One at start, then every 200 ms: about 6 in 1.1 s.
-    assert!((4..=8).contains(&pings), "{pings} pings in 1.1 s");
+    assert!((3..=9).contains(&pings), "{pings} pings in 1.1 s");
 }
 
 #[test]
