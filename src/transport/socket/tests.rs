@@ -171,26 +171,22 @@ fn hybrid_refusal_says_what_to_check() {
 
 const LOOPBACK_PORT_BASE: u32 = 0x4856_1000;
 
+/// A connected client and server over vsock loopback (CID 1) on `port`, and the peer the server saw.
+fn vsock_loopback_pair(port: u32) -> (OwnedFd, OwnedFd, Peer) {
+    let address = Address::Vsock {
+        cid: CID_LOCAL,
+        port,
+    };
+    let listener = listen(&address, 8).unwrap();
+    let client = connected(connect(&address).unwrap());
+    let (server, peer) = accept_one(&listener);
+    (client, server, peer)
+}
+
 #[test]
 #[ignore = "needs real AF_VSOCK with vsock_loopback: run by the VM test inside the guest"]
 fn real_vsock_listen_connect_accept_reports_the_peer_cid() {
-    let port = LOOPBACK_PORT_BASE + 1;
-    let listener = listen(
-        &Address::Vsock {
-            cid: CID_LOCAL,
-            port,
-        },
-        8,
-    )
-    .unwrap();
-    let client = connected(
-        connect(&Address::Vsock {
-            cid: CID_LOCAL,
-            port,
-        })
-        .unwrap(),
-    );
-    let (server, peer) = accept_one(&listener);
+    let (client, server, peer) = vsock_loopback_pair(LOOPBACK_PORT_BASE + 1);
     assert!(
         matches!(peer, Peer::Vsock { cid: CID_LOCAL, .. }),
         "{peer:?}"
@@ -202,23 +198,7 @@ fn real_vsock_listen_connect_accept_reports_the_peer_cid() {
 #[test]
 #[ignore = "needs real AF_VSOCK with vsock_loopback: run by the VM test inside the guest"]
 fn real_vsock_partial_writes_with_a_small_buffer_deliver_every_message() {
-    let port = LOOPBACK_PORT_BASE + 2;
-    let listener = listen(
-        &Address::Vsock {
-            cid: CID_LOCAL,
-            port,
-        },
-        8,
-    )
-    .unwrap();
-    let client = connected(
-        connect(&Address::Vsock {
-            cid: CID_LOCAL,
-            port,
-        })
-        .unwrap(),
-    );
-    let (server, _) = accept_one(&listener);
+    let (client, server, _) = vsock_loopback_pair(LOOPBACK_PORT_BASE + 2);
     exchange(client, server, 5000);
 }
 
@@ -251,23 +231,7 @@ fn real_vsock_connect_where_nothing_listens_fails_without_blocking() {
 #[test]
 #[ignore = "needs real AF_VSOCK with vsock_loopback: run by the VM test inside the guest"]
 fn real_vsock_peer_close_reads_as_eof() {
-    let port = LOOPBACK_PORT_BASE + 4;
-    let listener = listen(
-        &Address::Vsock {
-            cid: CID_LOCAL,
-            port,
-        },
-        8,
-    )
-    .unwrap();
-    let client = connected(
-        connect(&Address::Vsock {
-            cid: CID_LOCAL,
-            port,
-        })
-        .unwrap(),
-    );
-    let (server, _) = accept_one(&listener);
+    let (client, server, _) = vsock_loopback_pair(LOOPBACK_PORT_BASE + 4);
     drop(client);
     let mut connection = Connection::new(server);
     wait_for(connection.fd(), PollFlags::POLLIN);
