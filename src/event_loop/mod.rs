@@ -207,7 +207,7 @@ impl Agent {
         }
     }
 
-    /// Pings the systemd watchdog when due and returns when the next ping is.
+    /// Pings the systemd watchdog when due and sets when the next ping is.
     fn ping_watchdog(&mut self, now: Instant) {
         let Some(interval) = self.notifier.watchdog_interval() else {
             return;
