@@ -242,7 +242,8 @@ impl Agent {
             }
             if !ready {
                 // Every service has dialled or opened its listener by now.
-                self.notifier.ready(&report::summary(&self.services));
+                self.shown_status = report::summary(&self.services);
+                self.notifier.ready(&self.shown_status);
                 ready = true;
             } else {
                 self.show_status();
