@@ -13,7 +13,7 @@ MODULESLOADDIR ?= $(PREFIX)/lib/modules-load.d
 SYSCONFDIR ?= /etc
 
 .PHONY: all build test unit-test interop-test packaging-test vm-test lint demo bench install uninstall deb clean \
-	host-setup-scripts
+	host-setup-scripts status-demo
 
 all: build
 
@@ -52,6 +52,10 @@ host-setup-scripts:
 
 demo:
 	scripts/demo.sh
+
+# The operations side: sd_notify to a stand-in for systemd, hvagent status, hvagent doctor on a fake tree.
+status-demo:
+	scripts/status-demo.sh
 
 bench:
 	$(CARGO) build --release --bins
