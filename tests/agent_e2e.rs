@@ -36,8 +36,15 @@ impl Running {
     }
 }
 
+/// Writes an agent config. Without a [timesync] section the time-sync service is disabled: it is on by
+/// default, dialling vsock and setting the clock, neither of which a test on this machine may do.
 fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
+    let text = if text.contains("[timesync]") {
+        text.to_string()
+    } else {
+        format!("{text}\n[timesync]\nenabled = false\n")
+    };
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -369,5 +376,168 @@ fn journal_stream_gives_priority_prefixes_without_timestamps() {
     assert!(
         second.contains("is hvhost (or another host peer) listening"),
         "{second}"
+    );
+}
+
+/// Reads datagrams from a stand-in chronyd until `count` arrived or 20 s passed.
+fn chrony_datagrams(chronyd: &std::os::unix::net::UnixDatagram, count: usize) -> Vec<Vec<u8>> {
+    chronyd
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut datagrams = Vec::new();
+    let mut buffer = [0u8; 128];
+    while datagrams.len() < count {
+        match chronyd.recv(&mut buffer) {
+            Ok(len) => datagrams.push(buffer[..len].to_vec()),
+            Err(error) => panic!("{} datagrams, then: {error}", datagrams.len()),
+        }
+    }
+    datagrams
+}
+
+#[test]
+fn chrony_mode_sends_the_host_offset_to_a_sock_refclock() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ts.sock");
+    let chrony_path = dir.path().join("chrony.sock");
+    let chronyd = std::os::unix::net::UnixDatagram::bind(&chrony_path).unwrap();
+    let host_out = std::fs::File::create(dir.path().join("host.out")).unwrap();
+    let _host = Running(
+        Command::new(HOST)
+            .args(["serve", &format!("unix:{}", socket.display())])
+            .args([
+                "--service",
+                "timesync",
+                "--clock-offset",
+                "2.5",
+                "--sample-interval",
+                "0.5",
+            ])
+            .stdout(host_out)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_path(&socket);
+    let config = write_config(
+        dir.path(),
+        "a.toml",
+        &format!(
+            "[heartbeat]\nenabled = false\n[timesync]\nconnect = \"unix:{}\"\nmode = \"chrony\"\n\
+             probe_interval = 0.1\nchrony_socket = \"{}\"\n",
+            socket.display(),
+            chrony_path.display()
+        ),
+    );
+    let _agent = start_agent(&config);
+    let datagrams = chrony_datagrams(&chronyd, 5);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let mut worst: f64 = 0.0;
+    for datagram in &datagrams {
+        assert_eq!(datagram.len(), 40, "{datagram:?}");
+        let i64_at = |at: usize| i64::from_ne_bytes(datagram[at..at + 8].try_into().unwrap());
+        let i32_at = |at: usize| i32::from_ne_bytes(datagram[at..at + 4].try_into().unwrap());
+        let offset = f64::from_ne_bytes(datagram[16..24].try_into().unwrap());
+        let measured_at = i64_at(0) as f64 + i64_at(8) as f64 / 1e6;
+        assert!((0..1_000_000).contains(&i64_at(8)), "tv_usec {}", i64_at(8));
+        assert!(
+            (now - measured_at).abs() < 30.0,
+            "tv {measured_at} vs now {now}"
+        );
+        assert_eq!(
+            (i32_at(24), i32_at(28), i32_at(32)),
+            (0, 0, 0),
+            "pulse, leap, pad"
+        );
+        assert_eq!(i32_at(36), 0x534f434b, "magic");
+        worst = worst.max((offset - 2.5).abs());
+    }
+    println!(
+        "chrony e2e: {} datagrams, worst |offset - 2.5 s| = {:.1} us",
+        datagrams.len(),
+        worst * 1e6
+    );
+    assert!(worst < 5e-3, "an offset was {worst} s away from +2.5 s");
+    let host = std::fs::read_to_string(dir.path().join("host.out")).unwrap();
+    assert!(
+        host.contains("negotiated framework=3.0 message=4.1"),
+        "{host}"
+    );
+    assert!(host.contains("sample n=0 flags=SYNC"), "{host}");
+    assert!(host.contains("probe id=1 "), "{host}");
+}
+
+#[test]
+fn chrony_mode_tolerates_chronyd_starting_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ts.sock");
+    let chrony_path = dir.path().join("chrony.sock");
+    let _host = Running(
+        Command::new(HOST)
+            .args([
+                "serve",
+                &format!("unix:{}", socket.display()),
+                "--service",
+                "timesync",
+            ])
+            .args(["--clock-offset", "-1", "--quiet"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_path(&socket);
+    let config = write_config(
+        dir.path(),
+        "a.toml",
+        &format!(
+            "[heartbeat]\nenabled = false\n[timesync]\nconnect = \"unix:{}\"\nmode = \"chrony\"\n\
+             probe_interval = 0.1\nchrony_socket = \"{}\"\n",
+            socket.display(),
+            chrony_path.display()
+        ),
+    );
+    let mut agent = start_agent(&config);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        agent.0.try_wait().unwrap().is_none(),
+        "the agent died without chronyd"
+    );
+    let chronyd = std::os::unix::net::UnixDatagram::bind(&chrony_path).unwrap();
+    for datagram in chrony_datagrams(&chronyd, 2) {
+        let offset = f64::from_ne_bytes(datagram[16..24].try_into().unwrap());
+        assert!((offset + 1.0).abs() < 5e-3, "{offset}");
+    }
+}
+
+#[test]
+fn an_idle_agent_with_timesync_probes_off_is_never_woken() {
+    let dir = tempfile::tempdir().unwrap();
+    let heartbeat = std::os::unix::net::UnixListener::bind(dir.path().join("hb.sock")).unwrap();
+    let timesync = std::os::unix::net::UnixListener::bind(dir.path().join("ts.sock")).unwrap();
+    let config = write_config(
+        dir.path(),
+        "a.toml",
+        &format!(
+            "[heartbeat]\nconnect = \"unix:{0}/hb.sock\"\n[timesync]\nconnect = \"unix:{0}/ts.sock\"\n\
+             mode = \"monitor\"\nprobe_interval = 0\n",
+            dir.path().display()
+        ),
+    );
+    let agent = start_agent(&config);
+    let (_hb, _) = heartbeat.accept().unwrap();
+    let (_ts, _) = timesync.accept().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = voluntary_switches(agent.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let after = voluntary_switches(agent.pid());
+    assert_eq!(
+        after,
+        before,
+        "the idle agent woke up {} times in 2 s",
+        after - before
     );
 }
