@@ -77,7 +77,7 @@ pub fn seconds_to_nanos(seconds: f64) -> i128 {
     (seconds * NANOS).round() as i128
 }
 
-/// A human figure for an offset: `+1.234 s`, `-25.0 ms`, `+12.3 us`.
+/// A human figure for an offset: `+1.234 s`, `-25.000 ms`, `+12.3 us`.
 pub fn format_offset(seconds: f64) -> String {
     let magnitude = seconds.abs();
     if magnitude >= 1.0 {
@@ -87,6 +87,11 @@ pub fn format_offset(seconds: f64) -> String {
     } else {
         format!("{:+.1} us", seconds * 1e6)
     }
+}
+
+/// A human figure for a delay (no sign): `1.021 ms`, `63.1 us`.
+pub fn format_delay(seconds: f64) -> String {
+    format_offset(seconds).trim_start_matches('+').to_string()
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use log::{debug, error, info, warn};
 use super::logic::{LinkId, Logic, Refusal, StatusLine};
 use crate::clock::discipline::{Discipline, Outcome};
 use crate::clock::filter::{Filter, Kind, Measurement, Verdict};
-use crate::clock::{format_offset, Clock, ClockError, OffsetSink, NANOS};
+use crate::clock::{format_delay, format_offset, Clock, ClockError, OffsetSink, NANOS};
 use crate::wire::timesync::{
     ticks_to_unix_nanos, unix_nanos_to_ticks, TimeSyncData, TimeSyncFlags, TimeSyncRef,
 };
@@ -204,10 +204,14 @@ impl TimeSyncLogic {
     fn filtered(&mut self, kind: Kind, verdict: Verdict, now: Instant) {
         if let Verdict::Outlier { excess, limit } = verdict {
             self.stats.outliers += 1;
+            let what = match kind {
+                Kind::Probes => "probe (delay",
+                Kind::Samples => "sample (below the best by",
+            };
             debug!(
-                "timesync: discarded an outlier {kind:?} result ({} beyond the {} limit)",
-                format_offset(excess),
-                format_offset(limit)
+                "timesync: discarded an outlier {what} {}, limit {})",
+                format_delay(excess),
+                format_delay(limit)
             );
             return;
         }
@@ -276,7 +280,7 @@ impl TimeSyncLogic {
         let delay = self
             .probes
             .min_delay()
-            .map_or("unmeasured".to_string(), format_offset);
+            .map_or("unmeasured".to_string(), format_delay);
         info!(
             "timesync: offset {}, min delay {delay}, {} samples, {} SYNCs, {} probes answered ({} lost, {} \
              outliers), frequency {:+.3} ppm, {} steps (mode {})",
@@ -335,7 +339,7 @@ impl TimeSyncLogic {
         debug!(
             "timesync: probe offset {} delay {}",
             format_offset(offset),
-            format_offset(delay)
+            format_delay(delay)
         );
         let measurement = Measurement {
             at: now,
@@ -462,7 +466,7 @@ impl Logic for TimeSyncLogic {
                 "last delay",
                 self.stats
                     .last_delay
-                    .map_or("none".to_string(), format_offset),
+                    .map_or("none".to_string(), format_delay),
             ),
             ("last sample", age(self.stats.last_sample)),
             (
