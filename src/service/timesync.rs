@@ -166,11 +166,13 @@ impl TimeSyncLogic {
         };
         if flags == TimeSyncFlags::SYNC {
             self.stats.syncs += 1;
-            self.sync(measurement, now);
-            return;
+            if self.sync(offset, now) {
+                return;
+            }
+        } else {
+            self.stats.samples += 1;
+            debug!("timesync: sample offset {}", format_offset(offset));
         }
-        self.stats.samples += 1;
-        debug!("timesync: sample offset {}", format_offset(offset));
         if self.probes_lead(now) {
             return;
         }
@@ -180,24 +182,21 @@ impl TimeSyncLogic {
         self.filtered(Kind::Samples, verdict, now);
     }
 
-    /// A SYNC: the host asks for the clock to be set (boot, restore, resume).
-    fn sync(&mut self, measurement: Measurement, now: Instant) {
-        let offset = measurement.offset;
+    /// A SYNC: the host asks for the clock to be set (boot, restore, resume). True when it stepped the clock;
+    /// otherwise the SYNC counts as a sample.
+    fn sync(&mut self, offset: f64, now: Instant) -> bool {
         info!(
             "timesync: SYNC from the host, offset {}",
             format_offset(offset)
         );
-        if self.mode == Mode::Adjust && offset.abs() > SYNC_MIN_STEP {
-            self.probes.clear();
-            self.samples.clear();
-            let result = self.discipline.step(&mut *self.clock, offset, now);
-            self.applied(result, "SYNC");
-            return;
+        if self.mode != Mode::Adjust || offset.abs() <= SYNC_MIN_STEP {
+            return false;
         }
-        let verdict = self
-            .samples
-            .add(measurement, self.discipline.correction_at(now));
-        self.filtered(Kind::Samples, verdict, now);
+        self.probes.clear();
+        self.samples.clear();
+        let result = self.discipline.step(&mut *self.clock, offset, now);
+        self.applied(result, "SYNC");
+        true
     }
 
     /// Acts on the filter after a measurement of `kind` was offered to it.
@@ -281,9 +280,15 @@ impl TimeSyncLogic {
             .probes
             .min_delay()
             .map_or("unmeasured".to_string(), format_delay);
+        let sample_age = self.stats.last_sample.map_or("none".to_string(), |at| {
+            format!(
+                "{:.1} s ago",
+                now.saturating_duration_since(at).as_secs_f64()
+            )
+        });
         info!(
-            "timesync: offset {}, min delay {delay}, {} samples, {} SYNCs, {} probes answered ({} lost, {} \
-             outliers), frequency {:+.3} ppm, {} steps (mode {})",
+            "timesync: offset {}, min delay {delay}, last host sample {sample_age}, {} samples, {} SYNCs, {} \
+             probes answered ({} lost, {} outliers), frequency {:+.3} ppm, {} steps (mode {})",
             format_offset(offset),
             self.stats.samples,
             self.stats.syncs,
