@@ -151,12 +151,13 @@ impl Sim {
             last_arrival: [0; 2],
         };
         sim.negotiate(setup.version);
+        // A host that sends no SYNC sends its first SAMPLE after one interval, so a probe comes first.
         let first = if setup.sync_first {
-            TimeSyncFlags::SYNC
+            (0, TimeSyncFlags::SYNC)
         } else {
-            TimeSyncFlags::SAMPLE
+            (setup.sample_every.as_nanos() as i128, TimeSyncFlags::SAMPLE)
         };
-        sim.at(0, Happening::HostSample(first, true));
+        sim.at(first.0, Happening::HostSample(first.1, true));
         sim.at(0, Happening::Measure);
         sim
     }
@@ -339,8 +340,9 @@ fn an_hour_of_initial_error_is_corrected_by_one_step() {
         let steps = sim.clock.steps();
         assert_eq!(steps.len(), 1, "sync_first {sync_first}: steps {steps:?}");
         assert!((steps[0] - 3600.0).abs() < 1e-3, "{steps:?}");
+        let first = if sync_first { "a SYNC" } else { "a probe" };
         let (_, _, max) = sim.report(
-            &format!("3600 s initial error (SYNC first: {sync_first})"),
+            &format!("3600 s initial error, stepped on {first}"),
             60.0,
             120.0,
         );
