@@ -5,23 +5,27 @@
 //! frequency (what cancels the clock's own error) plus `offset / Tp`, which slews the remaining offset away
 //! in about `Tp`; the base frequency integrates `offset × dt / Ti²`. With `Ti = 2 Tp` the loop is critically
 //! damped. `Tp` starts at 4 update intervals, so that a new clock's frequency error is learnt quickly, and
-//! grows by one interval every 8 updates to 16, where measurement noise is averaged best; an offset above
-//! [`RELOCK_LIMIT`] or a step starts it over. A steered clock never runs backwards: the correction is at
-//! most ±500 ppm, and small offsets are never stepped.
+//! grows by one interval every 8 updates to 16, where measurement noise is averaged best; a step starts it
+//! over. A jump in the offset that no frequency error could explain (more than [`JUMP_PPM`] over an update
+//! interval, and at least [`JUMP_MIN`]) is not fed to the loop, whose frequency would wind up: it is slewed
+//! away beside it, as fast as the ±500 ppm the kernel allows leaves room for. A steered clock never runs
+//! backwards, and small offsets are never stepped.
 //!
-//! The discipline keeps the total correction it has applied beyond the base frequency (steps included), so
-//! that the filter can bring older measurements up to date ([`Discipline::correction_at`]).
+//! The discipline keeps the total phase it has commanded (the integral of its frequency corrections, and its
+//! steps), so that the filter can bring older measurements up to date ([`Discipline::correction_at`]).
 
 use std::time::{Duration, Instant};
 
+use super::filter::Correction;
 use super::{seconds_to_nanos, Clock, ClockError, MAX_FREQUENCY_PPM};
 
 /// `Tp` in update intervals: where it starts, where it stops growing, and the updates per interval of growth.
 pub const MIN_PHASE_INTERVALS: f64 = 4.0;
 pub const MAX_PHASE_INTERVALS: f64 = 16.0;
 pub const UPDATES_PER_GROWTH: f64 = 8.0;
-/// An offset beyond this (seconds) brings `Tp` back to its start.
-pub const RELOCK_LIMIT: f64 = 1e-3;
+/// An offset change beyond `JUMP_PPM` × the update interval, and beyond `JUMP_MIN` seconds, is a jump.
+pub const JUMP_PPM: f64 = 600.0;
+pub const JUMP_MIN: f64 = 1e-3;
 /// The base frequency learns only from offsets smaller than this (seconds); larger ones are slewed only.
 pub const INTEGRATE_LIMIT: f64 = 10e-3;
 /// The update interval assumed before two updates were seen, and its bounds (seconds).
@@ -42,15 +46,20 @@ pub enum Outcome {
 #[derive(Clone, Debug)]
 pub struct Discipline {
     step_threshold: f64,
-    /// Total correction (seconds) applied beyond the base frequency, as of `corrected_at`.
-    correction: f64,
+    /// Total commanded phase (seconds): the integral of the commanded frequency, and the steps, as of
+    /// `corrected_at`.
+    phase: f64,
     corrected_at: Option<Instant>,
     base_ppm: f64,
     command_ppm: f64,
     last_update: Option<Instant>,
     interval: f64,
-    /// Updates since the last step or large offset: how far `Tp` has grown.
+    /// Updates since the last step: how far `Tp` has grown.
     locked: u32,
+    /// What is left to slew of the jumps taken out of the loop (seconds), and the frequency (ppm) the
+    /// command carries for it.
+    slew_left: f64,
+    slew_ppm: f64,
     steps: u64,
 }
 
@@ -61,13 +70,15 @@ impl Discipline {
         let ppm = frequency_ppm.clamp(-MAX_FREQUENCY_PPM, MAX_FREQUENCY_PPM);
         Discipline {
             step_threshold,
-            correction: 0.0,
+            phase: 0.0,
             corrected_at: None,
             base_ppm: ppm,
             command_ppm: ppm,
             last_update: None,
             interval: DEFAULT_INTERVAL,
             locked: 0,
+            slew_left: 0.0,
+            slew_ppm: 0.0,
             steps: 0,
         }
     }
@@ -91,16 +102,28 @@ impl Discipline {
         self.command_ppm
     }
 
-    /// The total correction applied beyond the base frequency up to `now`, seconds.
-    pub fn correction_at(&self, now: Instant) -> f64 {
+    /// The commanded phase up to `now` and the base frequency: what brings older offsets up to date.
+    pub fn correction_at(&self, now: Instant) -> Correction {
+        Correction {
+            phase: self.phase_at(now),
+            base_ppm: self.base_ppm,
+            at: now,
+        }
+    }
+
+    fn phase_at(&self, now: Instant) -> f64 {
         let elapsed = self
             .corrected_at
             .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64());
-        self.correction + (self.command_ppm - self.base_ppm) * 1e-6 * elapsed
+        self.phase + self.command_ppm * 1e-6 * elapsed
     }
 
     fn fold(&mut self, now: Instant) {
-        self.correction = self.correction_at(now);
+        let elapsed = self
+            .corrected_at
+            .map_or(0.0, |at| now.saturating_duration_since(at).as_secs_f64());
+        self.slew_left -= self.slew_ppm * 1e-6 * elapsed;
+        self.phase = self.phase_at(now);
         self.corrected_at = Some(now);
     }
 
@@ -127,9 +150,11 @@ impl Discipline {
     ) -> Result<Outcome, ClockError> {
         self.fold(now);
         clock.step(seconds_to_nanos(offset))?;
-        self.correction += offset;
+        self.phase += offset;
         self.steps += 1;
         self.locked = 0;
+        self.slew_left = 0.0;
+        self.slew_ppm = 0.0;
         self.last_update = Some(now);
         if self.command_ppm != self.base_ppm {
             clock.set_frequency_ppm(self.base_ppm)?;
@@ -153,8 +178,10 @@ impl Discipline {
             self.interval = dt.clamp(MIN_INTERVAL, MAX_INTERVAL);
         }
         self.last_update = Some(now);
-        if offset.abs() > RELOCK_LIMIT {
-            self.locked = 0;
+        let mut offset = offset - self.slew_left;
+        if offset.abs() > JUMP_MIN.max(JUMP_PPM * 1e-6 * self.interval) {
+            self.slew_left += offset;
+            offset = 0.0;
         }
         let intervals = (MIN_PHASE_INTERVALS + f64::from(self.locked) / UPDATES_PER_GROWTH)
             .min(MAX_PHASE_INTERVALS);
@@ -172,10 +199,13 @@ impl Discipline {
         if (base + phase_ppm).abs() > MAX_FREQUENCY_PPM && base.abs() > self.base_ppm.abs() {
             base = self.base_ppm;
         }
-        let command = (base + phase_ppm).clamp(-MAX_FREQUENCY_PPM, MAX_FREQUENCY_PPM);
+        let room = (MAX_FREQUENCY_PPM - (base + phase_ppm).abs()).max(0.0);
+        let slew_ppm = (self.slew_left / self.interval * 1e6).clamp(-room, room);
+        let command = (base + phase_ppm + slew_ppm).clamp(-MAX_FREQUENCY_PPM, MAX_FREQUENCY_PPM);
         clock.set_frequency_ppm(command)?;
         self.base_ppm = base.clamp(-MAX_FREQUENCY_PPM, MAX_FREQUENCY_PPM);
         self.command_ppm = command;
+        self.slew_ppm = slew_ppm;
         Ok(Outcome::Steered { ppm: command })
     }
 

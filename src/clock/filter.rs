@@ -5,8 +5,9 @@
 //! offset is `parenttime − receive time`, always short of the truth by the one-way delay, so the best sample
 //! is the one with the largest offset.
 //!
-//! Older results are brought up to date before they are compared: each remembers the discipline's total
-//! correction when it was taken, and the correction applied since is subtracted from its offset.
+//! Older results are brought up to date before they are compared: each remembers the discipline's commanded
+//! phase when it was taken; what the clock was moved since, less what its own frequency error (as the
+//! discipline now believes it) did meanwhile, is subtracted from its offset ([`Correction`]).
 //!
 //! A result whose delay is far above the recent minimum (probes), or whose offset is far below the window's
 //! best (samples), is an outlier and is discarded; after [`Kind::max_rejected`] outliers in a row the path
@@ -30,6 +31,44 @@ pub const SAMPLE_SPREAD: f64 = 1e-3;
 pub const CONSISTENCY_MARGIN: f64 = 1e-3;
 /// The frequency error (fraction) a stored result's offset may have gathered per second of age.
 pub const AGE_DRIFT: f64 = 500e-6;
+
+/// How far the discipline has moved the clock: what brings an older offset up to date.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Correction {
+    /// Total commanded phase (seconds): the integral of the commanded frequency correction, plus steps.
+    pub phase: f64,
+    /// The base frequency (ppm): the correction believed to cancel the clock's own frequency error.
+    pub base_ppm: f64,
+    /// When `phase` holds.
+    pub at: Instant,
+}
+
+impl Correction {
+    /// No correction at all (monitor and chrony modes, and tests).
+    pub fn none(at: Instant) -> Correction {
+        Correction {
+            phase: 0.0,
+            base_ppm: 0.0,
+            at,
+        }
+    }
+
+    /// The correction since a measurement taken at `at` when the phase was `phase`: what the clock was moved
+    /// beyond cancelling its own frequency error.
+    pub fn since(&self, phase: f64, at: Instant) -> f64 {
+        (self.phase - phase) - self.base_ppm * 1e-6 * self.age(at)
+    }
+
+    fn age(&self, at: Instant) -> f64 {
+        self.at.saturating_duration_since(at).as_secs_f64()
+    }
+
+    /// How uncertain the correction since a measurement is: the base frequency is only known as well as it
+    /// has settled, so its change since then (`base_ppm` then) counts over the measurement's age.
+    pub fn doubt(&self, base_ppm: f64, at: Instant) -> f64 {
+        (self.base_ppm - base_ppm).abs() * 1e-6 * self.age(at)
+    }
+}
 
 /// What the filter holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,13 +126,14 @@ pub struct Selected {
 #[derive(Clone, Copy, Debug)]
 struct Entry {
     measurement: Measurement,
-    /// The discipline's total correction when it was taken.
-    correction: f64,
+    /// The discipline's commanded phase and base frequency when it was taken.
+    phase: f64,
+    base_ppm: f64,
 }
 
 impl Entry {
-    fn offset_now(&self, correction: f64) -> f64 {
-        self.measurement.offset - (correction - self.correction)
+    fn offset_now(&self, correction: &Correction) -> f64 {
+        self.measurement.offset - correction.since(self.phase, self.measurement.at)
     }
 
     fn delay(&self) -> f64 {
@@ -144,11 +184,12 @@ impl Filter {
         self.delays.iter().copied().reduce(f64::min)
     }
 
-    /// Adds a measurement taken when the discipline's total correction was `correction`.
-    pub fn add(&mut self, measurement: Measurement, correction: f64) -> Verdict {
+    /// Adds a measurement; `correction` is the discipline's as of the measurement.
+    pub fn add(&mut self, measurement: Measurement, correction: &Correction) -> Verdict {
         let entry = Entry {
             measurement,
-            correction,
+            phase: correction.phase,
+            base_ppm: correction.base_ppm,
         };
         let mut verdict = Verdict::Accepted;
         if let Some((excess, limit)) = self.outlier(&entry, correction) {
@@ -177,7 +218,7 @@ impl Filter {
     }
 
     /// How far `entry` is beyond the outlier limit, and the limit; none when it is within.
-    fn outlier(&self, entry: &Entry, correction: f64) -> Option<(f64, f64)> {
+    fn outlier(&self, entry: &Entry, correction: &Correction) -> Option<(f64, f64)> {
         let (excess, limit) = match self.kind {
             Kind::Probes => {
                 let min = self.min_delay()?;
@@ -192,7 +233,7 @@ impl Filter {
     }
 
     /// Whether `entry` agrees with the window's best as far as their delays and ages allow.
-    fn consistent(&self, entry: &Entry, correction: f64) -> bool {
+    fn consistent(&self, entry: &Entry, correction: &Correction) -> bool {
         let Some(best) = self.best_entry(correction) else {
             return true;
         };
@@ -209,23 +250,23 @@ impl Filter {
         (entry.measurement.offset - best.offset_now(correction)).abs() <= allowed
     }
 
-    fn best_entry(&self, correction: f64) -> Option<&Entry> {
+    /// The best entry: the smallest delay (probes) or the largest offset (samples), each less what is in
+    /// doubt about bringing it up to date; among equals the newest.
+    fn best_entry(&self, correction: &Correction) -> Option<&Entry> {
+        let doubt = |e: &Entry| correction.doubt(e.base_ppm, e.measurement.at);
         match self.kind {
-            // The smallest delay; among equals the newest.
-            Kind::Probes => self
-                .window
-                .iter()
-                .rev()
-                .min_by(|a, b| a.delay().total_cmp(&b.delay())),
+            Kind::Probes => self.window.iter().rev().min_by(|a, b| {
+                (a.delay() / 2.0 + doubt(a)).total_cmp(&(b.delay() / 2.0 + doubt(b)))
+            }),
             Kind::Samples => self.window.iter().rev().max_by(|a, b| {
-                a.offset_now(correction)
-                    .total_cmp(&b.offset_now(correction))
+                (a.offset_now(correction) - doubt(a))
+                    .total_cmp(&(b.offset_now(correction) - doubt(b)))
             }),
         }
     }
 
-    /// The best result, its offset brought up to the current total `correction`.
-    pub fn best(&self, correction: f64) -> Option<Selected> {
+    /// The best result, its offset brought up to date by `correction`.
+    pub fn best(&self, correction: &Correction) -> Option<Selected> {
         self.best_entry(correction).map(|entry| Selected {
             measurement: entry.measurement,
             offset: entry.offset_now(correction),
@@ -243,6 +284,27 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// A correction of `phase` with no base frequency, so that age does not matter.
+    fn phase(phase: f64) -> Correction {
+        Correction {
+            phase,
+            base_ppm: 0.0,
+            at: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn the_correction_since_leaves_out_what_cancelled_the_clocks_own_error() {
+        let then = Instant::now();
+        let now = Correction {
+            phase: 1e-3,
+            base_ppm: 100.0,
+            at: then + Duration::from_secs(10),
+        };
+        assert!(now.since(0.0, then).abs() < 1e-12);
+        assert!((now.since(-0.5e-3, then) - 0.5e-3).abs() < 1e-12);
+    }
+
     fn probe(base: Instant, second: u64, offset: f64, delay: f64) -> Measurement {
         Measurement {
             at: base + Duration::from_secs(second),
@@ -257,23 +319,29 @@ mod tests {
         let base = Instant::now();
         let mut filter = Filter::new(Kind::Probes);
         for (second, delay) in [50e-6, 40e-6, 90e-6, 60e-6].into_iter().enumerate() {
-            filter.add(probe(base, second as u64, delay, delay), 0.0);
+            filter.add(probe(base, second as u64, delay, delay), &phase(0.0));
         }
-        assert_eq!(filter.best(0.0).unwrap().measurement.delay, Some(40e-6));
+        assert_eq!(
+            filter.best(&phase(0.0)).unwrap().measurement.delay,
+            Some(40e-6)
+        );
         for second in 4..12 {
-            filter.add(probe(base, second, 70e-6, 70e-6), 0.0);
+            filter.add(probe(base, second, 70e-6, 70e-6), &phase(0.0));
         }
         assert_eq!(filter.len(), WINDOW);
-        assert_eq!(filter.best(0.0).unwrap().measurement.delay, Some(70e-6));
+        assert_eq!(
+            filter.best(&phase(0.0)).unwrap().measurement.delay,
+            Some(70e-6)
+        );
     }
 
     #[test]
     fn an_older_result_is_brought_up_to_date_by_the_correction_since() {
         let base = Instant::now();
         let mut filter = Filter::new(Kind::Probes);
-        filter.add(probe(base, 0, 1e-3, 40e-6), 0.0);
-        filter.add(probe(base, 2, 0.6e-3, 90e-6), 0.5e-3);
-        let best = filter.best(0.75e-3).unwrap();
+        filter.add(probe(base, 0, 1e-3, 40e-6), &phase(0.0));
+        filter.add(probe(base, 2, 0.6e-3, 90e-6), &phase(0.5e-3));
+        let best = filter.best(&phase(0.75e-3)).unwrap();
         assert_eq!(best.measurement.delay, Some(40e-6));
         assert!((best.offset - 0.25e-3).abs() < 1e-12, "{best:?}");
     }
@@ -282,20 +350,20 @@ mod tests {
     fn a_probe_far_slower_than_the_recent_minimum_is_discarded_until_the_path_has_changed() {
         let base = Instant::now();
         let mut filter = Filter::new(Kind::Probes);
-        filter.add(probe(base, 0, 0.0, 100e-6), 0.0);
+        filter.add(probe(base, 0, 0.0, 100e-6), &phase(0.0));
         let limit = DELAY_FACTOR * 100e-6 + DELAY_MARGIN;
         assert_eq!(
-            filter.add(probe(base, 1, 0.0, limit * 0.99), 0.0),
+            filter.add(probe(base, 1, 0.0, limit * 0.99), &phase(0.0)),
             Verdict::Accepted
         );
         for second in 2..2 + u64::from(Kind::Probes.max_rejected()) {
             assert!(matches!(
-                filter.add(probe(base, second, 5e-3, 10e-3), 0.0),
+                filter.add(probe(base, second, 5e-3, 10e-3), &phase(0.0)),
                 Verdict::Outlier { .. }
             ));
         }
         assert_eq!(
-            filter.add(probe(base, 30, 5e-3, 10e-3), 0.0),
+            filter.add(probe(base, 30, 5e-3, 10e-3), &phase(0.0)),
             Verdict::Restarted
         );
         assert_eq!(filter.len(), 1);
@@ -306,13 +374,13 @@ mod tests {
     fn a_probe_that_disagrees_with_the_window_restarts_it() {
         let base = Instant::now();
         let mut filter = Filter::new(Kind::Probes);
-        filter.add(probe(base, 0, 0.0, 50e-6), 0.0);
-        filter.add(probe(base, 2, 20e-6, 60e-6), 0.0);
+        filter.add(probe(base, 0, 0.0, 50e-6), &phase(0.0));
+        filter.add(probe(base, 2, 20e-6, 60e-6), &phase(0.0));
         assert_eq!(
-            filter.add(probe(base, 4, 30.0, 60e-6), 0.0),
+            filter.add(probe(base, 4, 30.0, 60e-6), &phase(0.0)),
             Verdict::Restarted
         );
-        assert_eq!(filter.best(0.0).unwrap().offset, 30.0);
+        assert_eq!(filter.best(&phase(0.0)).unwrap().offset, 30.0);
     }
 
     #[test]
@@ -325,12 +393,12 @@ mod tests {
             offset,
             delay: None,
         };
-        filter.add(sample(0, -150e-6), 0.0);
-        filter.add(sample(5, -30e-6), 0.0);
-        filter.add(sample(10, -90e-6), 0.0);
-        assert_eq!(filter.best(0.0).unwrap().offset, -30e-6);
+        filter.add(sample(0, -150e-6), &phase(0.0));
+        filter.add(sample(5, -30e-6), &phase(0.0));
+        filter.add(sample(10, -90e-6), &phase(0.0));
+        assert_eq!(filter.best(&phase(0.0)).unwrap().offset, -30e-6);
         assert!(matches!(
-            filter.add(sample(15, -5e-3), 0.0),
+            filter.add(sample(15, -5e-3), &phase(0.0)),
             Verdict::Outlier { .. }
         ));
         assert_eq!(filter.len(), 3);

@@ -38,7 +38,8 @@ fn steering_never_runs_the_clock_backwards_and_books_its_correction() {
     let after = clock.now_ns();
     assert!(after > before, "the clock went from {before} to {after}");
     assert_eq!(clock.commanded_ppm(), -500.0);
-    let correction = discipline.correction_at(start + Duration::from_secs(1));
+    let later = start + Duration::from_secs(1);
+    let correction = discipline.correction_at(later).since(0.0, start);
     assert!((correction + 500e-6).abs() < 1e-9, "{correction}");
 }
 

@@ -29,8 +29,8 @@ use crate::wire::{IcVersion, Message, MessageType, Status};
 /// The message version that adds guest probes (hvagent's extension).
 pub const PROBE_VERSION: IcVersion = IcVersion::new(4, 1);
 /// A SYNC steps the clock only when it is off by more than this (seconds); smaller offsets are steered, so
-/// that a reconnect never steps the clock back by a delay's worth.
-pub const SYNC_MIN_STEP: f64 = 1e-3;
+/// that a reconnect never steps the clock by a (possibly slow, one-way) delay's worth.
+pub const SYNC_MIN_STEP: f64 = 10e-3;
 /// Host samples steer the clock only when no probe was answered for this many probe intervals.
 const PROBE_STALE_INTERVALS: u32 = 4;
 /// The most often the routine summary is logged at info.
@@ -178,7 +178,7 @@ impl TimeSyncLogic {
         }
         let verdict = self
             .samples
-            .add(measurement, self.discipline.correction_at(now));
+            .add(measurement, &self.discipline.correction_at(now));
         self.filtered(Kind::Samples, verdict, now);
     }
 
@@ -219,7 +219,7 @@ impl TimeSyncLogic {
             Kind::Samples => &self.samples,
         };
         let correction = self.discipline.correction_at(now);
-        let (Some(best), Some(latest)) = (filter.best(correction), filter.latest()) else {
+        let (Some(best), Some(latest)) = (filter.best(&correction), filter.latest()) else {
             return;
         };
         self.maybe_summarise(best.offset, now);
@@ -354,7 +354,7 @@ impl TimeSyncLogic {
         };
         let verdict = self
             .probes
-            .add(measurement, self.discipline.correction_at(now));
+            .add(measurement, &self.discipline.correction_at(now));
         self.filtered(Kind::Probes, verdict, now);
     }
 }
