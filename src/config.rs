@@ -10,6 +10,7 @@ use log::LevelFilter;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::service::timesync::Mode;
 use crate::service::ServiceKind;
 use crate::transport::address::CID_ANY;
 use crate::transport::Address;
@@ -25,7 +26,38 @@ pub const SERVICES: [ServiceKind; 3] = [
 ];
 
 /// Services whose behaviour has landed; the others may be configured but not enabled yet.
-const IMPLEMENTED: [ServiceKind; 1] = [ServiceKind::Heartbeat];
+const IMPLEMENTED: [ServiceKind; 2] = [ServiceKind::Heartbeat, ServiceKind::TimeSync];
+
+/// Where chronyd's SOCK refclock listens by default (`refclock SOCK /run/chrony.hvagent.sock`).
+pub const DEFAULT_CHRONY_SOCKET: &str = "/run/chrony.hvagent.sock";
+/// Bounds of `probe_interval` when it is not 0 (off), seconds.
+const PROBE_INTERVAL_RANGE: (f64, f64) = (0.05, 3600.0);
+/// Bounds of `step_threshold`, seconds.
+const STEP_THRESHOLD_RANGE: (f64, f64) = (0.001, 86400.0);
+
+/// The `[timesync]` settings beyond the endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TimeSyncSettings {
+    /// adjust (step and steer the clock), monitor (measure only) or chrony (feed chronyd).
+    pub mode: Mode,
+    /// Offsets beyond this are stepped; smaller ones are steered.
+    pub step_threshold: Duration,
+    /// How often the agent probes the host (message version 4.1); zero turns probes off.
+    pub probe_interval: Duration,
+    /// chronyd's SOCK refclock socket, for mode chrony.
+    pub chrony_socket: PathBuf,
+}
+
+impl Default for TimeSyncSettings {
+    fn default() -> TimeSyncSettings {
+        TimeSyncSettings {
+            mode: Mode::Adjust,
+            step_threshold: Duration::from_secs(1),
+            probe_interval: Duration::from_secs(2),
+            chrony_socket: PathBuf::from(DEFAULT_CHRONY_SOCKET),
+        }
+    }
+}
 
 /// Whether a service dials out or waits for the host.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -103,6 +135,7 @@ impl ServiceConfig {
 pub struct Config {
     pub log_level: LevelFilter,
     pub services: Vec<ServiceConfig>,
+    pub timesync: TimeSyncSettings,
 }
 
 impl Default for Config {
@@ -113,6 +146,7 @@ impl Default for Config {
                 .iter()
                 .map(|&kind| ServiceConfig::default_for(kind))
                 .collect(),
+            timesync: TimeSyncSettings::default(),
         }
     }
 }
@@ -181,8 +215,23 @@ struct RawConfig {
     redial_min: Option<Spanned<f64>>,
     redial_max: Option<Spanned<f64>>,
     heartbeat: Option<RawService>,
-    timesync: Option<RawService>,
+    timesync: Option<RawTimeSync>,
     shutdown: Option<RawService>,
+}
+
+/// `[timesync]`: the keys every service has, and its own.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTimeSync {
+    enabled: Option<Spanned<bool>>,
+    connect: Option<Spanned<String>>,
+    listen: Option<Spanned<String>>,
+    allow_any_cid: Option<bool>,
+    max_connections: Option<Spanned<i64>>,
+    mode: Option<Spanned<String>>,
+    step_threshold: Option<Spanned<toml::Value>>,
+    probe_interval: Option<Spanned<toml::Value>>,
+    chrony_socket: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -247,13 +296,13 @@ fn validate(raw: RawConfig) -> Result<Config, SpanError> {
     }
     let mut limits = Limits::default();
     if let Some(value) = &raw.idle_timeout {
-        limits.idle_timeout = seconds(value, "idle_timeout", 0.001, 86_400.0)?;
+        limits.idle_timeout = seconds_in_range(value, "idle_timeout", 0.001, 86_400.0)?;
     }
     if let Some(value) = &raw.redial_min {
-        limits.redial_min = seconds(value, "redial_min", 0.001, 3_600.0)?;
+        limits.redial_min = seconds_in_range(value, "redial_min", 0.001, 3_600.0)?;
     }
     if let Some(value) = &raw.redial_max {
-        limits.redial_max = seconds(value, "redial_max", 0.001, 3_600.0)?;
+        limits.redial_max = seconds_in_range(value, "redial_max", 0.001, 3_600.0)?;
         if limits.redial_max < limits.redial_min {
             return Err(at(
                 value,
@@ -264,9 +313,22 @@ fn validate(raw: RawConfig) -> Result<Config, SpanError> {
     for service in &mut config.services {
         service.limits = limits;
     }
+    let timesync = match raw.timesync {
+        Some(section) => {
+            config.timesync = timesync_settings(&section)?;
+            Some(RawService {
+                enabled: section.enabled,
+                connect: section.connect,
+                listen: section.listen,
+                allow_any_cid: section.allow_any_cid,
+                max_connections: section.max_connections,
+            })
+        }
+        None => None,
+    };
     let sections = [
         (ServiceKind::Heartbeat, raw.heartbeat),
-        (ServiceKind::TimeSync, raw.timesync),
+        (ServiceKind::TimeSync, timesync),
         (ServiceKind::Shutdown, raw.shutdown),
     ];
     for (kind, section) in sections {
@@ -280,6 +342,90 @@ fn validate(raw: RawConfig) -> Result<Config, SpanError> {
         }
     }
     Ok(config)
+}
+
+/// The time-sync keys of `[timesync]`, validated.
+fn timesync_settings(raw: &RawTimeSync) -> Result<TimeSyncSettings, SpanError> {
+    let mut settings = TimeSyncSettings::default();
+    if let Some(mode) = &raw.mode {
+        settings.mode = match mode.get_ref().as_str() {
+            "adjust" => Mode::Adjust,
+            "monitor" => Mode::Monitor,
+            "chrony" => Mode::Chrony,
+            other => {
+                return Err(at(
+                    mode,
+                    format!(
+                        "key 'timesync.mode': '{other}' is not a mode (adjust, monitor or chrony)"
+                    ),
+                ))
+            }
+        };
+    }
+    if let Some(value) = &raw.step_threshold {
+        let (low, high) = STEP_THRESHOLD_RANGE;
+        let seconds = seconds(value)
+            .filter(|seconds| (low..=high).contains(seconds))
+            .ok_or_else(|| {
+                at(
+                    value,
+                    format!(
+                        "key 'timesync.step_threshold': {} is not a number of seconds from {low} to {high}",
+                        describe(value.get_ref())
+                    ),
+                )
+            })?;
+        settings.step_threshold = Duration::from_secs_f64(seconds);
+    }
+    if let Some(value) = &raw.probe_interval {
+        let (low, high) = PROBE_INTERVAL_RANGE;
+        let seconds = seconds(value)
+            .filter(|seconds| *seconds == 0.0 || (low..=high).contains(seconds))
+            .ok_or_else(|| {
+                at(
+                    value,
+                    format!(
+                        "key 'timesync.probe_interval': {} is not 0 (probes off) or a number of seconds \
+                         from {low} to {high}",
+                        describe(value.get_ref())
+                    ),
+                )
+            })?;
+        settings.probe_interval = Duration::from_secs_f64(seconds);
+    }
+    if let Some(path) = &raw.chrony_socket {
+        if !path.get_ref().starts_with('/') {
+            return Err(at(
+                path,
+                format!(
+                    "key 'timesync.chrony_socket': '{}' is not an absolute path (chrony.conf's \
+                     'refclock SOCK PATH' names the same one)",
+                    path.get_ref()
+                ),
+            ));
+        }
+        settings.chrony_socket = PathBuf::from(path.get_ref());
+    }
+    Ok(settings)
+}
+
+/// A TOML value as a message shows it.
+fn describe(value: &toml::Value) -> String {
+    match value {
+        toml::Value::Integer(whole) => whole.to_string(),
+        toml::Value::Float(number) => number.to_string(),
+        toml::Value::String(text) => format!("'{text}'"),
+        other => format!("a {}", other.type_str()),
+    }
+}
+
+/// A TOML integer or float as seconds.
+fn seconds(value: &Spanned<toml::Value>) -> Option<f64> {
+    match value.get_ref() {
+        toml::Value::Integer(whole) => Some(*whole as f64),
+        toml::Value::Float(seconds) if seconds.is_finite() => Some(*seconds),
+        _ => None,
+    }
 }
 
 fn apply_section(service: &mut ServiceConfig, raw: RawService) -> Result<(), SpanError> {
@@ -337,7 +483,12 @@ fn apply_section(service: &mut ServiceConfig, raw: RawService) -> Result<(), Spa
 }
 
 /// A duration in seconds within `min..=max` (whole or fractional).
-fn seconds(value: &Spanned<f64>, key: &str, min: f64, max: f64) -> Result<Duration, SpanError> {
+fn seconds_in_range(
+    value: &Spanned<f64>,
+    key: &str,
+    min: f64,
+    max: f64,
+) -> Result<Duration, SpanError> {
     let seconds = *value.get_ref();
     if !(min..=max).contains(&seconds) {
         return Err(at(
@@ -434,6 +585,25 @@ impl fmt::Display for Config {
             }
             writeln!(f, "allow_any_cid = {}", service.allow_any_cid)?;
             writeln!(f, "max_connections = {}", service.max_connections)?;
+            if service.kind == ServiceKind::TimeSync {
+                let settings = &self.timesync;
+                writeln!(f, "mode = \"{}\"", settings.mode.name())?;
+                writeln!(
+                    f,
+                    "step_threshold = {}",
+                    settings.step_threshold.as_secs_f64()
+                )?;
+                writeln!(
+                    f,
+                    "probe_interval = {}",
+                    settings.probe_interval.as_secs_f64()
+                )?;
+                writeln!(
+                    f,
+                    "chrony_socket = \"{}\"",
+                    settings.chrony_socket.display()
+                )?;
+            }
         }
         Ok(())
     }
@@ -461,7 +631,51 @@ mod tests {
             heartbeat.endpoint,
             Endpoint::Connect("vsock:host:0x48560001".parse().unwrap())
         );
-        assert_eq!(config.enabled().count(), 1);
+        let enabled: Vec<ServiceKind> = config.enabled().map(|service| service.kind).collect();
+        assert_eq!(enabled, [ServiceKind::Heartbeat, ServiceKind::TimeSync]);
+        assert_eq!(config.timesync, TimeSyncSettings::default());
+        assert_eq!(config.timesync.mode, Mode::Adjust);
+    }
+
+    #[test]
+    fn timesync_keys_are_applied() {
+        let config = parse_text(
+            "[timesync]\nmode = \"chrony\"\nstep_threshold = 0.5\nprobe_interval = 0\n\
+             chrony_socket = \"/run/c.sock\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.timesync,
+            TimeSyncSettings {
+                mode: Mode::Chrony,
+                step_threshold: Duration::from_millis(500),
+                probe_interval: Duration::ZERO,
+                chrony_socket: PathBuf::from("/run/c.sock"),
+            }
+        );
+        let config = parse_text("[timesync]\nstep_threshold = 2\nprobe_interval = 0.25\n").unwrap();
+        assert_eq!(config.timesync.step_threshold, Duration::from_secs(2));
+        assert_eq!(config.timesync.probe_interval, Duration::from_millis(250));
+        assert_eq!(parse_text(&config.to_string()).unwrap(), config);
+    }
+
+    #[test]
+    fn bad_timesync_values_name_the_line_key_and_what_is_accepted() {
+        let text = error_text("[timesync]\nmode = \"slew\"\n");
+        assert!(text.starts_with("test.toml:2:8: "), "{text}");
+        assert!(text.contains("timesync.mode"), "{text}");
+        assert!(text.contains("adjust, monitor or chrony"), "{text}");
+        let text = error_text("[timesync]\n\nstep_threshold = 0\n");
+        assert!(text.starts_with("test.toml:3:"), "{text}");
+        assert!(text.contains("timesync.step_threshold"), "{text}");
+        let text = error_text("[timesync]\nprobe_interval = 0.01\n");
+        assert!(text.contains("timesync.probe_interval"), "{text}");
+        assert!(text.contains("0 (probes off)"), "{text}");
+        assert!(error_text("[timesync]\nprobe_interval = \"2s\"\n").contains("probe_interval"));
+        let text = error_text("[timesync]\nchrony_socket = \"chrony.sock\"\n");
+        assert!(text.contains("not an absolute path"), "{text}");
+        let text = error_text("[heartbeat]\nmode = \"monitor\"\n");
+        assert!(text.contains("mode"), "{text}");
     }
 
     #[test]

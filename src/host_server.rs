@@ -1,9 +1,13 @@
-//! `hvhost serve`: wait for agents to dial in, negotiate with each, and heartbeat each every interval, in one
-//! poll loop, printing negotiated versions and every round trip.
+//! `hvhost serve`: wait for agents to dial in, negotiate with each, and serve one service in one poll loop:
+//! heartbeat each every interval, printing every round trip; or time sync, sending a SYNC at once and a
+//! SAMPLE every sample interval and answering the agent's probes, printing one line for each.
+//!
+//! `clock_offset` makes it a host whose clock is off by that much: it shifts the times it reports, never
+//! the real clock.
 
 use std::io::Write;
 use std::os::fd::AsFd;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -13,7 +17,8 @@ use crate::service::host::{HostChannel, HostEvent};
 use crate::service::ServiceKind;
 use crate::transport::socket;
 use crate::transport::{Address, Connection};
-use crate::wire::Message;
+use crate::wire::timesync::{unix_nanos_to_ticks, TimeSyncData, TimeSyncFlags};
+use crate::wire::{Message, MessageType};
 
 /// What `hvhost serve` was asked to do.
 #[derive(Clone, Debug)]
@@ -24,6 +29,50 @@ pub struct ServeOptions {
     pub count: Option<u64>,
     /// Print only negotiations and summaries, not every heartbeat.
     pub quiet: bool,
+    /// The service offered: heartbeat or time sync.
+    pub service: ServiceKind,
+    /// Time sync: pause between SAMPLEs.
+    pub sample_interval: Duration,
+    /// Time sync: seconds added to the host's clock in everything it reports.
+    pub clock_offset: f64,
+}
+
+impl Default for ServeOptions {
+    fn default() -> ServeOptions {
+        ServeOptions {
+            interval: Duration::from_secs(1),
+            count: None,
+            quiet: false,
+            service: ServiceKind::Heartbeat,
+            sample_interval: Duration::from_secs(5),
+            clock_offset: 0.0,
+        }
+    }
+}
+
+/// What a time-sync host saw of one agent.
+#[derive(Debug, Default)]
+struct TimeStats {
+    /// Samples sent; the first is a SYNC.
+    sent: u64,
+    samples: u64,
+    probes: u64,
+    /// Host time − the guest's time at sending, µs, of the probes (the guest's error plus the one-way delay).
+    behind_us: Vec<f64>,
+}
+
+impl TimeStats {
+    /// `done probes=N samples=M p50_behind_us=X min_behind_us=Y` over the last ten probes.
+    fn summary(&self) -> String {
+        let mut last: Vec<f64> = self.behind_us.iter().rev().take(10).copied().collect();
+        last.sort_by(f64::total_cmp);
+        let p50 = last.get(last.len() / 2).copied().unwrap_or(0.0);
+        let min = last.first().copied().unwrap_or(0.0);
+        format!(
+            "done probes={} samples={} p50_behind_us={p50:.1} min_behind_us={min:.1}",
+            self.probes, self.samples
+        )
+    }
 }
 
 /// One agent connected to the server.
@@ -34,6 +83,7 @@ struct Agent {
     /// When to send the next heartbeat; `None` while one is out or before negotiation.
     next_at: Option<Instant>,
     trips: RoundTrips,
+    time: TimeStats,
     closed: Option<String>,
 }
 
@@ -43,6 +93,13 @@ impl Agent {
             PollFlags::POLLIN | PollFlags::POLLOUT
         } else {
             PollFlags::POLLIN
+        }
+    }
+
+    fn summary(&self, service: ServiceKind) -> String {
+        match service {
+            ServiceKind::TimeSync => self.time.summary(),
+            _ => self.trips.summary(),
         }
     }
 
@@ -76,8 +133,7 @@ pub fn serve(
         for agent in agents.iter_mut() {
             if agent.next_at.is_some_and(|at| at <= now) {
                 agent.next_at = None;
-                let request = agent.channel.heartbeat(now);
-                agent.send(&request);
+                send_next(agent, options, now);
             }
         }
         let timeout = agents
@@ -107,7 +163,7 @@ pub fn serve(
             .collect();
         drop(fds);
         if !events[0].is_empty() {
-            accept_agents(&listener, &mut agents, out);
+            accept_agents(&listener, &mut agents, options.service, out);
         }
         for (agent, ready) in agents.iter_mut().zip(&events[1..]) {
             if ready.is_empty() {
@@ -124,8 +180,8 @@ pub fn serve(
                 agent.closed = Some(closed.to_string());
             }
             for message in inbox.drain(..) {
-                if handle_answer(agent, &message, options, out)? {
-                    say(out, &agent.trips.summary());
+                if handle_message(agent, &message, options, out)? {
+                    say(out, &agent.summary(options.service));
                     return Ok(());
                 }
             }
@@ -133,7 +189,7 @@ pub fn serve(
         agents.retain(|agent| match &agent.closed {
             Some(why) => {
                 say(out, &format!("disconnected {}: {why}", agent.peer));
-                say(out, &agent.trips.summary());
+                say(out, &agent.summary(options.service));
                 false
             }
             None => true,
@@ -141,14 +197,19 @@ pub fn serve(
     }
 }
 
-fn accept_agents(listener: &std::os::fd::OwnedFd, agents: &mut Vec<Agent>, out: &mut dyn Write) {
+fn accept_agents(
+    listener: &std::os::fd::OwnedFd,
+    agents: &mut Vec<Agent>,
+    service: ServiceKind,
+    out: &mut dyn Write,
+) {
     while let Ok(Some((fd, peer))) = socket::accept(listener.as_fd()) {
         let peer = match peer {
             socket::Peer::Unix => format!("agent #{}", agents.len() + 1),
             other => other.to_string(),
         };
         say(out, &format!("connected {peer}"));
-        let channel = HostChannel::new(ServiceKind::Heartbeat);
+        let channel = HostChannel::new(service);
         let offer = channel.offer();
         let mut agent = Agent {
             connection: Connection::new(fd),
@@ -156,11 +217,108 @@ fn accept_agents(listener: &std::os::fd::OwnedFd, agents: &mut Vec<Agent>, out: 
             peer,
             next_at: None,
             trips: RoundTrips::default(),
+            time: TimeStats::default(),
             closed: None,
         };
         agent.send(&offer);
         agents.push(agent);
     }
+}
+
+/// The host's clock as it reports it: the system's plus `--clock-offset`, in ns since the Unix epoch.
+fn host_now_ns(options: &ServeOptions) -> i128 {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_nanos() as i128);
+    now + (options.clock_offset * 1e9).round() as i128
+}
+
+/// Sends what is due: the next heartbeat, or the next time sample (the first is a SYNC).
+fn send_next(agent: &mut Agent, options: &ServeOptions, now: Instant) {
+    match options.service {
+        ServiceKind::TimeSync => {
+            let flags = if agent.time.sent == 0 {
+                TimeSyncFlags::SYNC
+            } else {
+                TimeSyncFlags::SAMPLE
+            };
+            let parent = unix_nanos_to_ticks(host_now_ns(options));
+            let request = agent.channel.time_sample(flags, parent, now);
+            agent.time.sent += 1;
+            agent.send(&request);
+            agent.next_at = Some(now + options.sample_interval);
+        }
+        _ => {
+            let request = agent.channel.heartbeat(now);
+            agent.send(&request);
+        }
+    }
+}
+
+/// Handles one message from an agent; true when `--count` is reached.
+fn handle_message(
+    agent: &mut Agent,
+    message: &Message,
+    options: &ServeOptions,
+    out: &mut dyn Write,
+) -> Result<bool, PeerError> {
+    if message.header.flags.is_response() {
+        return handle_answer(agent, message, options, out);
+    }
+    if options.service == ServiceKind::TimeSync && message.header.msgtype == MessageType::TIMESYNC {
+        return answer_probe(agent, message, options, out);
+    }
+    let reply = message.reply(crate::wire::Status::FAIL, message.body.clone());
+    if message.header.flags.expects_answer() {
+        agent.send(&reply);
+    }
+    say(
+        out,
+        &format!(
+            "ignored a {} request from {}",
+            message.header.msgtype, agent.peer
+        ),
+    );
+    Ok(false)
+}
+
+/// Answers a guest's probe with the host's time; true when `--count` probes were answered.
+fn answer_probe(
+    agent: &mut Agent,
+    probe: &Message,
+    options: &ServeOptions,
+    out: &mut dyn Write,
+) -> Result<bool, PeerError> {
+    let received = host_now_ns(options);
+    let sent = TimeSyncData::parse(&probe.body)
+        .map_err(|error| PeerError::Protocol(crate::service::host::HostError::Body(error)))?;
+    let answered = host_now_ns(options);
+    let held = ((answered - received).max(0) / 100) as u64;
+    let reply = agent
+        .channel
+        .answer_probe(probe, unix_nanos_to_ticks(answered), held)
+        .map_err(PeerError::Protocol)?;
+    agent.send(&reply);
+    let behind_us =
+        (received - crate::wire::timesync::ticks_to_unix_nanos(sent.child_time)) as f64 / 1e3;
+    agent.time.probes += 1;
+    agent.time.behind_us.push(behind_us);
+    if agent.time.behind_us.len() > 1000 {
+        agent.time.behind_us.drain(..500);
+    }
+    if !options.quiet {
+        say(
+            out,
+            &format!(
+                "probe id={} host_minus_guest_us={behind_us:.1} held_us={:.1}",
+                probe.header.transaction_id,
+                held as f64 / 10.0
+            ),
+        );
+    }
+    Ok(options
+        .count
+        .is_some_and(|count| agent.time.probes >= count))
 }
 
 /// Handles one answer; true when `--count` is reached.
@@ -171,20 +329,6 @@ fn handle_answer(
     out: &mut dyn Write,
 ) -> Result<bool, PeerError> {
     let now = Instant::now();
-    if !message.header.flags.is_response() {
-        let reply = message.reply(crate::wire::Status::FAIL, message.body.clone());
-        if message.header.flags.expects_answer() {
-            agent.send(&reply);
-        }
-        say(
-            out,
-            &format!(
-                "ignored a {} request from {}",
-                message.header.msgtype, agent.peer
-            ),
-        );
-        return Ok(false);
-    }
     match agent.channel.handle(message, now) {
         Ok(HostEvent::Negotiated { framework, message }) => {
             say(
@@ -209,6 +353,19 @@ fn handle_answer(
                 return Ok(true);
             }
             agent.next_at = Some(now + options.interval);
+        }
+        Ok(HostEvent::TimeSampleAnswered { number, round_trip }) => {
+            agent.time.samples += 1;
+            if !options.quiet {
+                let what = if number == 0 { "SYNC" } else { "SAMPLE" };
+                say(
+                    out,
+                    &format!(
+                        "sample n={number} flags={what} rtt_us={:.1}",
+                        round_trip.as_secs_f64() * 1e6
+                    ),
+                );
+            }
         }
         Err(error) => return Err(PeerError::Protocol(error)),
     }

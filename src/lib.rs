@@ -4,6 +4,8 @@
 //! Module map:
 //! - [`guid`]: service GUIDs ⇄ vsock ports (the hv_sock template).
 //! - [`wire`]: bytes ⇄ typed messages and stream framing; no I/O, no clock.
+//! - [`clock`]: time discipline math (pure), the simulated clock, and the one file that changes the real clock.
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod doctor;

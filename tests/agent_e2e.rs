@@ -1,5 +1,8 @@
 //! End to end over Unix sockets: the real hvagent and hvhost binaries in a temp dir.
 
+mod common;
+use common::no_vsock;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -36,15 +39,22 @@ impl Running {
     }
 }
 
+/// Writes an agent config. Without a [timesync] section the time-sync service is disabled: it is on by
+/// default, dialling vsock and setting the clock, neither of which a test on this machine may do.
 fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
+    let text = if text.contains("[timesync]") {
+        text.to_string()
+    } else {
+        format!("{text}\n[timesync]\nenabled = false\n")
+    };
     std::fs::write(&path, text).unwrap();
     path
 }
 
 fn start_agent(config: &Path) -> Running {
     Running(
-        Command::new(AGENT)
+        no_vsock(&mut Command::new(AGENT))
             .arg("--config")
             .arg(config)
             .env_remove("RUST_LOG")
@@ -69,7 +79,10 @@ fn wait_for_path(path: &Path) {
 }
 
 fn hvhost(args: &[&str]) -> Output {
-    Command::new(HOST).args(args).output().unwrap()
+    no_vsock(&mut Command::new(HOST))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -165,6 +178,20 @@ fn sigterm_stops_a_connected_agent_with_status_0_at_once() {
     assert!(status.success(), "{status:?}");
 }
 
+/// Lets the agent settle, then checks it does not wake up for 2 s.
+fn assert_never_woken(agent: &Running) {
+    std::thread::sleep(Duration::from_millis(300));
+    let before = voluntary_switches(agent.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    let after = voluntary_switches(agent.pid());
+    assert_eq!(
+        after,
+        before,
+        "the idle agent woke up {} times in 2 s",
+        after - before
+    );
+}
+
 #[test]
 fn a_connected_idle_agent_is_never_woken() {
     let dir = tempfile::tempdir().unwrap();
@@ -177,16 +204,7 @@ fn a_connected_idle_agent_is_never_woken() {
     );
     let agent = start_agent(&config);
     let (_connection, _) = listener.accept().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let before = voluntary_switches(agent.pid());
-    std::thread::sleep(Duration::from_secs(2));
-    let after = voluntary_switches(agent.pid());
-    assert_eq!(
-        after,
-        before,
-        "the idle agent woke up {} times in 2 s",
-        after - before
-    );
+    assert_never_woken(&agent);
 }
 
 #[test]
@@ -261,7 +279,7 @@ fn bad_config_stops_the_agent_with_status_2_naming_the_line() {
         "bad.toml",
         "log_level = \"info\"\n\n[heartbeat]\nconect = \"unix:/x\"\n",
     );
-    let output = Command::new(AGENT)
+    let output = no_vsock(&mut Command::new(AGENT))
         .arg("--config")
         .arg(&config)
         .output()
@@ -270,13 +288,13 @@ fn bad_config_stops_the_agent_with_status_2_naming_the_line() {
     let stderr = text(&output.stderr);
     assert!(stderr.contains("bad.toml:4:"), "{stderr}");
     assert!(stderr.contains("conect"), "{stderr}");
-    let output = Command::new(AGENT)
+    let output = no_vsock(&mut Command::new(AGENT))
         .args(["check-config", "--config"])
         .arg(&config)
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(2));
-    let output = Command::new(AGENT)
+    let output = no_vsock(&mut Command::new(AGENT))
         .args(["--config", "/nonexistent/hvagent.toml"])
         .output()
         .unwrap();
@@ -292,7 +310,7 @@ fn check_config_prints_the_effective_config_with_guids() {
         "a.toml",
         "[heartbeat]\nconnect = \"vsock:host:2761\"\n",
     );
-    let output = Command::new(AGENT)
+    let output = no_vsock(&mut Command::new(AGENT))
         .args(["check-config", "--config"])
         .arg(&config)
         .output()
@@ -309,7 +327,12 @@ fn check_config_prints_the_effective_config_with_guids() {
 
 #[test]
 fn guid_and_port_commands_print_the_known_vectors() {
-    let run = |args: &[&str]| Command::new(AGENT).args(args).output().unwrap();
+    let run = |args: &[&str]| {
+        no_vsock(&mut Command::new(AGENT))
+            .args(args)
+            .output()
+            .unwrap()
+    };
     let output = run(&["guid", "2761"]);
     assert_eq!(
         text(&output.stdout),
@@ -348,7 +371,7 @@ fn journal_stream_gives_priority_prefixes_without_timestamps() {
             dir.path().join("absent.sock").display()
         ),
     );
-    let mut child = Command::new(AGENT)
+    let mut child = no_vsock(&mut Command::new(AGENT))
         .arg("--config")
         .arg(&config)
         .env("JOURNAL_STREAM", "8:12345")
@@ -369,5 +392,161 @@ fn journal_stream_gives_priority_prefixes_without_timestamps() {
     assert!(
         second.contains("is hvhost (or another host peer) listening"),
         "{second}"
+    );
+}
+
+/// Reads datagrams from a stand-in chronyd until `count` arrived or 20 s passed.
+fn chrony_datagrams(chronyd: &std::os::unix::net::UnixDatagram, count: usize) -> Vec<Vec<u8>> {
+    chronyd
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut datagrams = Vec::new();
+    let mut buffer = [0u8; 128];
+    while datagrams.len() < count {
+        match chronyd.recv(&mut buffer) {
+            Ok(len) => datagrams.push(buffer[..len].to_vec()),
+            Err(error) => panic!("{} datagrams, then: {error}", datagrams.len()),
+        }
+    }
+    datagrams
+}
+
+/// hvhost serving time on `socket` with `args` (after `--service timesync`), its output to `out`; returns
+/// once it listens.
+fn timesync_host(socket: &Path, args: &[&str], out: Stdio) -> Running {
+    let host = Running(
+        no_vsock(&mut Command::new(HOST))
+            .args(["serve", &format!("unix:{}", socket.display())])
+            .args(["--service", "timesync"])
+            .args(args)
+            .stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_path(socket);
+    host
+}
+
+/// An agent serving time sync alone on `socket`, in chrony mode with its refclock at `chrony`, probing
+/// every 0.1 s.
+fn chrony_agent(dir: &Path, socket: &Path, chrony: &Path) -> Running {
+    let config = write_config(
+        dir,
+        "a.toml",
+        &format!(
+            "[heartbeat]\nenabled = false\n[timesync]\nconnect = \"unix:{}\"\nmode = \"chrony\"\n\
+             probe_interval = 0.1\nchrony_socket = \"{}\"\n",
+            socket.display(),
+            chrony.display()
+        ),
+    );
+    start_agent(&config)
+}
+
+#[test]
+fn chrony_mode_sends_the_host_offset_to_a_sock_refclock() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ts.sock");
+    let chrony_path = dir.path().join("chrony.sock");
+    let chronyd = std::os::unix::net::UnixDatagram::bind(&chrony_path).unwrap();
+    let host_out = std::fs::File::create(dir.path().join("host.out")).unwrap();
+    let args = ["--clock-offset", "2.5", "--sample-interval", "0.5"];
+    let _host = timesync_host(&socket, &args, Stdio::from(host_out));
+    let _agent = chrony_agent(dir.path(), &socket, &chrony_path);
+    let datagrams = chrony_datagrams(&chronyd, 5);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let mut worst: f64 = 0.0;
+    for datagram in &datagrams {
+        assert_eq!(datagram.len(), 40, "{datagram:?}");
+        let i64_at = |at: usize| i64::from_ne_bytes(datagram[at..at + 8].try_into().unwrap());
+        let i32_at = |at: usize| i32::from_ne_bytes(datagram[at..at + 4].try_into().unwrap());
+        let offset = f64::from_ne_bytes(datagram[16..24].try_into().unwrap());
+        let measured_at = i64_at(0) as f64 + i64_at(8) as f64 / 1e6;
+        assert!((0..1_000_000).contains(&i64_at(8)), "tv_usec {}", i64_at(8));
+        assert!(
+            (now - measured_at).abs() < 30.0,
+            "tv {measured_at} vs now {now}"
+        );
+        assert_eq!(
+            (i32_at(24), i32_at(28), i32_at(32)),
+            (0, 0, 0),
+            "pulse, leap, pad"
+        );
+        assert_eq!(i32_at(36), 0x534f434b, "magic");
+        worst = worst.max((offset - 2.5).abs());
+    }
+    println!(
+        "chrony e2e: {} datagrams, worst |offset - 2.5 s| = {:.1} us",
+        datagrams.len(),
+        worst * 1e6
+    );
+    assert!(worst < 5e-3, "an offset was {worst} s away from +2.5 s");
+    let host = std::fs::read_to_string(dir.path().join("host.out")).unwrap();
+    assert!(
+        host.contains("negotiated framework=3.0 message=4.1"),
+        "{host}"
+    );
+    assert!(host.contains("sample n=0 flags=SYNC"), "{host}");
+    assert!(host.contains("probe id=1 "), "{host}");
+}
+
+#[test]
+fn chrony_mode_tolerates_chronyd_starting_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ts.sock");
+    let chrony_path = dir.path().join("chrony.sock");
+    let _host = timesync_host(&socket, &["--clock-offset", "-1", "--quiet"], Stdio::null());
+    let mut agent = chrony_agent(dir.path(), &socket, &chrony_path);
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(
+        agent.0.try_wait().unwrap().is_none(),
+        "the agent died without chronyd"
+    );
+    let chronyd = std::os::unix::net::UnixDatagram::bind(&chrony_path).unwrap();
+    for datagram in chrony_datagrams(&chronyd, 2) {
+        let offset = f64::from_ne_bytes(datagram[16..24].try_into().unwrap());
+        assert!((offset + 1.0).abs() < 5e-3, "{offset}");
+    }
+}
+
+/// Voluntary context switches in 2 s of an agent whose time-sync service negotiated 4.1 with an hvhost that
+/// sends no samples after its SYNC, with `probe_interval` seconds between probes.
+fn timesync_wake_ups(probe_interval: &str) -> u64 {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("ts.sock");
+    let _host = timesync_host(
+        &socket,
+        &["--sample-interval", "1000", "--quiet"],
+        Stdio::null(),
+    );
+    let config = write_config(
+        dir.path(),
+        "a.toml",
+        &format!(
+            "[heartbeat]\nenabled = false\n[timesync]\nconnect = \"unix:{}\"\nmode = \"monitor\"\n\
+             probe_interval = {probe_interval}\n",
+            socket.display()
+        ),
+    );
+    let agent = start_agent(&config);
+    std::thread::sleep(Duration::from_millis(500));
+    let before = voluntary_switches(agent.pid());
+    std::thread::sleep(Duration::from_secs(2));
+    voluntary_switches(agent.pid()) - before
+}
+
+#[test]
+fn timesync_costs_no_wake_ups_with_probes_off_and_one_round_per_probe_with_them_on() {
+    assert_eq!(timesync_wake_ups("0"), 0, "probes off");
+    // A probe wakes the agent twice: its timer, then the answer.
+    let woken = timesync_wake_ups("0.5");
+    println!("timesync wake-ups in 2 s: {woken} with a probe every 0.5 s");
+    assert!(
+        (6..=12).contains(&woken),
+        "{woken} wake-ups in 2 s with a probe every 0.5 s"
     );
 }

@@ -455,3 +455,28 @@ fn signals_in_the_middle_of_heavy_traffic_lose_no_answer() {
     assert_eq!(status.code(), Some(0));
     sender.join().unwrap();
 }
+
+#[test]
+fn test_agents_cannot_open_vsock_sockets() {
+    // The guard every test agent runs under: a config that would dial the host over vsock must fail with
+    // EACCES inside the agent, never reach this machine's vsock.
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "agent.toml",
+        "[heartbeat]\nconnect = \"vsock:host:0x48560101\"\n",
+    );
+    let log = dir.path().join("agent.log");
+    let _agent = start_agent(&config, Some(&log));
+    wait_until(
+        Duration::from_secs(10),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("cannot connect")
+        },
+        || std::fs::read_to_string(&log).unwrap_or_default(),
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("EACCES"), "{text}");
+}

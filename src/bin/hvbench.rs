@@ -497,7 +497,11 @@ fn start_agent(agent: &Path, scratch: &Path, socket: &Path) -> Result<Running, F
     let config = scratch.join("hvagent.toml");
     std::fs::write(
         &config,
-        format!("[heartbeat]\nlisten = \"unix:{}\"\n", socket.display()),
+        // Time sync (on by default) is off: the benchmark is about heartbeats, and must not set the clock.
+        format!(
+            "[heartbeat]\nlisten = \"unix:{}\"\n[timesync]\nenabled = false\n",
+            socket.display()
+        ),
     )
     .context(|| format!("cannot write {}", config.display()))?;
     Running::spawn(

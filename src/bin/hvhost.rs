@@ -14,9 +14,13 @@ use hvagent::service::ServiceKind;
 use hvagent::transport::Address;
 
 const USAGE: &str = "\
-usage: hvhost serve ADDR [--interval SECONDS] [--count N] [--quiet]
-           listen for agents that dial in; negotiate and heartbeat each every --interval (default 1, 0 = back
-           to back); with --count, exit 0 once N heartbeats were answered on one connection
+usage: hvhost serve ADDR [--service heartbeat|timesync] [--interval SECONDS] [--count N] [--quiet]
+                  [--sample-interval SECONDS] [--clock-offset SECONDS]
+           listen for agents that dial in and negotiate with each. heartbeat (the default): a heartbeat every
+           --interval (default 1, 0 = back to back); with --count, exit 0 once N heartbeats were answered on
+           one connection. timesync: a SYNC at once, then a SAMPLE every --sample-interval (default 5), and
+           an answer to every probe; with --count, exit 0 after N probes. --clock-offset makes the host
+           report times that far ahead (negative: behind) of its real clock, which it never changes
        hvhost heartbeat ADDR [--count N] [--interval SECONDS] [--quiet]
            dial a listening agent and send N heartbeats (default 1)
 
@@ -29,6 +33,28 @@ struct Options {
     interval: Option<Duration>,
     count: Option<u64>,
     quiet: bool,
+    service: ServiceKind,
+    sample_interval: Option<Duration>,
+    clock_offset: f64,
+}
+
+/// The next argument as a string.
+fn string_value(parser: &mut lexopt::Parser) -> Result<String, String> {
+    use lexopt::ValueExt;
+    parser
+        .value()
+        .map_err(|e| e.to_string())?
+        .string()
+        .map_err(|e| e.to_string())
+}
+
+/// The next argument as a finite number of seconds, at least `min`.
+fn seconds_value(parser: &mut lexopt::Parser, name: &str, min: f64) -> Result<f64, String> {
+    let text = string_value(parser)?;
+    text.parse()
+        .ok()
+        .filter(|seconds: &f64| seconds.is_finite() && *seconds >= min && seconds.abs() < 1e9)
+        .ok_or(format!("{name} '{text}' is not a number of seconds"))
 }
 
 fn parse_args() -> Result<Option<Options>, String> {
@@ -38,28 +64,36 @@ fn parse_args() -> Result<Option<Options>, String> {
     let mut interval = None;
     let mut count = None;
     let mut quiet = false;
+    let mut service = ServiceKind::Heartbeat;
+    let mut sample_interval = None;
+    let mut clock_offset = 0.0;
     while let Some(arg) = parser.next().map_err(|error| error.to_string())? {
         match arg {
             Long("help") | Short('h') => return Ok(None),
             Long("interval") => {
-                let text = parser
-                    .value()
-                    .map_err(|e| e.to_string())?
-                    .string()
-                    .map_err(|e| e.to_string())?;
-                let seconds: f64 = text
-                    .parse()
-                    .ok()
-                    .filter(|seconds: &f64| seconds.is_finite() && *seconds >= 0.0)
-                    .ok_or(format!("--interval '{text}' is not a number of seconds"))?;
+                let seconds = seconds_value(&mut parser, "--interval", 0.0)?;
                 interval = Some(Duration::from_secs_f64(seconds));
             }
+            Long("sample-interval") => {
+                let seconds = seconds_value(&mut parser, "--sample-interval", 0.001)?;
+                sample_interval = Some(Duration::from_secs_f64(seconds));
+            }
+            Long("clock-offset") => {
+                clock_offset = seconds_value(&mut parser, "--clock-offset", f64::MIN)?;
+            }
+            Long("service") => {
+                service = match string_value(&mut parser)?.as_str() {
+                    "heartbeat" => ServiceKind::Heartbeat,
+                    "timesync" => ServiceKind::TimeSync,
+                    other => {
+                        return Err(format!(
+                            "--service '{other}' is not a service hvhost serves (heartbeat or timesync)"
+                        ))
+                    }
+                };
+            }
             Long("count") | Short('n') => {
-                let text = parser
-                    .value()
-                    .map_err(|e| e.to_string())?
-                    .string()
-                    .map_err(|e| e.to_string())?;
+                let text = string_value(&mut parser)?;
                 count = Some(
                     text.parse()
                         .map_err(|_| format!("--count '{text}' is not a number"))?,
@@ -79,6 +113,9 @@ fn parse_args() -> Result<Option<Options>, String> {
         interval,
         count,
         quiet,
+        service,
+        sample_interval,
+        clock_offset,
     }))
 }
 
@@ -103,6 +140,9 @@ fn main() -> ExitCode {
                 interval: options.interval.unwrap_or(Duration::from_secs(1)),
                 count: options.count,
                 quiet: options.quiet,
+                service: options.service,
+                sample_interval: options.sample_interval.unwrap_or(Duration::from_secs(5)),
+                clock_offset: options.clock_offset,
             },
             &mut out,
         ),

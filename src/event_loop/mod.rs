@@ -395,7 +395,11 @@ impl Agent {
         }
         let mut old: Vec<Service> = std::mem::take(&mut self.services);
         for (index, wanted) in config.enabled().enumerate() {
-            match old.iter().position(|service| service.config == *wanted) {
+            let unchanged = |service: &Service| {
+                service.config == *wanted
+                    && services::same_settings(wanted.kind, &self.config, &config)
+            };
+            match old.iter().position(unchanged) {
                 Some(at) => self.services.push(old.swap_remove(at)),
                 None => {
                     info!("{}: settings changed, reopening", wanted.kind);

@@ -9,7 +9,7 @@ use nix::errno::Errno;
 use nix::poll::PollFlags;
 
 use crate::config::{Endpoint, ServiceConfig};
-use crate::service::{Channel, Event, LinkId, Logic};
+use crate::service::{Channel, ChannelState, Event, LinkId, Logic};
 use crate::transport::backoff::Backoff;
 use crate::transport::socket::{self, Dial, Peer, CONNECT_TIMEOUT};
 use crate::transport::{Address, Closed, Connection};
@@ -269,12 +269,21 @@ impl Service {
         }
         let mut out = Vec::new();
         self.logic.on_timer(now, &mut out);
-        for (id, message) in out {
+        for (id, mut message) in out {
             if let Some(link) = self
                 .links_mut()
                 .into_iter()
                 .find(|link| link.channel.link() == id)
             {
+                // A request carries the versions its link negotiated.
+                if let ChannelState::Ready {
+                    framework,
+                    message: version,
+                } = link.channel.state()
+                {
+                    message.header.framework_version = framework;
+                    message.header.message_version = version;
+                }
                 link.send(&mut vec![message]);
             }
         }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use super::ServiceKind;
 use crate::wire::heartbeat::{AppState, Heartbeat};
 use crate::wire::negotiate::Negotiate;
+use crate::wire::timesync::{TimeSyncData, TimeSyncFlags, TimeSyncRef};
 use crate::wire::{IcFlags, IcVersion, Message, MessageType, Status, WireError};
 
 /// Framework versions a host offers, ascending as a Microsoft host lists them.
@@ -37,6 +38,8 @@ pub enum HostEvent {
         round_trip: Duration,
         state: Option<AppState>,
     },
+    /// The guest answered a time sample.
+    TimeSampleAnswered { number: u64, round_trip: Duration },
 }
 
 /// An answer that breaks the protocol; the host peer reports it and gives up on the connection.
@@ -118,10 +121,52 @@ impl HostChannel {
 
     /// The next heartbeat request, in the 16-byte form that carries the application state.
     pub fn heartbeat(&mut self, now: Instant) -> Message {
-        let (framework, message) = match self.state {
+        let (framework, message) = self.versions();
+        let body = Heartbeat::new(self.next_seq, AppState::UNKNOWN).to_body();
+        self.track(now, MessageType::HEARTBEAT, framework, message, body)
+    }
+
+    /// The negotiated versions, or the ones a host would pick before negotiation ends.
+    fn versions(&self) -> (IcVersion, IcVersion) {
+        match self.state {
             HostState::Ready { framework, message } => (framework, message),
             HostState::Negotiating => (IcVersion::new(3, 0), IcVersion::new(3, 0)),
+        }
+    }
+
+    /// A time sample, SYNC or SAMPLE, with host time `parent_time` (ticks): `ictimesync_ref_data` for message
+    /// version 4.0 and later (vmreferencetime 0: there is no shared reference counter over vsock),
+    /// `ictimesync_data` before. It carries TRANSACTION, so the guest answers it.
+    pub fn time_sample(&mut self, flags: TimeSyncFlags, parent_time: u64, now: Instant) -> Message {
+        let (framework, message) = self.versions();
+        let body = if message >= IcVersion::new(4, 0) {
+            TimeSyncRef {
+                parent_time,
+                flags,
+                rest: vec![0; 3],
+                ..TimeSyncRef::default()
+            }
+            .to_body()
+        } else {
+            TimeSyncData {
+                parent_time,
+                flags,
+                ..TimeSyncData::default()
+            }
+            .to_body()
         };
+        self.track(now, MessageType::TIMESYNC, framework, message, body)
+    }
+
+    /// Records a request in flight and builds it with the next transaction id.
+    fn track(
+        &mut self,
+        now: Instant,
+        msgtype: MessageType,
+        framework: IcVersion,
+        message: IcVersion,
+        body: Vec<u8>,
+    ) -> Message {
         let transaction_id = self.next_transaction;
         self.next_transaction = self.next_transaction.wrapping_add(1);
         let seq_num = self.next_seq;
@@ -131,14 +176,37 @@ impl HostChannel {
             seq_num,
             sent_at: now,
         });
-        let body = Heartbeat::new(seq_num, AppState::UNKNOWN).to_body();
-        Message::request(
-            MessageType::HEARTBEAT,
-            framework,
-            message,
-            transaction_id,
-            body,
-        )
+        Message::request(msgtype, framework, message, transaction_id, body)
+    }
+
+    /// The answer to a guest's probe (message version 4.1): parenttime = host time `parent_time` (ticks)
+    /// when answering, childtime echoed, roundtriptime = `held` ticks the probe was held.
+    pub fn answer_probe(
+        &self,
+        probe: &Message,
+        parent_time: u64,
+        held: u64,
+    ) -> Result<Message, HostError> {
+        let header = &probe.header;
+        if header.msgtype != MessageType::TIMESYNC || !header.flags.expects_answer() {
+            return Err(HostError::Unexpected(format!(
+                "a {} request with flags {:#04x} where a time-sync probe was expected",
+                header.msgtype, header.flags.0
+            )));
+        }
+        let request = TimeSyncData::parse(&probe.body).map_err(HostError::Body)?;
+        if request.flags != TimeSyncFlags::PROBE {
+            return Err(HostError::Unexpected(format!(
+                "a time-sync request with flags {} instead of PROBE (0)",
+                request.flags.0
+            )));
+        }
+        let answer = TimeSyncData {
+            parent_time,
+            round_trip_time: held,
+            ..request
+        };
+        Ok(probe.reply(Status::OK, answer.to_body()))
     }
 
     /// Checks one message from the guest.
@@ -162,6 +230,7 @@ impl HostChannel {
             (HostState::Ready { .. }, MessageType::HEARTBEAT) => {
                 self.heartbeat_answered(message, now)
             }
+            (HostState::Ready { .. }, MessageType::TIMESYNC) => self.sample_answered(message, now),
             (_, msgtype) => Err(HostError::Unexpected(format!(
                 "a {msgtype} answer while {:?}",
                 self.state
@@ -192,6 +261,24 @@ impl HostChannel {
         Ok(HostEvent::Negotiated {
             framework,
             message: chosen,
+        })
+    }
+
+    fn sample_answered(&mut self, message: &Message, now: Instant) -> Result<HostEvent, HostError> {
+        let Some(sent) = self.in_flight.pop_front() else {
+            return Err(HostError::Unexpected(
+                "a time-sync answer with none outstanding".to_string(),
+            ));
+        };
+        if message.header.transaction_id != sent.transaction_id {
+            return Err(HostError::Unexpected(format!(
+                "time sample answered with transaction id {} instead of {}",
+                message.header.transaction_id, sent.transaction_id
+            )));
+        }
+        Ok(HostEvent::TimeSampleAnswered {
+            number: sent.seq_num,
+            round_trip: now.saturating_duration_since(sent.sent_at),
         })
     }
 

@@ -68,7 +68,8 @@ pub trait Logic {
         None
     }
 
-    /// Runs what is due; requests the logic sends go to `out` with the link each is for.
+    /// Runs what is due; requests the logic sends go to `out` with the link each is for. The loop stamps each
+    /// with its link's negotiated framework and message versions.
     fn on_timer(&mut self, _now: Instant, _out: &mut Vec<(LinkId, Message)>) {}
 
     /// A descriptor the loop watches for readability on the logic's behalf (a child's pipe, say).

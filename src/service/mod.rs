@@ -9,6 +9,7 @@
 pub mod heartbeat;
 pub mod host;
 pub mod logic;
+pub mod timesync;
 
 use std::time::Instant;
 

@@ -310,3 +310,66 @@ impl Message {
         self
     }
 }
+
+#[test]
+fn host_time_samples_use_their_versions_body_and_probe_answers_echo_the_probe() {
+    use crate::wire::timesync::{TimeSyncData, TimeSyncFlags, TimeSyncRef};
+    let now = Instant::now();
+    let mut host = HostChannel::new(ServiceKind::TimeSync);
+    let sample = host.time_sample(TimeSyncFlags::SYNC, 42, now);
+    assert_eq!(
+        sample.header.flags,
+        IcFlags(IcFlags::TRANSACTION | IcFlags::REQUEST)
+    );
+    // Before negotiation ends the host speaks 3.0: the ictimesync_data body.
+    assert_eq!(sample.body.len(), TimeSyncData::MIN_LEN);
+    let mut guest = Guest::new(ServiceKind::TimeSync);
+    let (reply, _) = one_reply(&mut guest, &host.offer());
+    assert!(matches!(
+        host.handle(&reply, now),
+        Ok(HostEvent::Negotiated { message, .. }) if message == v(4, 1)
+    ));
+    let sample = host.time_sample(TimeSyncFlags::SAMPLE, 42, now);
+    assert_eq!(sample.header.message_version, v(4, 1));
+    let body = TimeSyncRef::parse(&sample.body).unwrap();
+    assert_eq!(sample.body.len(), TimeSyncRef::MIN_LEN);
+    assert_eq!((body.parent_time, body.vm_reference_time), (42, 0));
+    assert_eq!(body.flags, TimeSyncFlags::SAMPLE);
+    // A probe is answered with the host's time and holding time, the rest echoed.
+    let probe_body = TimeSyncData {
+        child_time: 7,
+        ..TimeSyncData::default()
+    };
+    let probe = Message::request(
+        MessageType::TIMESYNC,
+        v(3, 0),
+        v(4, 1),
+        9,
+        probe_body.to_body(),
+    );
+    let answer = host.answer_probe(&probe, 1_000, 3).unwrap();
+    assert_eq!(answer.header.transaction_id, 9);
+    assert_eq!(
+        answer.header.flags,
+        IcFlags(IcFlags::TRANSACTION | IcFlags::RESPONSE)
+    );
+    let answered = TimeSyncData::parse(&answer.body).unwrap();
+    assert_eq!(
+        (
+            answered.parent_time,
+            answered.child_time,
+            answered.round_trip_time
+        ),
+        (1_000, 7, 3)
+    );
+    assert_eq!(answered.flags, TimeSyncFlags::PROBE);
+    let sync = TimeSyncData {
+        flags: TimeSyncFlags::SYNC,
+        ..probe_body
+    };
+    let not_a_probe = Message::request(MessageType::TIMESYNC, v(3, 0), v(4, 1), 9, sync.to_body());
+    assert!(host.answer_probe(&not_a_probe, 1_000, 3).is_err());
+    let mut silent = probe.clone();
+    silent.header.flags = IcFlags(0);
+    assert!(host.answer_probe(&silent, 1_000, 3).is_err());
+}

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -67,10 +68,91 @@ impl Running {
     }
 }
 
+/// Services enabled by default that a test must turn off unless it configures them: left on, they would dial
+/// the host over AF_VSOCK, which tests on a development machine must never do.
+pub const DEFAULT_ON: [&str; 1] = ["timesync"];
+
+/// `text` with every default-on service it does not mention turned off.
+pub fn config_text(text: &str) -> String {
+    let mut text = text.to_string();
+    for service in DEFAULT_ON {
+        if !text.contains(&format!("[{service}]")) {
+            text.push_str(&format!("\n[{service}]\nenabled = false\n"));
+        }
+    }
+    text
+}
+
+/// Writes a config file for a test: `text`, with the default-on services it does not mention turned off.
 pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
+    std::fs::write(&path, config_text(text)).unwrap();
     path
+}
+
+/// Makes `command` unable to create AF_VSOCK sockets (socket(2) and socketpair(2) fail with EACCES), by a
+/// seccomp filter installed in the child before exec. Every program a test starts gets it: a development
+/// machine's vsock belongs to its infrastructure, and a mistake in a test config must fail, not reach it.
+pub fn no_vsock(command: &mut Command) -> &mut Command {
+    // SAFETY: the closure runs in the forked child before exec and only makes two prctl calls on data
+    // that lives on its own stack.
+    unsafe { command.pre_exec(deny_vsock) }
+}
+
+fn deny_vsock() -> std::io::Result<()> {
+    // Offsets in struct seccomp_data: nr at 0, arch at 4, args[0] at 16 (its low half on little-endian).
+    const NR: u32 = 0;
+    const ARCH: u32 = 4;
+    const ARG0: u32 = 16;
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const AF_VSOCK: u32 = 40;
+    let statement = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u32;
+    let ret = (libc::BPF_RET | libc::BPF_K) as u32;
+    let mut filter = [
+        statement(load, ARCH),
+        // Another architecture's numbers mean other calls: refuse everything rather than guess.
+        jump(AUDIT_ARCH_X86_64, 1, 0),
+        statement(ret, libc::SECCOMP_RET_KILL_PROCESS),
+        statement(load, NR),
+        jump(libc::SYS_socket as u32, 2, 0),
+        jump(libc::SYS_socketpair as u32, 1, 0),
+        statement(ret, libc::SECCOMP_RET_ALLOW),
+        statement(load, ARG0),
+        jump(AF_VSOCK, 0, 1),
+        statement(ret, libc::SECCOMP_RET_ERRNO | libc::EACCES as u32),
+        statement(ret, libc::SECCOMP_RET_ALLOW),
+    ];
+    let program = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_mut_ptr(),
+    };
+    // SAFETY: prctl with a valid, live filter program; no memory is handed over.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &program as *const libc::sock_fprog,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Starts the agent with `config`; its log goes to `log` when given.
@@ -80,7 +162,7 @@ pub fn start_agent(config: &Path, log: Option<&Path>) -> Running {
         None => Stdio::null(),
     };
     Running(
-        Command::new(AGENT)
+        no_vsock(&mut Command::new(AGENT))
             .arg("--config")
             .arg(config)
             .env_remove("RUST_LOG")

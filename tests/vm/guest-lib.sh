@@ -70,6 +70,30 @@ agent_start() {
         echo 'enabled = true'
         echo "$mode = \"$address\""
         for line in "$@"; do echo "$line"; done
+        # Time sync is on by default; the heartbeat scenarios leave the guest clock alone.
+        echo '[timesync]'
+        echo 'enabled = false'
     } >"/tmp/$name.toml"
     daemon_start "$name" hvagent --config "/tmp/$name.toml"
+}
+
+# timesync_agent_start NAME ADDRESS MODE PROBE_INTERVAL: write /tmp/NAME.toml for the time-sync service
+# alone (heartbeat off) and start hvagent on it.
+timesync_agent_start() {
+    {
+        echo 'log_level = "debug"'
+        echo '[heartbeat]'
+        echo 'enabled = false'
+        echo '[timesync]'
+        echo "connect = \"$2\""
+        echo "mode = \"$3\""
+        echo "probe_interval = $4"
+    } >"/tmp/$1.toml"
+    daemon_start "$1" hvagent --config "/tmp/$1.toml"
+}
+
+# clock_back SECONDS: set the guest clock SECONDS behind where it is, and print "guest_s=NOW".
+clock_back() {
+    date -s "@$(($(date +%s) - $1))" >/dev/null || return 1
+    echo "guest_s=$(date +%s)"
 }

@@ -5,9 +5,11 @@
 # Unix sockets, started with bg_start.
 # shellcheck shell=bash
 
-ALL_SCENARIOS="guest-dials-host host-dials-guest guid-addressing host-restart agent-restart vsock-faults in-guest-loopback benchmark"
+ALL_SCENARIOS="guest-dials-host host-dials-guest guid-addressing host-restart agent-restart vsock-faults in-guest-loopback benchmark time"
 
 HEARTBEAT_PORT=$((0x48560001))
+TIMESYNC_PORT=$((0x48560004))
+TIME_LIMIT_US=10000 # scenario time: the guest clock must end within 10 ms of the host's
 GUID_PORT=$((0x48560101)) # a port of its own, so that only the GUID can have named it
 ECHO_PORT=20000
 REDIAL_LIMIT_S=30
@@ -65,6 +67,13 @@ hybrid_heartbeat() {
         fi
         sleep 0.5
     done
+}
+
+# probe_behind NAME N: the median of the last N "host_minus_guest_us" figures hvhost NAME printed (host
+# time at a probe's arrival minus the guest time the probe carries: the guest's error plus a one-way delay).
+probe_behind() {
+    grep '^probe ' "$RUN/$1.out" 2>/dev/null | tail -n "$2" | grep -o 'host_minus_guest_us=[-0-9.]*' |
+        cut -d= -f2 | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'
 }
 
 # done_figures NAME: "p50 X us, p99 Y us" from hvhost NAME's closing line.
@@ -259,4 +268,41 @@ scenario_benchmark() {
     echo_p50=$(bg_field bench-echo p50_us)
     pass "$(awk -v a="$agent_p50" -v e="$echo_p50" 'BEGIN {
         printf "heartbeat via agent p50 %s us vs raw vsock echo p50 %s us: ratio %.2f", a, e, a / e }')"
+}
+
+# The guest clock starts an hour behind; the agent (mode adjust, probes every second) with hvhost serve as its
+# time source must bring it within TIME_LIMIT_US of the host's clock. The figure is measured by hvhost, not
+# by the agent: for each probe, host time at arrival minus the guest time the probe carries.
+scenario_time() {
+    local name=ts host_s guest_s before after steps
+    serve_start ts-host "$TIMESYNC_PORT" --service timesync --sample-interval 1 || return
+    guest 10 "clock_back 3600" || { fail "cannot set the guest clock back: $GUEST_OUT"; return; }
+    host_s=$(date +%s)
+    guest_s=$(guest_value guest_s)
+    before=$((host_s - guest_s))
+    if [ "$before" -lt 3590 ] || [ "$before" -gt 3610 ]; then
+        fail "after setting it back an hour the guest clock is $before s behind the host's"
+        return
+    fi
+    guest 20 "timesync_agent_start $name vsock:host:0x48560004 adjust 1" ||
+        { fail "hvagent did not start in the guest: $GUEST_OUT"; return; }
+    if ! wait_until 90 eval "[ \"\$(bg_count ts-host '^probe ')\" -ge 30 ]"; then
+        agent_diag "$name"
+        fail "fewer than 30 probes reached hvhost in 90 s: $(bg_why ts-host)"
+        return
+    fi
+    after=$(probe_behind ts-host 10)
+    guest 10 "grep -c 'stepped the clock' /tmp/$name.log" || true
+    steps=$(tail -n 1 <<<"$GUEST_OUT")
+    agent_down "$name" || return
+    bg_stop ts-host
+    diag "hvhost's last probes: $(grep '^probe ' "$RUN/ts-host.out" | tail -n 3 | tr '\n' ' ')"
+    if ! awk -v a="$after" -v limit="$TIME_LIMIT_US" 'BEGIN { exit !(a < limit && a > -limit) }'; then
+        agent_diag "$name"
+        fail "the guest clock is still ${after} us behind the host's (limit $TIME_LIMIT_US us)"
+        return
+    fi
+    [ "$steps" = 1 ] || { agent_diag "$name"; fail "the agent stepped the clock $steps times, not once"; return; }
+    DIAG=
+    pass "guest clock ${before} s behind; stepped once by the agent; host - guest at probe arrival now ${after} us (median of 10, one-way delay included; limit $TIME_LIMIT_US us)"
 }
