@@ -118,8 +118,8 @@ fn deny_vsock() -> std::io::Result<()> {
         jf,
         k,
     };
-    let load = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u32;
-    let ret = (libc::BPF_RET | libc::BPF_K) as u32;
+    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    let ret = libc::BPF_RET | libc::BPF_K;
     let mut filter = [
         statement(load, ARCH),
         // Another architecture's numbers mean other calls: refuse everything rather than guess.
