@@ -17,6 +17,10 @@ cat >"$dir/hvagent.toml" <<TOML
 log_level = "info"
 [heartbeat]
 connect = "unix:$dir/heartbeat.sock"
+[shutdown]
+enabled = false
+[guestinfo]
+enabled = false
 TOML
 echo "== agent config ($dir/hvagent.toml)"
 target/release/hvagent check-config --config "$dir/hvagent.toml" | sed -n '1,5p'

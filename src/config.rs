@@ -14,18 +14,30 @@ use crate::service::ServiceKind;
 use crate::transport::address::CID_ANY;
 use crate::transport::Address;
 
+mod options;
+pub use options::{
+    default_command, GuestInfoConfig, HealthConfig, HealthMode, ServiceOptions, ShutdownConfig,
+    DEFAULT_STATE_DIR,
+};
+
 /// Where the agent looks when no `--config` is given; a missing file there means built-in defaults.
 pub const DEFAULT_PATH: &str = "/etc/hvagent/hvagent.toml";
 
 /// Services configurable in this build, in file order.
-pub const SERVICES: [ServiceKind; 3] = [
+pub const SERVICES: [ServiceKind; 4] = [
     ServiceKind::Heartbeat,
     ServiceKind::TimeSync,
     ServiceKind::Shutdown,
+    ServiceKind::GuestInfo,
 ];
 
-/// Services whose behaviour has landed; the others may be configured but not enabled yet.
-const IMPLEMENTED: [ServiceKind; 1] = [ServiceKind::Heartbeat];
+/// Services whose behaviour has landed; the others may be configured but not enabled yet. Implemented
+/// services are enabled by default: a Hyper-V host expects shutdown and guest info of every guest.
+const IMPLEMENTED: [ServiceKind; 3] = [
+    ServiceKind::Heartbeat,
+    ServiceKind::Shutdown,
+    ServiceKind::GuestInfo,
+];
 
 /// Whether a service dials out or waits for the host.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -56,6 +68,8 @@ pub struct ServiceConfig {
     pub max_connections: usize,
     /// How the links of this service are paced and bounded (the top-level keys).
     pub limits: Limits,
+    /// What the service has beyond its connection (commands, health check, state directory).
+    pub options: ServiceOptions,
 }
 
 /// Connection pacing and bounds shared by every service (top-level keys of the file).
@@ -94,6 +108,7 @@ impl ServiceConfig {
             allow_any_cid: false,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             limits: Limits::default(),
+            options: ServiceOptions::default_for(kind),
         }
     }
 }
@@ -183,6 +198,7 @@ struct RawConfig {
     heartbeat: Option<RawService>,
     timesync: Option<RawService>,
     shutdown: Option<RawService>,
+    guestinfo: Option<RawService>,
 }
 
 #[derive(Deserialize)]
@@ -193,6 +209,14 @@ struct RawService {
     listen: Option<Spanned<String>>,
     allow_any_cid: Option<bool>,
     max_connections: Option<Spanned<i64>>,
+    poweroff: Option<Spanned<options::CommandValue>>,
+    reboot: Option<Spanned<options::CommandValue>>,
+    hibernate: Option<Spanned<options::CommandValue>>,
+    health: Option<Spanned<String>>,
+    health_command: Option<Spanned<options::CommandValue>>,
+    health_interval: Option<Spanned<f64>>,
+    health_timeout: Option<Spanned<f64>>,
+    state_dir: Option<Spanned<String>>,
 }
 
 /// A validation failure at a byte span of the file.
@@ -268,6 +292,7 @@ fn validate(raw: RawConfig) -> Result<Config, SpanError> {
         (ServiceKind::Heartbeat, raw.heartbeat),
         (ServiceKind::TimeSync, raw.timesync),
         (ServiceKind::Shutdown, raw.shutdown),
+        (ServiceKind::GuestInfo, raw.guestinfo),
     ];
     for (kind, section) in sections {
         if let Some(section) = section {
@@ -284,6 +309,17 @@ fn validate(raw: RawConfig) -> Result<Config, SpanError> {
 
 fn apply_section(service: &mut ServiceConfig, raw: RawService) -> Result<(), SpanError> {
     let kind = service.kind;
+    let extra = options::RawOptions {
+        poweroff: raw.poweroff,
+        reboot: raw.reboot,
+        hibernate: raw.hibernate,
+        health: raw.health,
+        health_command: raw.health_command,
+        health_interval: raw.health_interval,
+        health_timeout: raw.health_timeout,
+        state_dir: raw.state_dir,
+    };
+    options::apply(kind, extra, &mut service.options)?;
     if let Some(enabled) = &raw.enabled {
         if *enabled.get_ref() && !IMPLEMENTED.contains(&kind) {
             return Err(at(
@@ -434,6 +470,7 @@ impl fmt::Display for Config {
             }
             writeln!(f, "allow_any_cid = {}", service.allow_any_cid)?;
             writeln!(f, "max_connections = {}", service.max_connections)?;
+            write!(f, "{}", service.options)?;
         }
         Ok(())
     }
@@ -461,7 +498,15 @@ mod tests {
             heartbeat.endpoint,
             Endpoint::Connect("vsock:host:0x48560001".parse().unwrap())
         );
-        assert_eq!(config.enabled().count(), 1);
+        let enabled: Vec<ServiceKind> = config.enabled().map(|service| service.kind).collect();
+        assert_eq!(
+            enabled,
+            [
+                ServiceKind::Heartbeat,
+                ServiceKind::Shutdown,
+                ServiceKind::GuestInfo
+            ]
+        );
     }
 
     #[test]
@@ -547,7 +592,7 @@ mod tests {
 
     #[test]
     fn services_not_in_this_build_cannot_be_enabled() {
-        let text = error_text("[shutdown]\nenabled = true\n");
+        let text = error_text("[timesync]\nenabled = true\n");
         assert!(text.starts_with("test.toml:2:"), "{text}");
         assert!(text.contains("not available in this build"), "{text}");
     }

@@ -497,7 +497,11 @@ fn start_agent(agent: &Path, scratch: &Path, socket: &Path) -> Result<Running, F
     let config = scratch.join("hvagent.toml");
     std::fs::write(
         &config,
-        format!("[heartbeat]\nlisten = \"unix:{}\"\n", socket.display()),
+        format!(
+            "[heartbeat]\nlisten = \"unix:{}\"\n[shutdown]\nenabled = false\n\
+             [guestinfo]\nenabled = false\n",
+            socket.display()
+        ),
     )
     .context(|| format!("cannot write {}", config.display()))?;
     Running::spawn(

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use hvagent::host_peer::{self, heartbeat_line, say, Client, RoundTrips};
+use hvagent::host_requests::{self, ShutdownOptions};
 use hvagent::host_server::{serve, ServeOptions};
 use hvagent::service::host::HostEvent;
 use hvagent::service::ServiceKind;
@@ -19,6 +20,11 @@ usage: hvhost serve ADDR [--interval SECONDS] [--count N] [--quiet]
            to back); with --count, exit 0 once N heartbeats were answered on one connection
        hvhost heartbeat ADDR [--count N] [--interval SECONDS] [--quiet]
            dial a listening agent and send N heartbeats (default 1)
+       hvhost shutdown ADDR [--reboot|--hibernate] [--force] [--reason N] [--message TEXT]
+           ask a listening agent to power off (reboot, hibernate); exit 0 when it answers HV_S_OK
+       hvhost kvp ADDR enumerate [--pool P] | get KEY [--pool P] | set KEY VALUE [--pool P] | delete KEY [--pool P]
+           key-value exchange with a listening agent; P is external (default for get/set/delete), guest,
+           auto (default for enumerate), auto-external or a number
 
 ADDR is unix:PATH, vsock:CID:PORT (a KVM host to its guest) or hybrid:PATH:PORT (the Unix socket of
 Firecracker, Cloud Hypervisor or vhost-device-vsock). PORT is decimal, 0x-hex or a template GUID.";
@@ -29,6 +35,28 @@ struct Options {
     interval: Option<Duration>,
     count: Option<u64>,
     quiet: bool,
+    shutdown: ShutdownOptions,
+    /// Positional arguments after the address (the kvp operation and its operands).
+    rest: Vec<String>,
+    pool: Option<String>,
+}
+
+/// The string value of the option just read.
+fn value_of(parser: &mut lexopt::Parser) -> Result<String, String> {
+    use lexopt::ValueExt;
+    parser
+        .value()
+        .map_err(|e| e.to_string())?
+        .string()
+        .map_err(|e| e.to_string())
+}
+
+/// A u32 in decimal or 0x-hex.
+fn parse_u32(text: &str) -> Option<u32> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
 }
 
 fn parse_args() -> Result<Option<Options>, String> {
@@ -38,6 +66,8 @@ fn parse_args() -> Result<Option<Options>, String> {
     let mut interval = None;
     let mut count = None;
     let mut quiet = false;
+    let mut shutdown = ShutdownOptions::default();
+    let mut pool = None;
     while let Some(arg) = parser.next().map_err(|error| error.to_string())? {
         match arg {
             Long("help") | Short('h') => return Ok(None),
@@ -66,12 +96,33 @@ fn parse_args() -> Result<Option<Options>, String> {
                 );
             }
             Long("quiet") | Short('q') => quiet = true,
+            Long("reboot") => shutdown.reboot = true,
+            Long("hibernate") => shutdown.hibernate = true,
+            Long("force") => shutdown.force = true,
+            Long("reason") => {
+                let text = value_of(&mut parser)?;
+                shutdown.reason = parse_u32(&text).ok_or(format!(
+                    "--reason '{text}' is not a number (decimal or 0x-hex)"
+                ))?;
+            }
+            Long("message") => shutdown.message = value_of(&mut parser)?,
+            Long("pool") => pool = Some(value_of(&mut parser)?),
             Value(value) => positional.push(value.string().map_err(|e| e.to_string())?),
             other => return Err(other.unexpected().to_string()),
         }
     }
+    if shutdown.reboot && shutdown.hibernate {
+        return Err("--reboot and --hibernate exclude each other".to_string());
+    }
+    if positional.len() < 2 {
+        return Err("expected a command and an address".to_string());
+    }
+    let rest = positional.split_off(2);
     let [command, address] = <[String; 2]>::try_from(positional)
         .map_err(|_| "expected a command and an address".to_string())?;
+    if !rest.is_empty() && command != "kvp" {
+        return Err(format!("unexpected argument '{}'", rest[0]));
+    }
     let address = address.parse().map_err(|error| format!("{error}"))?;
     Ok(Some(Options {
         command,
@@ -79,6 +130,9 @@ fn parse_args() -> Result<Option<Options>, String> {
         interval,
         count,
         quiet,
+        shutdown,
+        rest,
+        pool,
     }))
 }
 
@@ -107,6 +161,21 @@ fn main() -> ExitCode {
             &mut out,
         ),
         "heartbeat" => heartbeat(&options, &mut out),
+        "kvp" => {
+            eprintln!(
+                "hvhost: kvp {} (pool {:?}) is not in this build yet",
+                options.rest.join(" "),
+                options.pool
+            );
+            return ExitCode::from(2);
+        }
+        "shutdown" => {
+            match host_requests::shutdown(&options.address, &options.shutdown, &mut out) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::from(1),
+                Err(error) => Err(error),
+            }
+        }
         other => {
             eprintln!("hvhost: unknown command '{other}'\n{USAGE}");
             return ExitCode::from(2);

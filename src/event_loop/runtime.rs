@@ -539,3 +539,6 @@ fn hint(address: &Address, what: &str) -> String {
         Address::Hybrid { .. } => "hybrid addresses are for hvhost".to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests;

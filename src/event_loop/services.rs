@@ -3,15 +3,24 @@
 
 use std::time::Instant;
 
-use crate::config::{Config, ServiceConfig};
+use crate::config::{Config, ServiceConfig, ServiceOptions};
 use crate::service::heartbeat::HeartbeatLogic;
+use crate::service::shutdown::ShutdownLogic;
 use crate::service::{LinkId, Logic, Refusal, ServiceKind};
+use crate::system::power::SystemPower;
 use crate::wire::{IcVersion, Message, Status};
 
 /// The logic for one enabled service.
 pub(super) fn logic_for(service: &ServiceConfig, _config: &Config) -> Box<dyn Logic> {
     match service.kind {
         ServiceKind::Heartbeat => Box::new(HeartbeatLogic::new()),
+        ServiceKind::Shutdown => {
+            let config = match &service.options {
+                ServiceOptions::Shutdown(config) => config.clone(),
+                _ => Default::default(),
+            };
+            Box::new(ShutdownLogic::new(config, Box::new(SystemPower::new())))
+        }
         other => Box::new(NotInThisBuild(other)),
     }
 }

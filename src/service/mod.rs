@@ -9,6 +9,7 @@
 pub mod heartbeat;
 pub mod host;
 pub mod logic;
+pub mod shutdown;
 
 use std::time::Instant;
 

@@ -310,7 +310,9 @@ class Agent:
         self.cfg = os.path.join(tmp, name + ".toml")
         self.log = os.path.join(tmp, name + ".log")
         with open(self.cfg, "w") as f:
-            f.write('log_level = "debug"\n[heartbeat]\n' + service_toml + "\n")
+            # Only the heartbeat: the other services enabled by default would dial the host over vsock.
+            f.write('log_level = "debug"\n[heartbeat]\n' + service_toml + "\n"
+                    "[shutdown]\nenabled = false\n[guestinfo]\nenabled = false\n")
         self.proc = None
         if listen_path is not None:
             Agent.by_path[listen_path] = self

@@ -70,6 +70,13 @@ agent_start() {
         echo 'enabled = true'
         echo "$mode = \"$address\""
         for line in "$@"; do echo "$line"; done
+        # Services enabled by default that the scenario does not configure stay off.
+        for section in shutdown guestinfo; do
+            case " $* " in
+            *"[$section]"*) ;;
+            *) printf '[%s]\nenabled = false\n' "$section" ;;
+            esac
+        done
     } >"/tmp/$name.toml"
     daemon_start "$name" hvagent --config "/tmp/$name.toml"
 }

@@ -1,0 +1,177 @@
+//! End to end over Unix sockets: shutdown, guest info (KVP) and application health through the real hvagent
+//! and hvhost binaries. Shutdown commands here are always fake scripts: nothing here powers anything off.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{start_agent, wait_for_path, wait_until, write_config, Peer, Running};
+use hvagent::wire::shutdown::ShutdownRequest;
+use hvagent::wire::{IcVersion, Message, MessageType, Status};
+
+const HOST: &str = env!("CARGO_BIN_EXE_hvhost");
+
+fn hvhost(args: &[&str]) -> Output {
+    Command::new(HOST).args(args).output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// An executable script in `dir` that appends its environment's shutdown request and its arguments to
+/// `marker`.
+fn fake_command(dir: &Path, marker: &Path) -> PathBuf {
+    let path = dir.join("fake-power");
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\necho \"$HVAGENT_SHUTDOWN_ACTION force=$HVAGENT_SHUTDOWN_FORCE \
+             reason=$HVAGENT_SHUTDOWN_REASON message=$HVAGENT_SHUTDOWN_MESSAGE args=$*\" >>{}\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// An agent whose shutdown service listens at DIR/shutdown.sock and runs the fake command.
+fn shutdown_agent(dir: &Path, marker: &Path) -> (Running, String) {
+    let socket = dir.join("shutdown.sock");
+    let fake = fake_command(dir, marker);
+    let config = write_config(
+        dir,
+        "agent.toml",
+        &format!(
+            "[heartbeat]\nenabled = false\n[shutdown]\nlisten = \"unix:{}\"\npoweroff = [\"{fake}\", \"off\"]\n\
+             reboot = [\"{fake}\", \"reboot\"]\nhibernate = [\"{fake}\", \"hibernate\"]\n",
+            socket.display(),
+            fake = fake.display()
+        ),
+    );
+    let agent = start_agent(&config, Some(&dir.join("agent.log")));
+    wait_for_path(&socket);
+    (agent, format!("unix:{}", socket.display()))
+}
+
+fn marker_lines(marker: &Path) -> Vec<String> {
+    std::fs::read_to_string(marker)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn shutdown_is_answered_then_runs_the_command_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("marker");
+    let (_agent, address) = shutdown_agent(dir.path(), &marker);
+    let output = hvhost(&[
+        "shutdown",
+        &address,
+        "--force",
+        "--reason",
+        "0x80000000",
+        "--message",
+        "planned maintenance",
+    ]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    assert!(
+        stdout.contains("negotiated framework=3.0 message=3.2"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "shutdown flags=0x1 reason=0x80000000 message=\"planned maintenance\" answer=HV_S_OK"
+        ),
+        "{stdout}"
+    );
+    wait_until(
+        Duration::from_secs(10),
+        || !marker_lines(&marker).is_empty(),
+        || "the fake poweroff command never ran".to_string(),
+    );
+    assert_eq!(
+        marker_lines(&marker),
+        ["poweroff force=1 reason=0x80000000 message=planned maintenance args=off"]
+    );
+    // The system is going down: a second request is answered and ignored.
+    let output = hvhost(&["shutdown", &address, "--reboot"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains("answer=HV_S_OK"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        marker_lines(&marker).len(),
+        1,
+        "{:?}",
+        marker_lines(&marker)
+    );
+}
+
+#[test]
+fn reboot_runs_the_reboot_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("marker");
+    let (_agent, address) = shutdown_agent(dir.path(), &marker);
+    let output = hvhost(&["shutdown", &address, "--reboot"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    wait_until(
+        Duration::from_secs(10),
+        || !marker_lines(&marker).is_empty(),
+        || "the fake reboot command never ran".to_string(),
+    );
+    assert_eq!(
+        marker_lines(&marker),
+        ["reboot force=0 reason=0x00000000 message= args=reboot"]
+    );
+}
+
+#[test]
+fn unknown_flags_and_impossible_hibernation_are_refused_and_run_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("marker");
+    let (_agent, address) = shutdown_agent(dir.path(), &marker);
+    let path = address.strip_prefix("unix:").unwrap();
+    let mut peer = Peer::connect(Path::new(path));
+    peer.send(&common::negotiate_request(&[IcVersion::new(3, 2)]));
+    assert_eq!(peer.receive().unwrap().header.status, Status::OK);
+    let body = ShutdownRequest {
+        flags: 6,
+        ..ShutdownRequest::default()
+    };
+    peer.send(&Message::request(
+        MessageType::SHUTDOWN,
+        IcVersion::new(3, 0),
+        IcVersion::new(3, 2),
+        4,
+        body.to_body(),
+    ));
+    let answer = peer.receive().unwrap();
+    assert_eq!(answer.header.status, Status::FAIL);
+    assert_eq!(answer.header.transaction_id, 4);
+    let read = |path| std::fs::read_to_string(path).unwrap_or_default();
+    let can_hibernate = hvagent::system::power::hibernation_possible(
+        &read("/sys/power/state"),
+        &read("/proc/swaps"),
+    );
+    let output = hvhost(&["shutdown", &address, "--hibernate"]);
+    let stdout = text(&output.stdout);
+    if can_hibernate {
+        assert!(stdout.contains("answer=HV_S_OK"), "{stdout}");
+    } else {
+        assert_eq!(output.status.code(), Some(1), "{stdout}");
+        assert!(stdout.contains("answer=HV_E_FAIL"), "{stdout}");
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            marker_lines(&marker).is_empty(),
+            "{:?}",
+            marker_lines(&marker)
+        );
+    }
+}
