@@ -170,7 +170,13 @@ pub struct ShutdownLogic {
     phase: Phase,
     /// When to look whether the command has ended (only while one runs).
     check_at: Option<Instant>,
+    /// When to call reboot(2), for the fallback.
+    reboot_at: Option<(Instant, PowerAction)>,
 }
+
+/// How long the reboot(2) fallback waits after the answer was handed to the socket, so that it leaves the
+/// guest before the power goes (a vsock transport sends from a kernel worker, after write(2) returned).
+pub const SYSCALL_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How often a running shutdown command is looked at; only while one runs.
 const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -182,6 +188,7 @@ impl ShutdownLogic {
             power,
             phase: Phase::Idle,
             check_at: None,
+            reboot_at: None,
         }
     }
 
@@ -205,15 +212,21 @@ impl ShutdownLogic {
             },
             Plan::Syscall(action) => {
                 info!(
-                    "shutdown: systemd is not PID 1; sync and reboot(2) for {}",
-                    action.name()
+                    "shutdown: systemd is not PID 1; sync and reboot(2) for {} in {} ms",
+                    action.name(),
+                    SYSCALL_GRACE.as_millis()
                 );
                 self.phase = Phase::InProgress(action);
-                let why = self.power.reboot_now(action);
-                error!("shutdown: reboot(2) for {} failed: {why}", action.name());
-                self.phase = Phase::Idle;
+                self.reboot_at = Some((now + SYSCALL_GRACE, action));
             }
         }
+    }
+
+    fn reboot(&mut self, action: PowerAction) {
+        self.reboot_at = None;
+        let why = self.power.reboot_now(action);
+        error!("shutdown: reboot(2) for {} failed: {why}", action.name());
+        self.phase = Phase::Idle;
     }
 }
 
@@ -254,10 +267,22 @@ impl Logic for ShutdownLogic {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.check_at
+        match (self.check_at, self.reboot_at) {
+            (Some(check), Some((reboot, _))) => Some(check.min(reboot)),
+            (check, reboot) => check.or(reboot.map(|(at, _)| at)),
+        }
     }
 
     fn on_timer(&mut self, now: Instant, _out: &mut Vec<(LinkId, Message)>) {
+        if let Some((at, action)) = self.reboot_at {
+            if at <= now {
+                self.reboot(action);
+            }
+            return;
+        }
+        if self.check_at.map_or(true, |at| at > now) {
+            return;
+        }
         match self.power.try_wait() {
             None => self.check_at = Some(now + CHECK_EVERY),
             Some(Ok(())) => {

@@ -5,9 +5,11 @@
 # Unix sockets, started with bg_start.
 # shellcheck shell=bash
 
-ALL_SCENARIOS="guest-dials-host host-dials-guest guid-addressing host-restart agent-restart in-guest-loopback benchmark"
+# shutdown powers the guest off, so it stays last.
+ALL_SCENARIOS="guest-dials-host host-dials-guest guid-addressing host-restart agent-restart in-guest-loopback benchmark shutdown"
 
 HEARTBEAT_PORT=$((0x48560001))
+SHUTDOWN_PORT=$((0x48560003))
 GUID_PORT=$((0x48560101)) # a port of its own, so that only the GUID can have named it
 ECHO_PORT=20000
 REDIAL_LIMIT_S=30
@@ -232,4 +234,41 @@ scenario_benchmark() {
     echo_p50=$(bg_field bench-echo p50_us)
     pass "$(awk -v a="$agent_p50" -v e="$echo_p50" 'BEGIN {
         printf "heartbeat via agent p50 %s us vs raw vsock echo p50 %s us: ratio %.2f", a, e, a / e }')"
+}
+
+# Last, since it powers the guest off. The guest's init is a busybox script, not systemd, so the agent's
+# default poweroff command ("systemctl poweroff") falls back to sync + reboot(2) (it runs as root, with
+# CAP_SYS_BOOT). The kernel's "reboot: Power down" on the console, without init's own "HVTEST poweroff",
+# shows that the agent powered the guest off; QEMU must then exit by itself.
+scenario_shutdown() {
+    local deadline=$((SECONDS + 30)) status start
+    guest 20 "agent_start sd listen vsock:any:0x48560001 '[shutdown]' 'listen = \"vsock:any:0x48560003\"'" ||
+        { fail "hvagent did not start in the guest: $GUEST_OUT"; return; }
+    while :; do
+        status=0
+        bg_start sd-host "$HVHOST" shutdown "hybrid:$RUN/vsock.uds:$SHUTDOWN_PORT" --reason 0x80000000 \
+            --message "hvagent vm-test"
+        bg_wait sd-host 60 || status=$?
+        [ "$status" = 0 ] && break
+        if grep -q '^negotiated' "$RUN/sd-host.out" || [ "$SECONDS" -ge "$deadline" ]; then
+            agent_diag sd
+            fail "hvhost shutdown exited $status: $(cat "$RUN/sd-host.out") $(bg_why sd-host)"
+            return
+        fi
+        sleep 0.5
+    done
+    grep -q 'answer=HV_S_OK' "$RUN/sd-host.out" ||
+        { fail "the guest did not answer HV_S_OK: $(cat "$RUN/sd-host.out")"; return; }
+    start=$(now)
+    if ! wait_until 60 eval '! vm_alive'; then
+        fail "the guest answered HV_S_OK but QEMU was still running 60 s later"
+        return
+    fi
+    if grep -aq '^HVTEST poweroff' "$RUN/console.log"; then
+        fail "the guest's init powered off, not the agent"
+        return
+    fi
+    grep -aq 'reboot: Power down' "$RUN/console.log" ||
+        { fail "QEMU exited without the kernel's power-down message: $(tail -n 3 "$RUN/console.log")"; return; }
+    pass "answered HV_S_OK, the agent powered the guest off (reboot(2), no systemd), QEMU exited $(elapsed "$start") s after the answer"
 }
