@@ -175,3 +175,139 @@ fn unknown_flags_and_impossible_hibernation_are_refused_and_run_nothing() {
         );
     }
 }
+
+/// An agent whose heartbeat listens at DIR/hb.sock with health = "command" running `argv`.
+fn health_agent(dir: &Path, argv: &[&str], timeout: &str) -> (Running, String) {
+    let socket = dir.join("hb.sock");
+    let argv: Vec<String> = argv.iter().map(|arg| format!("{arg:?}")).collect();
+    let config = write_config(
+        dir,
+        "agent.toml",
+        &format!(
+            "[heartbeat]\nlisten = \"unix:{}\"\nhealth = \"command\"\nhealth_command = [{}]\n\
+             health_interval = 1\nhealth_timeout = {timeout}\n",
+            socket.display(),
+            argv.join(", ")
+        ),
+    );
+    let agent = start_agent(&config, Some(&dir.join("agent.log")));
+    wait_for_path(&socket);
+    (agent, format!("unix:{}", socket.display()))
+}
+
+/// (round trip in µs, state) of every `heartbeat seq=` line.
+fn heartbeat_lines(stdout: &str) -> Vec<(f64, String)> {
+    stdout
+        .lines()
+        .filter(|line| line.starts_with("heartbeat seq="))
+        .map(|line| {
+            let field = |key: &str| {
+                line.split_whitespace()
+                    .find_map(|word| word.strip_prefix(key))
+                    .unwrap()
+                    .to_string()
+            };
+            (field("rtt_us=").parse().unwrap(), field("state="))
+        })
+        .collect()
+}
+
+#[test]
+fn health_command_exit_0_reports_healthy_after_the_first_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_agent, address) = health_agent(dir.path(), &["/bin/sh", "-c", "exit 0"], "5");
+    let output = hvhost(&["heartbeat", &address, "--count", "6", "--interval", "0.2"]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    let lines = heartbeat_lines(&stdout);
+    assert_eq!(lines.len(), 6, "{stdout}");
+    assert_eq!(
+        lines[0].1, "unknown",
+        "the first reply cannot wait for a check: {stdout}"
+    );
+    assert_eq!(lines[5].1, "healthy", "{stdout}");
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    assert!(
+        log.contains("application state unknown -> healthy"),
+        "the change is logged at info: {log}"
+    );
+}
+
+#[test]
+fn health_command_failure_reports_critical() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_agent, address) = health_agent(dir.path(), &["/bin/sh", "-c", "exit 3"], "5");
+    let output = hvhost(&["heartbeat", &address, "--count", "6", "--interval", "0.2"]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    assert_eq!(heartbeat_lines(&stdout)[5].1, "critical", "{stdout}");
+}
+
+#[test]
+fn a_hanging_health_check_never_delays_a_heartbeat_and_ends_critical() {
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, address) = health_agent(dir.path(), &["/bin/sleep", "30"], "0.5");
+    // Six heartbeats span 1 s: the check is killed at 0.5 s, and the next is due only 1 s after that.
+    let output = hvhost(&["heartbeat", &address, "--count", "6", "--interval", "0.2"]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    let lines = heartbeat_lines(&stdout);
+    assert_eq!(lines.len(), 6, "{stdout}");
+    for (rtt_us, _) in &lines {
+        assert!(
+            *rtt_us < 100_000.0,
+            "a heartbeat waited for the check: {stdout}"
+        );
+    }
+    assert_eq!(
+        lines[1].1, "unknown",
+        "the check is still running: {stdout}"
+    );
+    assert_eq!(lines[5].1, "critical", "killed after 0.5 s: {stdout}");
+    // The killed check left no child behind.
+    let children = std::fs::read_to_string(format!(
+        "/proc/{pid}/task/{pid}/children",
+        pid = agent.pid()
+    ))
+    .unwrap();
+    assert!(children.trim().is_empty(), "children left: {children}");
+}
+
+#[test]
+fn hvhost_serve_prints_the_state_of_each_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hb.sock");
+    let config = write_config(
+        dir.path(),
+        "agent.toml",
+        &format!(
+            "[heartbeat]\nconnect = \"unix:{}\"\nhealth = \"command\"\nhealth_command = \"/bin/true\"\n",
+            socket.display()
+        ),
+    );
+    let _agent = start_agent(&config, None);
+    let output = hvhost(&[
+        "serve",
+        &format!("unix:{}", socket.display()),
+        "--interval",
+        "0.2",
+        "--count",
+        "4",
+    ]);
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    let states: Vec<String> = heartbeat_lines(&stdout)
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect();
+    assert_eq!(
+        states.first().map(String::as_str),
+        Some("unknown"),
+        "{stdout}"
+    );
+    assert_eq!(
+        states.last().map(String::as_str),
+        Some("healthy"),
+        "{stdout}"
+    );
+}

@@ -3,17 +3,26 @@
 
 use std::time::Instant;
 
-use crate::config::{Config, ServiceConfig, ServiceOptions};
+use log::debug;
+
+use crate::config::{Config, HealthConfig, HealthMode, ServiceConfig, ServiceOptions};
+use crate::service::health::{Checker, Health, Mode};
 use crate::service::heartbeat::HeartbeatLogic;
 use crate::service::shutdown::ShutdownLogic;
 use crate::service::{LinkId, Logic, Refusal, ServiceKind};
+use crate::system::health::ChildCheck;
 use crate::system::power::SystemPower;
 use crate::wire::{IcVersion, Message, Status};
 
 /// The logic for one enabled service.
 pub(super) fn logic_for(service: &ServiceConfig, _config: &Config) -> Box<dyn Logic> {
     match service.kind {
-        ServiceKind::Heartbeat => Box::new(HeartbeatLogic::new()),
+        ServiceKind::Heartbeat => match &service.options {
+            ServiceOptions::Heartbeat(health) => {
+                Box::new(HeartbeatLogic::with_health(health_for(health)))
+            }
+            _ => Box::new(HeartbeatLogic::new()),
+        },
         ServiceKind::Shutdown => {
             let config = match &service.options {
                 ServiceOptions::Shutdown(config) => config.clone(),
@@ -23,6 +32,30 @@ pub(super) fn logic_for(service: &ServiceConfig, _config: &Config) -> Box<dyn Lo
         }
         other => Box::new(NotInThisBuild(other)),
     }
+}
+
+/// The heartbeat's health check from its settings; `auto` is systemd where systemd is PID 1, none elsewhere.
+fn health_for(config: &HealthConfig) -> Health {
+    let (mode, checker): (Mode, Option<Box<dyn Checker>>) = match config.mode {
+        HealthMode::Auto if crate::system::systemd_booted() => {
+            (Mode::Systemd, Some(Box::new(ChildCheck::systemd())))
+        }
+        HealthMode::Systemd => (Mode::Systemd, Some(Box::new(ChildCheck::systemd()))),
+        HealthMode::Command => (
+            Mode::Command,
+            Some(Box::new(ChildCheck::new(config.command.clone()))),
+        ),
+        HealthMode::Auto | HealthMode::None => (Mode::None, None),
+    };
+    debug!(
+        "heartbeat: application health from {}",
+        match mode {
+            Mode::Systemd => "systemctl is-system-running".to_string(),
+            Mode::Command => format!("the command {}", config.command.join(" ")),
+            Mode::None => "nowhere (reported as unknown)".to_string(),
+        }
+    );
+    Health::new(mode, checker, config.interval, config.timeout)
 }
 
 /// A service that negotiates but refuses its requests: the config refuses to enable such services, so this
