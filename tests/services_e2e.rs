@@ -311,3 +311,131 @@ fn hvhost_serve_prints_the_state_of_each_round_trip() {
         "{stdout}"
     );
 }
+
+/// An agent whose guest-info service listens at DIR/kvp.sock with its state in DIR/state.
+fn kvp_agent(dir: &Path) -> (Running, String) {
+    let socket = dir.join("kvp.sock");
+    let _ = std::fs::remove_file(&socket);
+    let config = write_config(
+        dir,
+        "agent.toml",
+        &format!(
+            "[heartbeat]\nenabled = false\n[guestinfo]\nlisten = \"unix:{}\"\nstate_dir = \"{}\"\n",
+            socket.display(),
+            dir.join("state").display()
+        ),
+    );
+    let agent = start_agent(&config, Some(&dir.join("agent.log")));
+    wait_for_path(&socket);
+    (agent, format!("unix:{}", socket.display()))
+}
+
+/// hvhost kvp ADDR ARGS...: (exit code, stdout).
+fn kvp(address: &str, args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec!["kvp", address];
+    all.extend_from_slice(args);
+    let output = hvhost(&all);
+    (
+        output.status.code(),
+        text(&output.stdout) + &text(&output.stderr),
+    )
+}
+
+#[test]
+fn kvp_enumerate_answers_the_intrinsic_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_agent, address) = kvp_agent(dir.path());
+    let (code, stdout) = kvp(&address, &["enumerate"]);
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("negotiated framework=3.0 message=5.0"),
+        "{stdout}"
+    );
+    for (index, key) in hvagent::service::guestinfo::INTRINSIC_KEYS
+        .iter()
+        .enumerate()
+    {
+        assert!(
+            stdout.contains(&format!("kvp pool=auto index={index} key={key} value=")),
+            "{key}: {stdout}"
+        );
+    }
+    assert!(
+        stdout.contains(&format!(
+            "key=IntegrationServicesVersion value=\"{}\"",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "key=ProcessorArchitecture value=\"{}\"",
+            std::env::consts::ARCH
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("done items=10 pool=auto last=HV_S_CONT"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn kvp_set_get_delete_and_values_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, address) = kvp_agent(dir.path());
+    let (code, out) = kvp(&address, &["set", "Role", "web server ✓"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("kvp set pool=external key=Role value=\"web server ✓\" answer=HV_S_OK"),
+        "{out}"
+    );
+    let (code, out) = kvp(&address, &["set", "Owner", "ops", "--pool", "guest"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = kvp(&address, &["set", "Temp", "x"]);
+    assert_eq!(code, Some(0), "{out}");
+    let (code, out) = kvp(&address, &["delete", "Temp"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("kvp delete pool=external key=Temp answer=HV_S_OK"),
+        "{out}"
+    );
+    let (code, out) = kvp(&address, &["delete", "Temp"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("answer=HV_S_CONT"), "{out}");
+    // A SIGKILL gives the agent no chance to write anything more: what was answered is on disk.
+    drop(agent);
+    let (_agent, address) = kvp_agent(dir.path());
+    let (code, out) = kvp(&address, &["get", "Role"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(
+            "kvp get pool=external key=Role answer=HV_S_OK (0x00000000) value=\"web server ✓\""
+        ),
+        "{out}"
+    );
+    let (code, out) = kvp(&address, &["get", "Owner", "--pool", "guest"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("value=\"ops\""), "{out}");
+    let (code, out) = kvp(&address, &["get", "Owner"]);
+    assert_eq!(code, Some(1), "the pools are separate: {out}");
+    let (code, out) = kvp(&address, &["get", "Temp"]);
+    assert_eq!(code, Some(1), "{out}");
+    let (code, out) = kvp(&address, &["enumerate", "--pool", "external"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("kvp pool=external index=0 key=Role"), "{out}");
+    assert!(out.contains("done items=1 pool=external"), "{out}");
+}
+
+#[test]
+fn kvp_refuses_writes_to_the_auto_pool_and_bad_usage() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_agent, address) = kvp_agent(dir.path());
+    let (code, out) = kvp(&address, &["set", "OSName", "Windows", "--pool", "auto"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("answer=HV_E_FAIL"), "{out}");
+    let (code, out) = kvp(&address, &["get", "OSName", "--pool", "auto"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(kvp(&address, &["frobnicate"]).0, Some(2));
+    assert_eq!(kvp(&address, &["get", "k", "--pool", "nowhere"]).0, Some(2));
+}

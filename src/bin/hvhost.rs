@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use hvagent::host_peer::{self, heartbeat_line, say, Client, RoundTrips};
-use hvagent::host_requests::{self, ShutdownOptions};
+use hvagent::host_requests::{self, parse_pool, KvpCommand, ShutdownOptions};
 use hvagent::host_server::{serve, ServeOptions};
 use hvagent::service::host::HostEvent;
 use hvagent::service::ServiceKind;
@@ -162,12 +162,25 @@ fn main() -> ExitCode {
         ),
         "heartbeat" => heartbeat(&options, &mut out),
         "kvp" => {
-            eprintln!(
-                "hvhost: kvp {} (pool {:?}) is not in this build yet",
-                options.rest.join(" "),
-                options.pool
-            );
-            return ExitCode::from(2);
+            let command = match KvpCommand::parse(&options.rest) {
+                Ok(command) => command,
+                Err(message) => {
+                    eprintln!("hvhost: {message}\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            };
+            let pool = match options.pool.as_deref().map(parse_pool).transpose() {
+                Ok(pool) => pool,
+                Err(message) => {
+                    eprintln!("hvhost: {message}");
+                    return ExitCode::from(2);
+                }
+            };
+            match host_requests::kvp(&options.address, pool, &command, &mut out) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::from(1),
+                Err(error) => Err(error),
+            }
         }
         "shutdown" => {
             match host_requests::shutdown(&options.address, &options.shutdown, &mut out) {

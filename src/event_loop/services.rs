@@ -6,12 +6,15 @@ use std::time::Instant;
 use log::debug;
 
 use crate::config::{Config, HealthConfig, HealthMode, ServiceConfig, ServiceOptions};
+use crate::service::guestinfo::GuestInfoLogic;
 use crate::service::health::{Checker, Health, Mode};
 use crate::service::heartbeat::HeartbeatLogic;
 use crate::service::shutdown::ShutdownLogic;
 use crate::service::{LinkId, Logic, Refusal, ServiceKind};
 use crate::system::health::ChildCheck;
+use crate::system::kvp_store::FileStore;
 use crate::system::power::SystemPower;
+use crate::system::sysinfo::LiveSystem;
 use crate::wire::{IcVersion, Message, Status};
 
 /// The logic for one enabled service.
@@ -23,6 +26,16 @@ pub(super) fn logic_for(service: &ServiceConfig, _config: &Config) -> Box<dyn Lo
             }
             _ => Box::new(HeartbeatLogic::new()),
         },
+        ServiceKind::GuestInfo => {
+            let config = match &service.options {
+                ServiceOptions::GuestInfo(config) => config.clone(),
+                _ => Default::default(),
+            };
+            Box::new(GuestInfoLogic::new(
+                Box::new(FileStore::new(&config.state_dir)),
+                Box::new(LiveSystem),
+            ))
+        }
         ServiceKind::Shutdown => {
             let config = match &service.options {
                 ServiceOptions::Shutdown(config) => config.clone(),

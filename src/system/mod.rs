@@ -3,7 +3,9 @@
 //! traits these implement, and their tests use fakes.
 
 pub mod health;
+pub mod kvp_store;
 pub mod power;
+pub mod sysinfo;
 
 use std::path::Path;
 
