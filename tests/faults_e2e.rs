@@ -144,6 +144,38 @@ fn half_a_header_then_nothing_is_dropped_after_the_idle_timeout_while_others_are
 }
 
 #[test]
+fn a_stalled_host_alone_is_dropped_and_redialled_in_connect_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("host.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    let config = write_config(
+        dir.path(),
+        "agent.toml",
+        &format!(
+            "idle_timeout = 0.3\n[heartbeat]\nconnect = \"unix:{}\"\n",
+            socket.display()
+        ),
+    );
+    let _agent = start_agent(&config, None);
+    let (stream, _) = listener.accept().unwrap();
+    let mut stalled = Peer::new(stream);
+    stalled.negotiate_heartbeat();
+    stalled.stream.write_all(&[0u8; 10]).unwrap();
+    let sent_at = Instant::now();
+    // Nothing else happens in the agent: the time-out alone must close the link.
+    assert_eq!(stalled.receive(), None, "the stalled link was answered");
+    let dropped_after = sent_at.elapsed();
+    assert!(
+        dropped_after >= Duration::from_millis(300) && dropped_after < Duration::from_secs(5),
+        "dropped after {dropped_after:?} (idle_timeout 0.3 s)"
+    );
+    let (stream, _) = listener.accept().unwrap();
+    let mut peer = Peer::new(stream);
+    peer.negotiate_heartbeat();
+    peer.heartbeat(1);
+}
+
+#[test]
 fn a_thousand_peers_at_once_are_capped_at_max_connections_and_the_rest_refused() {
     raise_fd_limit();
     let dir = tempfile::tempdir().unwrap();

@@ -129,6 +129,8 @@ impl Agent {
             let now = Instant::now();
             for service in &mut self.services {
                 service.run_timers(now);
+                // A timer may have closed a link (idle timeout): close it now, not after the next event.
+                service.sweep(now);
             }
             let timeout = self
                 .services
