@@ -4,6 +4,8 @@
 //! Module map:
 //! - [`guid`]: service GUIDs ⇄ vsock ports (the hv_sock template).
 //! - [`wire`]: bytes ⇄ typed messages and stream framing; no I/O, no clock.
+//! - [`service`]: one state machine per service (heartbeat and health, shutdown, guest info), sans-I/O.
+//! - [`system`]: the edges those act through: commands, reboot(2), health checks, pool files, identity.
 pub mod config;
 pub mod event_loop;
 pub mod guid;

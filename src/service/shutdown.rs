@@ -59,7 +59,8 @@ pub trait Power {
     /// Whether the command started last has ended: None while it runs (or when none was started),
     /// Some(Ok) for exit status 0, Some(Err) with why otherwise.
     fn try_wait(&mut self) -> Option<Result<(), String>>;
-    /// sync(2) then reboot(2); returns only when that failed, with why.
+    /// sync(2) then reboot(2); returns only when that failed, with why (for hibernation also after the
+    /// resume, saying so).
     fn reboot_now(&mut self, action: PowerAction) -> String;
 }
 
@@ -225,7 +226,11 @@ impl ShutdownLogic {
     fn reboot(&mut self, action: PowerAction) {
         self.reboot_at = None;
         let why = self.power.reboot_now(action);
-        error!("shutdown: reboot(2) for {} failed: {why}", action.name());
+        if action == PowerAction::Hibernate {
+            info!("shutdown: reboot(2) for hibernate returned: {why}");
+        } else {
+            error!("shutdown: reboot(2) for {} failed: {why}", action.name());
+        }
         self.phase = Phase::Idle;
     }
 }

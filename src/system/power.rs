@@ -60,16 +60,28 @@ impl Power for SystemPower {
 
     fn reboot_now(&mut self, action: PowerAction) -> String {
         use nix::sys::reboot::{reboot, RebootMode};
+        nix::unistd::sync();
         let mode = match action {
             PowerAction::PowerOff => RebootMode::RB_POWER_OFF,
             PowerAction::Reboot => RebootMode::RB_AUTOBOOT,
-            PowerAction::Hibernate => RebootMode::RB_SW_SUSPEND,
+            PowerAction::Hibernate => return software_suspend(),
         };
-        nix::unistd::sync();
         match reboot(mode) {
             Ok(never) => match never {},
             Err(error) => error.to_string(),
         }
+    }
+}
+
+/// reboot(2) with LINUX_REBOOT_CMD_SW_SUSPEND: hibernates and returns after the resume (nix's wrapper treats
+/// every return as an error, so this one calls libc).
+fn software_suspend() -> String {
+    // SAFETY: reboot(2) takes no pointers for this command; it only changes the machine's power state.
+    let result = unsafe { libc::reboot(libc::RB_SW_SUSPEND) };
+    if result == 0 {
+        "the guest resumed from hibernation".to_string()
+    } else {
+        nix::errno::Errno::last().to_string()
     }
 }
 
