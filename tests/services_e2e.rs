@@ -439,3 +439,19 @@ fn kvp_refuses_writes_to_the_auto_pool_and_bad_usage() {
     assert_eq!(kvp(&address, &["frobnicate"]).0, Some(2));
     assert_eq!(kvp(&address, &["get", "k", "--pool", "nowhere"]).0, Some(2));
 }
+
+#[test]
+fn hvhost_shutdown_usage_errors_exit_2() {
+    let run = |args: &[&str]| hvhost(args).status.code();
+    assert_eq!(
+        run(&["shutdown", "unix:/nonexistent", "--reboot", "--hibernate"]),
+        Some(2)
+    );
+    assert_eq!(
+        run(&["shutdown", "unix:/nonexistent", "--reason", "soon"]),
+        Some(2)
+    );
+    assert_eq!(run(&["shutdown", "unix:/nonexistent", "extra"]), Some(2));
+    // Nothing listens there: a runtime failure, not a usage error.
+    assert_eq!(run(&["shutdown", "unix:/nonexistent/sd.sock"]), Some(1));
+}
