@@ -166,6 +166,7 @@ impl Health {
 
     pub fn on_timer(&mut self, now: Instant) {
         let Some(since) = self.running_since else {
+            self.retry_at = None;
             return;
         };
         if now >= since + self.timeout {
@@ -185,7 +186,11 @@ impl Health {
     }
 
     pub fn fd_ready(&mut self, now: Instant) {
-        let Some(checker) = self.checker.as_mut() else {
+        let Some(checker) = self
+            .checker
+            .as_mut()
+            .filter(|_| self.running_since.is_some())
+        else {
             return;
         };
         match checker.ready() {

@@ -224,3 +224,18 @@ fn mode_none_never_checks() {
         assert_eq!(logic.deadline(), None);
     }
 }
+
+#[test]
+fn a_readiness_report_without_a_running_check_schedules_nothing() {
+    let (mut logic, script) = logic(Mode::Command);
+    let t0 = Instant::now();
+    logic.fd_ready(t0);
+    assert_eq!(logic.deadline(), None, "nothing runs: no wake-up");
+    beat(&mut logic, t0);
+    script.borrow_mut().outcome = Some(exited(0, ""));
+    logic.fd_ready(t0);
+    // A stale report after the check finished.
+    logic.fd_ready(t0);
+    assert_eq!(logic.deadline(), None);
+    assert_eq!(beat(&mut logic, t0), AppState::HEALTHY);
+}
