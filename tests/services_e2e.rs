@@ -14,6 +14,17 @@ use hvagent::wire::{IcVersion, Message, MessageType, Status};
 
 const HOST: &str = env!("CARGO_BIN_EXE_hvhost");
 
+/// Waits until the agent accepts connections at `socket`: the file appears at bind(2), a moment before
+/// listen(2), and a connect in between is refused.
+fn wait_for_listener(socket: &Path) {
+    wait_for_path(socket);
+    wait_until(
+        Duration::from_secs(10),
+        || std::os::unix::net::UnixStream::connect(socket).is_ok(),
+        || format!("nothing accepts connections at {}", socket.display()),
+    );
+}
+
 fn hvhost(args: &[&str]) -> Output {
     Command::new(HOST).args(args).output().unwrap()
 }
@@ -54,7 +65,7 @@ fn shutdown_agent(dir: &Path, marker: &Path) -> (Running, String) {
         ),
     );
     let agent = start_agent(&config, Some(&dir.join("agent.log")));
-    wait_for_path(&socket);
+    wait_for_listener(&socket);
     (agent, format!("unix:{}", socket.display()))
 }
 
@@ -191,7 +202,7 @@ fn health_agent(dir: &Path, argv: &[&str], timeout: &str) -> (Running, String) {
         ),
     );
     let agent = start_agent(&config, Some(&dir.join("agent.log")));
-    wait_for_path(&socket);
+    wait_for_listener(&socket);
     (agent, format!("unix:{}", socket.display()))
 }
 
@@ -326,7 +337,7 @@ fn kvp_agent(dir: &Path) -> (Running, String) {
         ),
     );
     let agent = start_agent(&config, Some(&dir.join("agent.log")));
-    wait_for_path(&socket);
+    wait_for_listener(&socket);
     (agent, format!("unix:{}", socket.display()))
 }
 
