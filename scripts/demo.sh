@@ -23,6 +23,10 @@ connect = "unix:$dir/heartbeat.sock"
 connect = "unix:$dir/timesync.sock"
 mode = "monitor"
 probe_interval = 0.5
+[shutdown]
+enabled = false
+[guestinfo]
+enabled = false
 TOML
 echo "== agent config ($dir/hvagent.toml)"
 target/release/hvagent check-config --config "$dir/hvagent.toml" | grep -v '^allow_any_cid\|^\[shutdown\]\|^enabled = false\|0x48560003'

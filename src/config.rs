@@ -15,18 +15,22 @@ use crate::service::ServiceKind;
 use crate::transport::address::CID_ANY;
 use crate::transport::Address;
 
+mod options;
+pub use options::{
+    default_command, GuestInfoConfig, HealthConfig, HealthMode, ServiceOptions, ShutdownConfig,
+    DEFAULT_STATE_DIR,
+};
+
 /// Where the agent looks when no `--config` is given; a missing file there means built-in defaults.
 pub const DEFAULT_PATH: &str = "/etc/hvagent/hvagent.toml";
 
 /// Services configurable in this build, in file order.
-pub const SERVICES: [ServiceKind; 3] = [
+pub const SERVICES: [ServiceKind; 4] = [
     ServiceKind::Heartbeat,
     ServiceKind::TimeSync,
     ServiceKind::Shutdown,
+    ServiceKind::GuestInfo,
 ];
-
-/// Services whose behaviour has landed; the others may be configured but not enabled yet.
-const IMPLEMENTED: [ServiceKind; 2] = [ServiceKind::Heartbeat, ServiceKind::TimeSync];
 
 /// Where chronyd's SOCK refclock listens by default (`refclock SOCK /run/chrony.hvagent.sock`).
 pub const DEFAULT_CHRONY_SOCKET: &str = "/run/chrony.hvagent.sock";
@@ -88,6 +92,8 @@ pub struct ServiceConfig {
     pub max_connections: usize,
     /// How the links of this service are paced and bounded (the top-level keys).
     pub limits: Limits,
+    /// What the service has beyond its connection (commands, health check, state directory).
+    pub options: ServiceOptions,
 }
 
 /// Connection pacing and bounds shared by every service (top-level keys of the file).
@@ -118,7 +124,8 @@ impl ServiceConfig {
     pub fn default_for(kind: ServiceKind) -> ServiceConfig {
         ServiceConfig {
             kind,
-            enabled: IMPLEMENTED.contains(&kind),
+            // Every service is on by default: a Hyper-V host expects all four of every guest.
+            enabled: true,
             endpoint: Endpoint::Connect(Address::Vsock {
                 cid: crate::transport::address::CID_HOST,
                 port: kind.default_port(),
@@ -126,6 +133,7 @@ impl ServiceConfig {
             allow_any_cid: false,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             limits: Limits::default(),
+            options: ServiceOptions::default_for(kind),
         }
     }
 }
@@ -217,6 +225,7 @@ struct RawConfig {
     heartbeat: Option<RawService>,
     timesync: Option<RawTimeSync>,
     shutdown: Option<RawService>,
+    guestinfo: Option<RawService>,
 }
 
 /// `[timesync]`: the keys every service has, and its own.
@@ -234,7 +243,7 @@ struct RawTimeSync {
     chrony_socket: Option<Spanned<String>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawService {
     enabled: Option<Spanned<bool>>,
@@ -242,6 +251,14 @@ struct RawService {
     listen: Option<Spanned<String>>,
     allow_any_cid: Option<bool>,
     max_connections: Option<Spanned<i64>>,
+    poweroff: Option<Spanned<options::CommandValue>>,
+    reboot: Option<Spanned<options::CommandValue>>,
+    hibernate: Option<Spanned<options::CommandValue>>,
+    health: Option<Spanned<String>>,
+    health_command: Option<Spanned<options::CommandValue>>,
+    health_interval: Option<Spanned<f64>>,
+    health_timeout: Option<Spanned<f64>>,
+    state_dir: Option<Spanned<String>>,
 }
 
 /// A validation failure at a byte span of the file.
@@ -322,6 +339,7 @@ fn validate(raw: RawConfig) -> Result<Config, SpanError> {
                 listen: section.listen,
                 allow_any_cid: section.allow_any_cid,
                 max_connections: section.max_connections,
+                ..RawService::default()
             })
         }
         None => None,
@@ -330,6 +348,7 @@ fn validate(raw: RawConfig) -> Result<Config, SpanError> {
         (ServiceKind::Heartbeat, raw.heartbeat),
         (ServiceKind::TimeSync, timesync),
         (ServiceKind::Shutdown, raw.shutdown),
+        (ServiceKind::GuestInfo, raw.guestinfo),
     ];
     for (kind, section) in sections {
         if let Some(section) = section {
@@ -430,16 +449,18 @@ fn seconds(value: &Spanned<toml::Value>) -> Option<f64> {
 
 fn apply_section(service: &mut ServiceConfig, raw: RawService) -> Result<(), SpanError> {
     let kind = service.kind;
+    let extra = options::RawOptions {
+        poweroff: raw.poweroff,
+        reboot: raw.reboot,
+        hibernate: raw.hibernate,
+        health: raw.health,
+        health_command: raw.health_command,
+        health_interval: raw.health_interval,
+        health_timeout: raw.health_timeout,
+        state_dir: raw.state_dir,
+    };
+    options::apply(kind, extra, &mut service.options)?;
     if let Some(enabled) = &raw.enabled {
-        if *enabled.get_ref() && !IMPLEMENTED.contains(&kind) {
-            return Err(at(
-                enabled,
-                format!(
-                    "key '{kind}.enabled': the {kind} service is not available in this build yet; \
-                     set enabled = false or remove the [{kind}] section"
-                ),
-            ));
-        }
         service.enabled = *enabled.get_ref();
     }
     if let Some(allow) = raw.allow_any_cid {
@@ -604,6 +625,7 @@ impl fmt::Display for Config {
                     settings.chrony_socket.display()
                 )?;
             }
+            write!(f, "{}", service.options)?;
         }
         Ok(())
     }
@@ -632,7 +654,15 @@ mod tests {
             Endpoint::Connect("vsock:host:0x48560001".parse().unwrap())
         );
         let enabled: Vec<ServiceKind> = config.enabled().map(|service| service.kind).collect();
-        assert_eq!(enabled, [ServiceKind::Heartbeat, ServiceKind::TimeSync]);
+        assert_eq!(
+            enabled,
+            [
+                ServiceKind::Heartbeat,
+                ServiceKind::TimeSync,
+                ServiceKind::Shutdown,
+                ServiceKind::GuestInfo
+            ]
+        );
         assert_eq!(config.timesync, TimeSyncSettings::default());
         assert_eq!(config.timesync.mode, Mode::Adjust);
     }
@@ -757,13 +787,6 @@ mod tests {
     fn connect_to_any_and_hybrid_addresses_are_refused() {
         assert!(error_text("[heartbeat]\nconnect = \"vsock:any:5\"\n").contains("CID any"));
         assert!(error_text("[heartbeat]\nlisten = \"hybrid:/x:5\"\n").contains("hvhost"));
-    }
-
-    #[test]
-    fn services_not_in_this_build_cannot_be_enabled() {
-        let text = error_text("[shutdown]\nenabled = true\n");
-        assert!(text.starts_with("test.toml:2:"), "{text}");
-        assert!(text.contains("not available in this build"), "{text}");
     }
 
     #[test]

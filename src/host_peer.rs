@@ -13,7 +13,7 @@ use crate::service::ServiceKind;
 use crate::transport::socket::{self, Dial};
 use crate::transport::{Address, Closed, Connection};
 use crate::wire::heartbeat::AppState;
-use crate::wire::Message;
+use crate::wire::{Message, Status};
 
 /// How long the host waits for any one answer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -176,6 +176,20 @@ impl Client {
             }
         }
         Ok(results)
+    }
+
+    /// Sends one request of the channel's message type and waits for its answer: (status, body).
+    pub fn exchange(&mut self, body: Vec<u8>) -> Result<(Status, Vec<u8>), PeerError> {
+        let request = self.channel.request(body, Instant::now());
+        self.send(&request)?;
+        let answer = self.next("request")?;
+        match self.channel.handle(&answer, Instant::now()) {
+            Ok(HostEvent::Answered { status, body, .. }) => Ok((status, body)),
+            Ok(other) => Err(PeerError::Protocol(HostError::Unexpected(format!(
+                "{other:?}"
+            )))),
+            Err(error) => Err(PeerError::Protocol(error)),
+        }
     }
 
     fn send_queued(&mut self) -> Result<(), PeerError> {

@@ -367,6 +367,13 @@ fn handle_answer(
                 );
             }
         }
+        Ok(HostEvent::Answered { .. }) => {
+            return Err(PeerError::Protocol(
+                crate::service::host::HostError::Unexpected(
+                    "an answer to a request hvhost serve never sends".to_string(),
+                ),
+            ))
+        }
         Err(error) => return Err(PeerError::Protocol(error)),
     }
     Ok(false)

@@ -256,7 +256,7 @@ mod tests {
             "heartbeat  48560101-facb-11e6-bd58-64006a7986d3  guest listens, host connects"
         ));
         let config = crate::config::parse(
-            "[heartbeat]\nconnect = \"unix:/tmp/x\"\n[timesync]\nenabled = false\n",
+            "[heartbeat]\nconnect = \"unix:/tmp/x\"\n[timesync]\nenabled = false\n[shutdown]\nenabled = false\n[guestinfo]\nenabled = false\n",
             Path::new("t.toml"),
         )
         .unwrap();

@@ -39,17 +39,9 @@ impl Running {
     }
 }
 
-/// Writes an agent config. Without a [timesync] section the time-sync service is disabled: it is on by
-/// default, dialling vsock and setting the clock, neither of which a test on this machine may do.
+/// Writes an agent config with the default-on services it does not mention turned off.
 fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    let text = if text.contains("[timesync]") {
-        text.to_string()
-    } else {
-        format!("{text}\n[timesync]\nenabled = false\n")
-    };
-    std::fs::write(&path, text).unwrap();
-    path
+    common::write_config(dir, name, text)
 }
 
 fn start_agent(config: &Path) -> Running {

@@ -497,9 +497,10 @@ fn start_agent(agent: &Path, scratch: &Path, socket: &Path) -> Result<Running, F
     let config = scratch.join("hvagent.toml");
     std::fs::write(
         &config,
-        // Time sync (on by default) is off: the benchmark is about heartbeats, and must not set the clock.
+        // Only the heartbeat: the benchmark is about heartbeats, and must not set the clock or dial vsock.
         format!(
-            "[heartbeat]\nlisten = \"unix:{}\"\n[timesync]\nenabled = false\n",
+            "[heartbeat]\nlisten = \"unix:{}\"\n[timesync]\nenabled = false\n[shutdown]\nenabled = false\n\
+             [guestinfo]\nenabled = false\n",
             socket.display()
         ),
     )

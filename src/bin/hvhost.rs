@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use hvagent::host_peer::{self, heartbeat_line, say, Client, RoundTrips};
+use hvagent::host_requests::{self, parse_pool, KvpCommand, ShutdownOptions};
 use hvagent::host_server::{serve, ServeOptions};
 use hvagent::service::host::HostEvent;
 use hvagent::service::ServiceKind;
@@ -23,6 +24,11 @@ usage: hvhost serve ADDR [--service heartbeat|timesync] [--interval SECONDS] [--
            report times that far ahead (negative: behind) of its real clock, which it never changes
        hvhost heartbeat ADDR [--count N] [--interval SECONDS] [--quiet]
            dial a listening agent and send N heartbeats (default 1)
+       hvhost shutdown ADDR [--reboot|--hibernate] [--force] [--reason N] [--message TEXT]
+           ask a listening agent to power off (reboot, hibernate); exit 0 when it answers HV_S_OK
+       hvhost kvp ADDR enumerate [--pool P] | get KEY [--pool P] | set KEY VALUE [--pool P] | delete KEY [--pool P]
+           key-value exchange with a listening agent; P is external (default for get/set/delete), guest,
+           auto (default for enumerate), auto-external or a number
 
 ADDR is unix:PATH, vsock:CID:PORT (a KVM host to its guest) or hybrid:PATH:PORT (the Unix socket of
 Firecracker, Cloud Hypervisor or vhost-device-vsock). PORT is decimal, 0x-hex or a template GUID.";
@@ -36,6 +42,10 @@ struct Options {
     service: ServiceKind,
     sample_interval: Option<Duration>,
     clock_offset: f64,
+    shutdown: ShutdownOptions,
+    /// Positional arguments after the address (the kvp operation and its operands).
+    rest: Vec<String>,
+    pool: Option<String>,
 }
 
 /// The next argument as a string.
@@ -57,6 +67,14 @@ fn seconds_value(parser: &mut lexopt::Parser, name: &str, min: f64) -> Result<f6
         .ok_or(format!("{name} '{text}' is not a number of seconds"))
 }
 
+/// A u32 in decimal or 0x-hex.
+fn parse_u32(text: &str) -> Option<u32> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
 fn parse_args() -> Result<Option<Options>, String> {
     use lexopt::prelude::*;
     let mut parser = lexopt::Parser::from_env();
@@ -67,6 +85,8 @@ fn parse_args() -> Result<Option<Options>, String> {
     let mut service = ServiceKind::Heartbeat;
     let mut sample_interval = None;
     let mut clock_offset = 0.0;
+    let mut shutdown = ShutdownOptions::default();
+    let mut pool = None;
     while let Some(arg) = parser.next().map_err(|error| error.to_string())? {
         match arg {
             Long("help") | Short('h') => return Ok(None),
@@ -100,12 +120,33 @@ fn parse_args() -> Result<Option<Options>, String> {
                 );
             }
             Long("quiet") | Short('q') => quiet = true,
+            Long("reboot") => shutdown.reboot = true,
+            Long("hibernate") => shutdown.hibernate = true,
+            Long("force") => shutdown.force = true,
+            Long("reason") => {
+                let text = string_value(&mut parser)?;
+                shutdown.reason = parse_u32(&text).ok_or(format!(
+                    "--reason '{text}' is not a number (decimal or 0x-hex)"
+                ))?;
+            }
+            Long("message") => shutdown.message = string_value(&mut parser)?,
+            Long("pool") => pool = Some(string_value(&mut parser)?),
             Value(value) => positional.push(value.string().map_err(|e| e.to_string())?),
             other => return Err(other.unexpected().to_string()),
         }
     }
+    if shutdown.reboot && shutdown.hibernate {
+        return Err("--reboot and --hibernate exclude each other".to_string());
+    }
+    if positional.len() < 2 {
+        return Err("expected a command and an address".to_string());
+    }
+    let rest = positional.split_off(2);
     let [command, address] = <[String; 2]>::try_from(positional)
         .map_err(|_| "expected a command and an address".to_string())?;
+    if !rest.is_empty() && command != "kvp" {
+        return Err(format!("unexpected argument '{}'", rest[0]));
+    }
     let address = address.parse().map_err(|error| format!("{error}"))?;
     Ok(Some(Options {
         command,
@@ -116,6 +157,9 @@ fn parse_args() -> Result<Option<Options>, String> {
         service,
         sample_interval,
         clock_offset,
+        shutdown,
+        rest,
+        pool,
     }))
 }
 
@@ -147,6 +191,34 @@ fn main() -> ExitCode {
             &mut out,
         ),
         "heartbeat" => heartbeat(&options, &mut out),
+        "kvp" => {
+            let command = match KvpCommand::parse(&options.rest) {
+                Ok(command) => command,
+                Err(message) => {
+                    eprintln!("hvhost: {message}\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            };
+            let pool = match options.pool.as_deref().map(parse_pool).transpose() {
+                Ok(pool) => pool,
+                Err(message) => {
+                    eprintln!("hvhost: {message}");
+                    return ExitCode::from(2);
+                }
+            };
+            match host_requests::kvp(&options.address, pool, &command, &mut out) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::from(1),
+                Err(error) => Err(error),
+            }
+        }
+        "shutdown" => {
+            match host_requests::shutdown(&options.address, &options.shutdown, &mut out) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::from(1),
+                Err(error) => Err(error),
+            }
+        }
         other => {
             eprintln!("hvhost: unknown command '{other}'\n{USAGE}");
             return ExitCode::from(2);

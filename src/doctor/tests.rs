@@ -63,7 +63,7 @@ impl Tree {
     /// A config whose heartbeat dials a Unix socket in the tree.
     fn config_dialling(&self, socket: &str) -> PathBuf {
         let text = format!(
-            "[heartbeat]\nconnect = \"unix:{}\"\n[timesync]\nenabled = false\n",
+            "[heartbeat]\nconnect = \"unix:{}\"\n[timesync]\nenabled = false\n[shutdown]\nenabled = false\n[guestinfo]\nenabled = false\n",
             self.path(socket).display()
         );
         self.file("etc/hvagent/hvagent.toml", &text);

@@ -545,3 +545,6 @@ fn hint(address: &Address, what: &str) -> String {
         Address::Hybrid { .. } => "hybrid addresses are for hvhost".to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests;

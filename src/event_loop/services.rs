@@ -2,25 +2,53 @@
 //! clock, the command runner, the state directory). Tests build logics with fakes instead.
 
 use std::path::Path;
-use std::time::Instant;
 
-use log::{error, warn};
+use log::{debug, error, warn};
 
 use crate::clock::chrony::ChronySink;
 use crate::clock::system::{self, SystemClock};
 use crate::clock::OffsetSink;
-use crate::config::{Config, ServiceConfig, TimeSyncSettings};
+use crate::config::{
+    Config, HealthConfig, HealthMode, ServiceConfig, ServiceOptions, TimeSyncSettings,
+};
+use crate::service::guestinfo::GuestInfoLogic;
+use crate::service::health::{self, Checker, Health};
 use crate::service::heartbeat::HeartbeatLogic;
+use crate::service::shutdown::ShutdownLogic;
 use crate::service::timesync::{Mode, TimeSyncLogic};
-use crate::service::{LinkId, Logic, Refusal, ServiceKind};
-use crate::wire::{IcVersion, Message, Status};
+use crate::service::{Logic, ServiceKind};
+use crate::system::health::ChildCheck;
+use crate::system::kvp_store::FileStore;
+use crate::system::power::SystemPower;
+use crate::system::sysinfo::LiveSystem;
 
 /// The logic for one enabled service.
 pub(super) fn logic_for(service: &ServiceConfig, config: &Config) -> Box<dyn Logic> {
     match service.kind {
-        ServiceKind::Heartbeat => Box::new(HeartbeatLogic::new()),
+        ServiceKind::Heartbeat => match &service.options {
+            ServiceOptions::Heartbeat(health) => {
+                Box::new(HeartbeatLogic::with_health(health_for(health)))
+            }
+            _ => Box::new(HeartbeatLogic::new()),
+        },
+        ServiceKind::GuestInfo => {
+            let config = match &service.options {
+                ServiceOptions::GuestInfo(config) => config.clone(),
+                _ => Default::default(),
+            };
+            Box::new(GuestInfoLogic::new(
+                Box::new(FileStore::new(&config.state_dir)),
+                Box::new(LiveSystem),
+            ))
+        }
         ServiceKind::TimeSync => Box::new(timesync_logic(&config.timesync, Path::new("/proc"))),
-        other => Box::new(NotInThisBuild(other)),
+        ServiceKind::Shutdown => {
+            let config = match &service.options {
+                ServiceOptions::Shutdown(config) => config.clone(),
+                _ => Default::default(),
+            };
+            Box::new(ShutdownLogic::new(config, Box::new(SystemPower::new())))
+        }
     }
 }
 
@@ -69,21 +97,26 @@ fn timesync_logic(settings: &TimeSyncSettings, proc_root: &Path) -> TimeSyncLogi
     )
 }
 
-/// A service that negotiates but refuses its requests: the config refuses to enable such services, so this
-/// only answers if that check is ever bypassed.
-struct NotInThisBuild(ServiceKind);
-
-impl Logic for NotInThisBuild {
-    fn request(
-        &mut self,
-        _link: LinkId,
-        _request: &Message,
-        _version: IcVersion,
-        _now: Instant,
-    ) -> Result<Message, Refusal> {
-        Err(Refusal::new(
-            Status::FAIL,
-            format!("the {} service is not implemented by this build", self.0),
-        ))
-    }
+/// The heartbeat's health check from its settings; `auto` is systemd where systemd is PID 1, none elsewhere.
+fn health_for(config: &HealthConfig) -> Health {
+    let (mode, checker): (health::Mode, Option<Box<dyn Checker>>) = match config.mode {
+        HealthMode::Auto if crate::system::systemd_booted() => {
+            (health::Mode::Systemd, Some(Box::new(ChildCheck::systemd())))
+        }
+        HealthMode::Systemd => (health::Mode::Systemd, Some(Box::new(ChildCheck::systemd()))),
+        HealthMode::Command => (
+            health::Mode::Command,
+            Some(Box::new(ChildCheck::new(config.command.clone()))),
+        ),
+        HealthMode::Auto | HealthMode::None => (health::Mode::None, None),
+    };
+    debug!(
+        "heartbeat: application health from {}",
+        match mode {
+            health::Mode::Systemd => "systemctl is-system-running".to_string(),
+            health::Mode::Command => format!("the command {}", config.command.join(" ")),
+            health::Mode::None => "nowhere (reported as unknown)".to_string(),
+        }
+    );
+    Health::new(mode, checker, config.interval, config.timeout)
 }

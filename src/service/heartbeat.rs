@@ -1,10 +1,13 @@
 //! The heartbeat service: answer seq_num + 1 with HV_S_OK, a body as long as the request's, and the
-//! application state filled in where the body has room (UNKNOWN until health checks land).
+//! application state filled in where the body has room: the last state the health check found (see
+//! [`super::health`]), UNKNOWN with health = "none".
 
+use std::os::fd::BorrowedFd;
 use std::time::Instant;
 
 use log::debug;
 
+use super::health::Health;
 use super::logic::{LinkId, Logic, Refusal, StatusLine};
 use crate::wire::heartbeat::{AppState, Heartbeat};
 use crate::wire::{IcVersion, Message, Status};
@@ -17,16 +20,31 @@ pub fn answer(request: &Message, state: AppState) -> Result<(Message, u64), Refu
     Ok((reply, heartbeat.seq_num))
 }
 
-/// The heartbeat service's state: how many were answered, and when the last one was.
-#[derive(Debug, Default)]
+/// The heartbeat service's state: how many were answered, when the last one was, and the health.
 pub struct HeartbeatLogic {
     answered: u64,
     last: Option<Instant>,
+    health: Health,
+}
+
+impl Default for HeartbeatLogic {
+    fn default() -> HeartbeatLogic {
+        HeartbeatLogic::new()
+    }
 }
 
 impl HeartbeatLogic {
+    /// A heartbeat service that reports UNKNOWN.
     pub fn new() -> HeartbeatLogic {
-        HeartbeatLogic::default()
+        HeartbeatLogic::with_health(Health::none())
+    }
+
+    pub fn with_health(health: Health) -> HeartbeatLogic {
+        HeartbeatLogic {
+            answered: 0,
+            last: None,
+            health,
+        }
     }
 
     /// Heartbeats answered since the agent started.
@@ -43,11 +61,32 @@ impl Logic for HeartbeatLogic {
         _version: IcVersion,
         now: Instant,
     ) -> Result<Message, Refusal> {
-        let (reply, seq_num) = answer(request, AppState::UNKNOWN)?;
+        let (reply, seq_num) = answer(request, self.health.state())?;
         self.answered += 1;
         self.last = Some(now);
+        self.health.heartbeat(now);
         debug!("heartbeat: {seq_num} answered");
         Ok(reply)
+    }
+
+    fn after_send(&mut self, now: Instant) {
+        self.health.after_send(now);
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.health.deadline()
+    }
+
+    fn on_timer(&mut self, now: Instant, _out: &mut Vec<(LinkId, Message)>) {
+        self.health.on_timer(now);
+    }
+
+    fn watched_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.health.watched_fd()
+    }
+
+    fn fd_ready(&mut self, now: Instant) {
+        self.health.fd_ready(now);
     }
 
     fn status(&self, now: Instant) -> Vec<StatusLine> {
@@ -61,6 +100,7 @@ impl Logic for HeartbeatLogic {
         vec![
             ("heartbeats", self.answered.to_string()),
             ("last heartbeat", last),
+            ("application state", self.health.state().name().to_string()),
         ]
     }
 }

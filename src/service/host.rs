@@ -40,6 +40,13 @@ pub enum HostEvent {
     },
     /// The guest answered a time sample.
     TimeSampleAnswered { number: u64, round_trip: Duration },
+    /// The answer to a request of another service (shutdown, KVP): its status and body, which the caller
+    /// interprets. A status other than HV_S_OK is an answer, not a protocol error, for these services.
+    Answered {
+        status: Status,
+        body: Vec<u8>,
+        round_trip: Duration,
+    },
 }
 
 /// An answer that breaks the protocol; the host peer reports it and gives up on the connection.
@@ -79,6 +86,8 @@ pub struct HostChannel {
     next_transaction: u8,
     next_seq: u64,
     in_flight: VecDeque<InFlight>,
+    /// The transaction id and send time of the one outstanding non-heartbeat request.
+    pending: Option<(u8, Instant)>,
 }
 
 impl HostChannel {
@@ -89,6 +98,7 @@ impl HostChannel {
             next_transaction: 1,
             next_seq: 0,
             in_flight: VecDeque::new(),
+            pending: None,
         }
     }
 
@@ -119,19 +129,40 @@ impl HostChannel {
         )
     }
 
-    /// The next heartbeat request, in the 16-byte form that carries the application state.
-    pub fn heartbeat(&mut self, now: Instant) -> Message {
-        let (framework, message) = self.versions();
-        let body = Heartbeat::new(self.next_seq, AppState::UNKNOWN).to_body();
-        self.track(now, MessageType::HEARTBEAT, framework, message, body)
-    }
-
-    /// The negotiated versions, or the ones a host would pick before negotiation ends.
+    /// The versions to put in a request: the negotiated ones, or 3.0 before negotiation.
     fn versions(&self) -> (IcVersion, IcVersion) {
         match self.state {
             HostState::Ready { framework, message } => (framework, message),
             HostState::Negotiating => (IcVersion::new(3, 0), IcVersion::new(3, 0)),
         }
+    }
+
+    fn next_transaction_id(&mut self) -> u8 {
+        let transaction_id = self.next_transaction;
+        self.next_transaction = self.next_transaction.wrapping_add(1);
+        transaction_id
+    }
+
+    /// A request of this channel's own message type with `body`; its answer comes back as
+    /// [`HostEvent::Answered`]. One is outstanding at a time, as a Hyper-V host keeps it for KVP.
+    pub fn request(&mut self, body: Vec<u8>, now: Instant) -> Message {
+        let (framework, message) = self.versions();
+        let transaction_id = self.next_transaction_id();
+        self.pending = Some((transaction_id, now));
+        Message::request(
+            self.kind.msgtype(),
+            framework,
+            message,
+            transaction_id,
+            body,
+        )
+    }
+
+    /// The next heartbeat request, in the 16-byte form that carries the application state.
+    pub fn heartbeat(&mut self, now: Instant) -> Message {
+        let (framework, message) = self.versions();
+        let body = Heartbeat::new(self.next_seq, AppState::UNKNOWN).to_body();
+        self.track(now, MessageType::HEARTBEAT, framework, message, body)
     }
 
     /// A time sample, SYNC or SAMPLE, with host time `parent_time` (ticks): `ictimesync_ref_data` for message
@@ -158,7 +189,7 @@ impl HostChannel {
         self.track(now, MessageType::TIMESYNC, framework, message, body)
     }
 
-    /// Records a request in flight and builds it with the next transaction id.
+    /// Records a heartbeat or time sample in flight and builds it with the next transaction id.
     fn track(
         &mut self,
         now: Instant,
@@ -167,8 +198,7 @@ impl HostChannel {
         message: IcVersion,
         body: Vec<u8>,
     ) -> Message {
-        let transaction_id = self.next_transaction;
-        self.next_transaction = self.next_transaction.wrapping_add(1);
+        let transaction_id = self.next_transaction_id();
         let seq_num = self.next_seq;
         self.next_seq = self.next_seq.wrapping_add(1);
         self.in_flight.push_back(InFlight {
@@ -218,6 +248,24 @@ impl HostChannel {
                 "a {} message with flags {:#04x}, not a TRANSACTION|RESPONSE answer",
                 header.msgtype, header.flags.0
             )));
+        }
+        if let (HostState::Ready { .. }, Some((transaction_id, sent_at))) =
+            (self.state, self.pending)
+        {
+            if header.msgtype == self.kind.msgtype() {
+                if header.transaction_id != transaction_id {
+                    return Err(HostError::Unexpected(format!(
+                        "answered with transaction id {} instead of {transaction_id}",
+                        header.transaction_id
+                    )));
+                }
+                self.pending = None;
+                return Ok(HostEvent::Answered {
+                    status: header.status,
+                    body: message.body.clone(),
+                    round_trip: now.saturating_duration_since(sent_at),
+                });
+            }
         }
         if header.status != Status::OK {
             return Err(HostError::Unexpected(format!(

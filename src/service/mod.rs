@@ -6,9 +6,12 @@
 //! answered with HV_E_FAIL. A message without the RESPONSE flag is a request: it is answered only when it
 //! carries TRANSACTION, and processed silently otherwise (hv-facts §2b).
 
+pub mod guestinfo;
+pub mod health;
 pub mod heartbeat;
 pub mod host;
 pub mod logic;
+pub mod shutdown;
 pub mod timesync;
 
 use std::time::Instant;

@@ -17,6 +17,7 @@
 //! send and kept (not checked) when we receive, so a parsed message re-encodes to its exact bytes.
 
 pub mod heartbeat;
+pub mod kvp;
 pub mod negotiate;
 pub mod shutdown;
 pub mod timesync;

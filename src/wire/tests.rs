@@ -193,6 +193,9 @@ fn check_bodies(body: &[u8]) {
     if let Ok(parsed) = ShutdownRequest::parse(body) {
         assert_eq!(parsed.to_body(), body);
     }
+    if let Ok(parsed) = super::kvp::KvpMessage::parse(body) {
+        assert_eq!(parsed.to_body(), body);
+    }
 }
 
 /// A stream of valid messages of every kind, to mutate.

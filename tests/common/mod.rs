@@ -70,7 +70,7 @@ impl Running {
 
 /// Services enabled by default that a test must turn off unless it configures them: left on, they would dial
 /// the host over AF_VSOCK, which tests on a development machine must never do.
-pub const DEFAULT_ON: [&str; 1] = ["timesync"];
+pub const DEFAULT_ON: [&str; 3] = ["timesync", "shutdown", "guestinfo"];
 
 /// `text` with every default-on service it does not mention turned off.
 pub fn config_text(text: &str) -> String {

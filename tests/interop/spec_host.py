@@ -310,8 +310,10 @@ class Agent:
         self.cfg = os.path.join(tmp, name + ".toml")
         self.log = os.path.join(tmp, name + ".log")
         with open(self.cfg, "w") as f:
-            # The time-sync service is on by default (dialling vsock, setting the clock): off here.
-            f.write('log_level = "debug"\n[heartbeat]\n' + service_toml + "\n[timesync]\nenabled = false\n")
+            # Only the heartbeat: the other services enabled by default would dial the host over vsock (and
+            # time sync would set the clock).
+            f.write('log_level = "debug"\n[heartbeat]\n' + service_toml + "\n"
+                    "[timesync]\nenabled = false\n[shutdown]\nenabled = false\n[guestinfo]\nenabled = false\n")
         self.proc = None
         if listen_path is not None:
             Agent.by_path[listen_path] = self

@@ -70,9 +70,13 @@ agent_start() {
         echo 'enabled = true'
         echo "$mode = \"$address\""
         for line in "$@"; do echo "$line"; done
-        # Time sync is on by default; the heartbeat scenarios leave the guest clock alone.
-        echo '[timesync]'
-        echo 'enabled = false'
+        # Services enabled by default that the scenario does not configure stay off.
+        for section in timesync shutdown guestinfo; do
+            case " $* " in
+            *"[$section]"*) ;;
+            *) printf '[%s]\nenabled = false\n' "$section" ;;
+            esac
+        done
     } >"/tmp/$name.toml"
     daemon_start "$name" hvagent --config "/tmp/$name.toml"
 }
@@ -88,6 +92,7 @@ timesync_agent_start() {
         echo "connect = \"$2\""
         echo "mode = \"$3\""
         echo "probe_interval = $4"
+        printf '[%s]\nenabled = false\n' shutdown guestinfo
     } >"/tmp/$1.toml"
     daemon_start "$1" hvagent --config "/tmp/$1.toml"
 }

@@ -5,9 +5,11 @@
 # Unix sockets, started with bg_start.
 # shellcheck shell=bash
 
-ALL_SCENARIOS="guest-dials-host host-dials-guest guid-addressing host-restart agent-restart vsock-faults in-guest-loopback benchmark time"
+# shutdown powers the guest off, so it stays last.
+ALL_SCENARIOS="guest-dials-host host-dials-guest guid-addressing host-restart agent-restart vsock-faults in-guest-loopback benchmark time shutdown"
 
 HEARTBEAT_PORT=$((0x48560001))
+SHUTDOWN_PORT=$((0x48560003))
 TIMESYNC_PORT=$((0x48560004))
 TIME_LIMIT_US=10000 # scenario time: the guest clock must end within 10 ms of the host's
 GUID_PORT=$((0x48560101)) # a port of its own, so that only the GUID can have named it
@@ -201,7 +203,8 @@ scenario_agent_restart() {
 scenario_vsock_faults() {
     local name=vf rounds=300 before after dropped
     guest 20 "printf '%s\n' 'redial_min = 0.005' 'redial_max = 0.02' 'idle_timeout = 1' '[heartbeat]' \
-        'connect = \"vsock:host:$HEARTBEAT_PORT\"' >/tmp/$name.toml &&
+        'connect = \"vsock:host:$HEARTBEAT_PORT\"' '[shutdown]' 'enabled = false' '[guestinfo]' \
+        'enabled = false' '[timesync]' 'enabled = false' >/tmp/$name.toml &&
         daemon_start $name hvagent --config /tmp/$name.toml" ||
         { fail "hvagent did not start in the guest: $GUEST_OUT"; return; }
     bg_start vf-warm python3 "$VM_DIR/storm.py" "$RUN/vsock.uds_$HEARTBEAT_PORT" 10
@@ -305,4 +308,41 @@ scenario_time() {
     [ "$steps" = 1 ] || { agent_diag "$name"; fail "the agent stepped the clock $steps times, not once"; return; }
     DIAG=
     pass "guest clock ${before} s behind; stepped once by the agent; host - guest at probe arrival now ${after} us (median of 10, one-way delay included; limit $TIME_LIMIT_US us)"
+}
+
+# Last, since it powers the guest off. The guest's init is a busybox script, not systemd, so the agent's
+# default poweroff command ("systemctl poweroff") falls back to sync + reboot(2) (it runs as root, with
+# CAP_SYS_BOOT). The kernel's "reboot: Power down" on the console, without init's own "HVTEST poweroff",
+# shows that the agent powered the guest off; QEMU must then exit by itself.
+scenario_shutdown() {
+    local deadline=$((SECONDS + 30)) status start
+    guest 20 "agent_start sd listen vsock:any:0x48560001 '[shutdown]' 'listen = \"vsock:any:0x48560003\"'" ||
+        { fail "hvagent did not start in the guest: $GUEST_OUT"; return; }
+    while :; do
+        status=0
+        bg_start sd-host "$HVHOST" shutdown "hybrid:$RUN/vsock.uds:$SHUTDOWN_PORT" --reason 0x80000000 \
+            --message "hvagent vm-test"
+        bg_wait sd-host 60 || status=$?
+        [ "$status" = 0 ] && break
+        if grep -q '^negotiated' "$RUN/sd-host.out" || [ "$SECONDS" -ge "$deadline" ]; then
+            agent_diag sd
+            fail "hvhost shutdown exited $status: $(cat "$RUN/sd-host.out") $(bg_why sd-host)"
+            return
+        fi
+        sleep 0.5
+    done
+    grep -q 'answer=HV_S_OK' "$RUN/sd-host.out" ||
+        { fail "the guest did not answer HV_S_OK: $(cat "$RUN/sd-host.out")"; return; }
+    start=$(now)
+    if ! wait_until 60 eval '! vm_alive'; then
+        fail "the guest answered HV_S_OK but QEMU was still running 60 s later"
+        return
+    fi
+    if grep -aq '^HVTEST poweroff' "$RUN/console.log"; then
+        fail "the guest's init powered off, not the agent"
+        return
+    fi
+    grep -aq 'reboot: Power down' "$RUN/console.log" ||
+        { fail "QEMU exited without the kernel's power-down message: $(tail -n 3 "$RUN/console.log")"; return; }
+    pass "answered HV_S_OK, the agent powered the guest off (reboot(2), no systemd), QEMU exited $(elapsed "$start") s after the answer"
 }

@@ -1,0 +1,427 @@
+//! Settings that only some services have: the shutdown commands, the heartbeat's health check and the
+//! guest-info state directory. Parsed from the same `[section]` as the service's connection keys; a key
+//! given in the wrong section is refused with the section it belongs to.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{at, seconds_in_range, SpanError};
+use crate::service::ServiceKind;
+
+/// A command as the file spells it: one line split at whitespace, or an argv array.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum CommandValue {
+    Line(String),
+    Argv(Vec<String>),
+}
+
+/// The service-specific keys of a section, as read.
+#[derive(Default)]
+pub(super) struct RawOptions {
+    pub poweroff: Option<Spanned<CommandValue>>,
+    pub reboot: Option<Spanned<CommandValue>>,
+    pub hibernate: Option<Spanned<CommandValue>>,
+    pub health: Option<Spanned<String>>,
+    pub health_command: Option<Spanned<CommandValue>>,
+    pub health_interval: Option<Spanned<f64>>,
+    pub health_timeout: Option<Spanned<f64>>,
+    pub state_dir: Option<Spanned<String>>,
+}
+
+/// What the shutdown service runs for each request (argv, no shell).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ShutdownConfig {
+    pub poweroff: Vec<String>,
+    pub reboot: Vec<String>,
+    pub hibernate: Vec<String>,
+}
+
+/// The built-in shutdown commands; with these and no systemd as PID 1 the agent falls back to reboot(2).
+pub fn default_command(verb: &str) -> Vec<String> {
+    vec!["systemctl".to_string(), verb.to_string()]
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> ShutdownConfig {
+        ShutdownConfig {
+            poweroff: default_command("poweroff"),
+            reboot: default_command("reboot"),
+            hibernate: default_command("hibernate"),
+        }
+    }
+}
+
+/// Where the heartbeat's application state comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HealthMode {
+    /// Not set: `systemd` when the system was booted with systemd, `none` otherwise.
+    Auto,
+    /// `systemctl is-system-running`.
+    Systemd,
+    /// `health_command`'s exit status.
+    Command,
+    /// Always UNKNOWN, as Linux's hv_utils reports.
+    None,
+}
+
+impl HealthMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            HealthMode::Auto => "auto",
+            HealthMode::Systemd => "systemd",
+            HealthMode::Command => "command",
+            HealthMode::None => "none",
+        }
+    }
+}
+
+/// The heartbeat's health check.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HealthConfig {
+    pub mode: HealthMode,
+    pub command: Vec<String>,
+    /// A check starts when a heartbeat arrives and the state is older than this.
+    pub interval: Duration,
+    /// A check still running after this is killed.
+    pub timeout: Duration,
+}
+
+impl Default for HealthConfig {
+    fn default() -> HealthConfig {
+        HealthConfig {
+            mode: HealthMode::Auto,
+            command: Vec::new(),
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The guest-info service's settings.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GuestInfoConfig {
+    /// The key-value pools live in `state_dir/kvp/`.
+    pub state_dir: PathBuf,
+}
+
+/// The default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/hvagent";
+
+impl Default for GuestInfoConfig {
+    fn default() -> GuestInfoConfig {
+        GuestInfoConfig {
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+        }
+    }
+}
+
+/// The settings a service has beyond its connection.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ServiceOptions {
+    Heartbeat(HealthConfig),
+    Shutdown(ShutdownConfig),
+    GuestInfo(GuestInfoConfig),
+    None,
+}
+
+impl ServiceOptions {
+    pub fn default_for(kind: ServiceKind) -> ServiceOptions {
+        match kind {
+            ServiceKind::Heartbeat => ServiceOptions::Heartbeat(HealthConfig::default()),
+            ServiceKind::Shutdown => ServiceOptions::Shutdown(ShutdownConfig::default()),
+            ServiceKind::GuestInfo => ServiceOptions::GuestInfo(GuestInfoConfig::default()),
+            ServiceKind::TimeSync => ServiceOptions::None,
+        }
+    }
+}
+
+/// Which section a service-specific key belongs to.
+fn owner(key: &str) -> ServiceKind {
+    match key {
+        "poweroff" | "reboot" | "hibernate" => ServiceKind::Shutdown,
+        "state_dir" => ServiceKind::GuestInfo,
+        _ => ServiceKind::Heartbeat,
+    }
+}
+
+/// Applies the service-specific keys of `kind`'s section to `options`.
+pub(super) fn apply(
+    kind: ServiceKind,
+    raw: RawOptions,
+    options: &mut ServiceOptions,
+) -> Result<(), SpanError> {
+    refuse_foreign(kind, &raw)?;
+    match options {
+        ServiceOptions::Shutdown(shutdown) => {
+            for (key, value, slot) in [
+                ("poweroff", &raw.poweroff, &mut shutdown.poweroff),
+                ("reboot", &raw.reboot, &mut shutdown.reboot),
+                ("hibernate", &raw.hibernate, &mut shutdown.hibernate),
+            ] {
+                if let Some(value) = value {
+                    *slot = command(value, &format!("shutdown.{key}"))?;
+                }
+            }
+        }
+        ServiceOptions::Heartbeat(health) => apply_health(&raw, health)?,
+        ServiceOptions::GuestInfo(guestinfo) => {
+            if let Some(dir) = &raw.state_dir {
+                if !dir.get_ref().starts_with('/') {
+                    return Err(at(
+                        dir,
+                        format!(
+                            "key 'guestinfo.state_dir': '{}' is not an absolute path",
+                            dir.get_ref()
+                        ),
+                    ));
+                }
+                guestinfo.state_dir = PathBuf::from(dir.get_ref());
+            }
+        }
+        ServiceOptions::None => {}
+    }
+    Ok(())
+}
+
+/// A key of another service's section is an error that names where it belongs.
+fn refuse_foreign(kind: ServiceKind, raw: &RawOptions) -> Result<(), SpanError> {
+    let spans = [
+        ("poweroff", raw.poweroff.as_ref().map(Spanned::span)),
+        ("reboot", raw.reboot.as_ref().map(Spanned::span)),
+        ("hibernate", raw.hibernate.as_ref().map(Spanned::span)),
+        ("health", raw.health.as_ref().map(Spanned::span)),
+        (
+            "health_command",
+            raw.health_command.as_ref().map(Spanned::span),
+        ),
+        (
+            "health_interval",
+            raw.health_interval.as_ref().map(Spanned::span),
+        ),
+        (
+            "health_timeout",
+            raw.health_timeout.as_ref().map(Spanned::span),
+        ),
+        ("state_dir", raw.state_dir.as_ref().map(Spanned::span)),
+    ];
+    for (key, span) in spans {
+        if let Some(span) = span {
+            if owner(key) != kind {
+                return Err(SpanError {
+                    span,
+                    message: format!(
+                        "key '{kind}.{key}': {key} is a setting of the [{}] section",
+                        owner(key)
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn apply_health(raw: &RawOptions, health: &mut HealthConfig) -> Result<(), SpanError> {
+    if let Some(command_value) = &raw.health_command {
+        health.command = command(command_value, "heartbeat.health_command")?;
+    }
+    if let Some(interval) = &raw.health_interval {
+        health.interval = seconds_in_range(interval, "heartbeat.health_interval", 1.0, 86_400.0)?;
+    }
+    if let Some(timeout) = &raw.health_timeout {
+        health.timeout = seconds_in_range(timeout, "heartbeat.health_timeout", 0.1, 3_600.0)?;
+    }
+    if let Some(mode) = &raw.health {
+        health.mode = match mode.get_ref().as_str() {
+            "auto" => HealthMode::Auto,
+            "systemd" => HealthMode::Systemd,
+            "command" => HealthMode::Command,
+            "none" => HealthMode::None,
+            other => {
+                return Err(at(
+                    mode,
+                    format!(
+                        "key 'heartbeat.health': '{other}' is not auto, systemd, command or none"
+                    ),
+                ))
+            }
+        };
+        if health.mode == HealthMode::Command && health.command.is_empty() {
+            return Err(at(
+                mode,
+                "key 'heartbeat.health': health = \"command\" needs health_command".to_string(),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// An argv from a command value. A line is split at whitespace with no quoting at all, so a line with
+/// quotes or backslashes is refused: an array says exactly which arguments are meant.
+fn command(value: &Spanned<CommandValue>, key: &str) -> Result<Vec<String>, SpanError> {
+    let argv: Vec<String> = match value.get_ref() {
+        CommandValue::Line(line) => {
+            if line.contains(['"', '\'', '\\']) {
+                return Err(at(
+                    value,
+                    format!(
+                        "key '{key}': a command line is split at spaces without a shell, so quotes and \
+                         backslashes are not understood; give an array such as [\"prog\", \"an argument\"]"
+                    ),
+                ));
+            }
+            line.split_whitespace().map(str::to_string).collect()
+        }
+        CommandValue::Argv(argv) => argv.clone(),
+    };
+    if argv.first().map_or(true, String::is_empty) {
+        return Err(at(value, format!("key '{key}': the command is empty")));
+    }
+    Ok(argv)
+}
+
+/// A TOML array of strings.
+fn toml_argv(argv: &[String]) -> String {
+    let items: Vec<String> = argv.iter().map(|arg| format!("{arg:?}")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+impl fmt::Display for ServiceOptions {
+    /// The options as TOML lines of the service's section.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServiceOptions::Shutdown(shutdown) => {
+                writeln!(f, "poweroff = {}", toml_argv(&shutdown.poweroff))?;
+                writeln!(f, "reboot = {}", toml_argv(&shutdown.reboot))?;
+                writeln!(f, "hibernate = {}", toml_argv(&shutdown.hibernate))
+            }
+            ServiceOptions::Heartbeat(health) => {
+                writeln!(f, "health = \"{}\"", health.mode.name())?;
+                if !health.command.is_empty() {
+                    writeln!(f, "health_command = {}", toml_argv(&health.command))?;
+                }
+                writeln!(f, "health_interval = {}", health.interval.as_secs_f64())?;
+                writeln!(f, "health_timeout = {}", health.timeout.as_secs_f64())
+            }
+            ServiceOptions::GuestInfo(guestinfo) => {
+                writeln!(
+                    f,
+                    "state_dir = {:?}",
+                    guestinfo.state_dir.display().to_string()
+                )
+            }
+            ServiceOptions::None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::{parse, Config};
+
+    fn parse_text(text: &str) -> Result<Config, String> {
+        parse(text, Path::new("t.toml")).map_err(|error| error.to_string())
+    }
+
+    fn options_of(config: &Config, kind: ServiceKind) -> ServiceOptions {
+        config
+            .services
+            .iter()
+            .find(|service| service.kind == kind)
+            .map(|service| service.options.clone())
+            .unwrap()
+    }
+
+    #[test]
+    fn shutdown_commands_take_lines_and_arrays() {
+        let config = parse_text(
+            "[shutdown]\npoweroff = \"/bin/echo  off now\"\nreboot = [\"/bin/sh\", \"-c\", \"echo 'a b'\"]\n",
+        )
+        .unwrap();
+        let ServiceOptions::Shutdown(shutdown) = options_of(&config, ServiceKind::Shutdown) else {
+            panic!("no shutdown options");
+        };
+        assert_eq!(shutdown.poweroff, ["/bin/echo", "off", "now"]);
+        assert_eq!(shutdown.reboot, ["/bin/sh", "-c", "echo 'a b'"]);
+        assert_eq!(shutdown.hibernate, ["systemctl", "hibernate"]);
+    }
+
+    #[test]
+    fn quoted_command_lines_and_empty_commands_are_refused() {
+        let error = parse_text("[shutdown]\n\npoweroff = \"sh -c 'halt'\"\n").unwrap_err();
+        assert!(error.starts_with("t.toml:3:12: "), "{error}");
+        assert!(error.contains("give an array"), "{error}");
+        let error = parse_text("[shutdown]\nreboot = []\n").unwrap_err();
+        assert!(error.contains("shutdown.reboot"), "{error}");
+        assert!(error.contains("empty"), "{error}");
+        let error = parse_text("[shutdown]\nreboot = \"  \"\n").unwrap_err();
+        assert!(error.contains("empty"), "{error}");
+    }
+
+    #[test]
+    fn health_keys_are_validated() {
+        let config = parse_text(
+            "[heartbeat]\nhealth = \"command\"\nhealth_command = \"/bin/true\"\nhealth_interval = 5\n\
+             health_timeout = 0.5\n",
+        )
+        .unwrap();
+        let ServiceOptions::Heartbeat(health) = options_of(&config, ServiceKind::Heartbeat) else {
+            panic!("no heartbeat options");
+        };
+        assert_eq!(health.mode, HealthMode::Command);
+        assert_eq!(health.command, ["/bin/true"]);
+        assert_eq!(health.interval, Duration::from_secs(5));
+        assert_eq!(health.timeout, Duration::from_millis(500));
+        let error = parse_text("[heartbeat]\nhealth = \"command\"\n").unwrap_err();
+        assert!(error.starts_with("t.toml:2:"), "{error}");
+        assert!(error.contains("needs health_command"), "{error}");
+        let error = parse_text("[heartbeat]\nhealth = \"sometimes\"\n").unwrap_err();
+        assert!(
+            error.contains("not auto, systemd, command or none"),
+            "{error}"
+        );
+        let error = parse_text("[heartbeat]\nhealth_interval = 0\n").unwrap_err();
+        assert!(error.contains("heartbeat.health_interval"), "{error}");
+    }
+
+    #[test]
+    fn a_key_in_the_wrong_section_names_its_section() {
+        let error = parse_text("[heartbeat]\npoweroff = \"/bin/true\"\n").unwrap_err();
+        assert!(error.starts_with("t.toml:2:"), "{error}");
+        assert!(error.contains("[shutdown] section"), "{error}");
+        let error = parse_text("[shutdown]\nstate_dir = \"/x\"\n").unwrap_err();
+        assert!(error.contains("[guestinfo] section"), "{error}");
+    }
+
+    #[test]
+    fn state_dir_must_be_absolute() {
+        let config = parse_text("[guestinfo]\nstate_dir = \"/srv/hv\"\n").unwrap();
+        assert_eq!(
+            options_of(&config, ServiceKind::GuestInfo),
+            ServiceOptions::GuestInfo(GuestInfoConfig {
+                state_dir: "/srv/hv".into()
+            })
+        );
+        let error = parse_text("[guestinfo]\nstate_dir = \"var/lib\"\n").unwrap_err();
+        assert!(error.contains("not an absolute path"), "{error}");
+    }
+
+    #[test]
+    fn printed_options_parse_back() {
+        let config = parse_text(
+            "[heartbeat]\nhealth = \"command\"\nhealth_command = [\"/bin/x\", \"a b\"]\n[shutdown]\n\
+             poweroff = \"/bin/true\"\n[guestinfo]\nstate_dir = \"/tmp/s\"\n",
+        )
+        .unwrap();
+        assert_eq!(parse_text(&config.to_string()).unwrap(), config);
+        let defaults = Config::default();
+        assert_eq!(parse_text(&defaults.to_string()).unwrap(), defaults);
+    }
+}

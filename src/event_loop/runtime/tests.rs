@@ -1,0 +1,97 @@
+//! The runtime's order of work on one link, with a real socket pair and fake edges.
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
+use std::rc::Rc;
+use std::time::Instant;
+
+use super::Link;
+use crate::config::{ServiceConfig, ShutdownConfig};
+use crate::service::host::HostChannel;
+use crate::service::shutdown::{Power, PowerAction, ShutdownLogic};
+use crate::service::ServiceKind;
+use crate::wire::shutdown::ShutdownRequest;
+use crate::wire::{Decoder, IcVersion, Message, MessageType, Status};
+
+/// A power edge that, when asked to run a command, reads what the host side of the socket has received.
+struct Witness {
+    host: UnixStream,
+    seen_at_spawn: Rc<RefCell<Option<Vec<Message>>>>,
+}
+
+impl Power for Witness {
+    fn systemd_booted(&self) -> bool {
+        true
+    }
+    fn can_hibernate(&self) -> bool {
+        false
+    }
+    fn spawn(&mut self, _argv: &[String], _env: &[(&'static str, String)]) -> Result<(), String> {
+        let mut bytes = vec![0u8; 65536];
+        let count = self.host.read(&mut bytes).unwrap_or(0);
+        let mut decoder = Decoder::new();
+        decoder.push(&bytes[..count]);
+        let mut messages = Vec::new();
+        while let Ok(Some(message)) = decoder.next_message() {
+            messages.push(message);
+        }
+        *self.seen_at_spawn.borrow_mut() = Some(messages);
+        Ok(())
+    }
+    fn try_wait(&mut self) -> Option<Result<(), String>> {
+        None
+    }
+    fn reboot_now(&mut self, _action: PowerAction) -> String {
+        panic!("the test configures a command; reboot(2) must not be reached")
+    }
+}
+
+#[test]
+fn the_shutdown_answer_is_on_the_socket_before_the_command_runs() {
+    let (agent, mut host) = UnixStream::pair().unwrap();
+    agent.set_nonblocking(true).unwrap();
+    let witness_end = host.try_clone().unwrap();
+    witness_end.set_nonblocking(true).unwrap();
+    let seen = Rc::new(RefCell::new(None));
+    let config = ShutdownConfig {
+        poweroff: vec!["/bin/true".into()],
+        ..ShutdownConfig::default()
+    };
+    let mut logic = ShutdownLogic::new(
+        config,
+        Box::new(Witness {
+            host: witness_end,
+            seen_at_spawn: seen.clone(),
+        }),
+    );
+    let now = Instant::now();
+    let mut link = Link::new(
+        OwnedFd::from(agent),
+        &ServiceConfig::default_for(ServiceKind::Shutdown),
+        1,
+        "test peer".to_string(),
+        now,
+    );
+    let offer = HostChannel::new(ServiceKind::Shutdown).offer();
+    let request = Message::request(
+        MessageType::SHUTDOWN,
+        IcVersion::new(3, 0),
+        IcVersion::new(3, 2),
+        9,
+        ShutdownRequest::default().to_body(),
+    );
+    host.write_all(&offer.to_bytes().unwrap()).unwrap();
+    host.write_all(&request.to_bytes().unwrap()).unwrap();
+    let (mut inbox, mut replies) = (Vec::new(), Vec::new());
+    link.service("shutdown", &mut logic, now, &mut inbox, &mut replies);
+    let seen = seen.borrow();
+    let seen = seen.as_ref().expect("the command was started");
+    let answer = seen
+        .iter()
+        .find(|message| message.header.msgtype == MessageType::SHUTDOWN)
+        .expect("the shutdown answer had reached the host when the command started");
+    assert_eq!(answer.header.status, Status::OK);
+    assert_eq!(answer.header.transaction_id, 9);
+}

@@ -1,0 +1,316 @@
+//! The shutdown service: decode the request, answer it, and only after the answer is sent run the action
+//! (hv-facts §2). The action goes through [`Power`], so tests use a fake that records what was asked and the
+//! real one (`crate::system::power`) never runs in unit tests.
+//!
+//! What runs: the configured command of the action, argv without a shell. With `force`, `--force` is added
+//! when the program is `systemctl` (poweroff and reboot; systemctl has no forced hibernate); any command gets
+//! the request in its environment (HVAGENT_SHUTDOWN_ACTION, _FORCE, _REASON, _MESSAGE), which is how a custom
+//! command learns about force. When the configured command is the built-in `systemctl …` and systemd is not
+//! PID 1, the agent falls back to sync(2) and reboot(2) with the matching command (power off, restart,
+//! software suspend), which is always forced: nothing stops the services first.
+
+use std::time::Instant;
+
+use log::{error, info, warn};
+
+use super::logic::{LinkId, Logic, Refusal, StatusLine};
+use crate::config::{default_command, ShutdownConfig};
+use crate::wire::shutdown::{flags, ShutdownRequest};
+use crate::wire::{IcVersion, Message, Status};
+
+/// What the host asked for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PowerAction {
+    PowerOff,
+    Reboot,
+    Hibernate,
+}
+
+impl PowerAction {
+    pub fn name(self) -> &'static str {
+        match self {
+            PowerAction::PowerOff => "poweroff",
+            PowerAction::Reboot => "reboot",
+            PowerAction::Hibernate => "hibernate",
+        }
+    }
+}
+
+/// How an action is carried out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Run argv (no shell) with these extra environment variables, without waiting for it.
+    Command {
+        argv: Vec<String>,
+        env: Vec<(&'static str, String)>,
+    },
+    /// sync(2), then reboot(2) with the action's command.
+    Syscall(PowerAction),
+}
+
+/// The system side of the shutdown service.
+pub trait Power {
+    /// Whether the system was booted with systemd (sd_booted(3): /run/systemd/system exists).
+    fn systemd_booted(&self) -> bool;
+    /// Whether the guest can hibernate: "disk" in /sys/power/state and some swap active.
+    fn can_hibernate(&self) -> bool;
+    /// Starts argv without a shell and without waiting for it.
+    fn spawn(&mut self, argv: &[String], env: &[(&'static str, String)]) -> Result<(), String>;
+    /// Whether the command started last has ended: None while it runs (or when none was started),
+    /// Some(Ok) for exit status 0, Some(Err) with why otherwise.
+    fn try_wait(&mut self) -> Option<Result<(), String>>;
+    /// sync(2) then reboot(2); returns only when that failed, with why (for hibernation also after the
+    /// resume, saying so).
+    fn reboot_now(&mut self, action: PowerAction) -> String;
+}
+
+/// The action a flags value asks for, and whether it is forced; None for a value hv-facts §2 does not list.
+pub fn decode_flags(value: u32) -> Option<(PowerAction, bool)> {
+    let force = value & flags::FORCE != 0;
+    let action = match value & !flags::FORCE {
+        0 => PowerAction::PowerOff,
+        flags::REBOOT => PowerAction::Reboot,
+        flags::HIBERNATE => PowerAction::Hibernate,
+        _ => return None,
+    };
+    Some((action, force))
+}
+
+/// The display message as text: UTF-16LE when it looks like it (a host writes Windows strings), bytes
+/// otherwise; cut at the first NUL, invalid sequences replaced, control characters escaped.
+pub fn display_text(bytes: &[u8]) -> String {
+    let looks_utf16 = bytes.len() >= 2 && bytes[0] != 0 && bytes[1] == 0;
+    let text = if looks_utf16 {
+        let units: Vec<u16> = bytes
+            .chunks_exact(2)
+            .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+            .take_while(|&unit| unit != 0)
+            .collect();
+        String::from_utf16_lossy(&units)
+    } else {
+        let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+        String::from_utf8_lossy(&bytes[..end]).into_owned()
+    };
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// Decides what a request means: the action and how to carry it out, or the refusal to answer with.
+pub fn plan(
+    request: &ShutdownRequest,
+    config: &ShutdownConfig,
+    power: &dyn Power,
+) -> Result<(PowerAction, Plan), Refusal> {
+    let Some((action, force)) = decode_flags(request.flags) else {
+        return Err(Refusal::new(
+            Status::FAIL,
+            format!(
+                "flags {:#x} are none of 0 (power off), 2 (reboot), 4 (hibernate), each with or without 1 (force)",
+                request.flags
+            ),
+        ));
+    };
+    if action == PowerAction::Hibernate && !power.can_hibernate() {
+        return Err(Refusal::new(
+            Status::FAIL,
+            "hibernation was asked for, but this guest cannot hibernate (no \"disk\" in /sys/power/state or no \
+             active swap)",
+        ));
+    }
+    let configured = match action {
+        PowerAction::PowerOff => &config.poweroff,
+        PowerAction::Reboot => &config.reboot,
+        PowerAction::Hibernate => &config.hibernate,
+    };
+    if *configured == default_command(action.name()) && !power.systemd_booted() {
+        return Ok((action, Plan::Syscall(action)));
+    }
+    let mut argv = configured.clone();
+    let is_systemctl = argv
+        .first()
+        .is_some_and(|program| program.rsplit('/').next() == Some("systemctl"));
+    if force && is_systemctl && action != PowerAction::Hibernate {
+        argv.push("--force".to_string());
+    }
+    let env = vec![
+        ("HVAGENT_SHUTDOWN_ACTION", action.name().to_string()),
+        ("HVAGENT_SHUTDOWN_FORCE", u8::from(force).to_string()),
+        (
+            "HVAGENT_SHUTDOWN_REASON",
+            format!("{:#010x}", request.reason_code),
+        ),
+        (
+            "HVAGENT_SHUTDOWN_MESSAGE",
+            display_text(&request.display_message),
+        ),
+    ];
+    Ok((action, Plan::Command { argv, env }))
+}
+
+/// Where the service stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    /// Answered; the action runs once the answer is sent.
+    Queued(PowerAction, Plan),
+    /// The action is under way; further requests are answered and ignored.
+    InProgress(PowerAction),
+}
+
+/// The shutdown service's state.
+pub struct ShutdownLogic {
+    config: ShutdownConfig,
+    power: Box<dyn Power>,
+    phase: Phase,
+    /// When to look whether the command has ended (only while one runs).
+    check_at: Option<Instant>,
+    /// When to call reboot(2), for the fallback.
+    reboot_at: Option<(Instant, PowerAction)>,
+}
+
+/// How long the reboot(2) fallback waits after the answer was handed to the socket, so that it leaves the
+/// guest before the power goes (a vsock transport sends from a kernel worker, after write(2) returned).
+pub const SYSCALL_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// How often a running shutdown command is looked at; only while one runs.
+const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl ShutdownLogic {
+    pub fn new(config: ShutdownConfig, power: Box<dyn Power>) -> ShutdownLogic {
+        ShutdownLogic {
+            config,
+            power,
+            phase: Phase::Idle,
+            check_at: None,
+            reboot_at: None,
+        }
+    }
+
+    fn run(&mut self, action: PowerAction, plan: Plan, now: Instant) {
+        match plan {
+            Plan::Command { argv, env } => match self.power.spawn(&argv, &env) {
+                Ok(()) => {
+                    info!("shutdown: {} started: {}", action.name(), argv.join(" "));
+                    self.phase = Phase::InProgress(action);
+                    self.check_at = Some(now + CHECK_EVERY);
+                }
+                Err(why) => {
+                    error!(
+                        "shutdown: cannot run {} for {}: {why}; check [shutdown] {} in the config",
+                        argv.join(" "),
+                        action.name(),
+                        action.name()
+                    );
+                    self.phase = Phase::Idle;
+                }
+            },
+            Plan::Syscall(action) => {
+                info!(
+                    "shutdown: systemd is not PID 1; sync and reboot(2) for {} in {} ms",
+                    action.name(),
+                    SYSCALL_GRACE.as_millis()
+                );
+                self.phase = Phase::InProgress(action);
+                self.reboot_at = Some((now + SYSCALL_GRACE, action));
+            }
+        }
+    }
+
+    fn reboot(&mut self, action: PowerAction) {
+        self.reboot_at = None;
+        let why = self.power.reboot_now(action);
+        if action == PowerAction::Hibernate {
+            info!("shutdown: reboot(2) for hibernate returned: {why}");
+        } else {
+            error!("shutdown: reboot(2) for {} failed: {why}", action.name());
+        }
+        self.phase = Phase::Idle;
+    }
+}
+
+impl Logic for ShutdownLogic {
+    fn request(
+        &mut self,
+        _link: LinkId,
+        request: &Message,
+        _version: IcVersion,
+        _now: Instant,
+    ) -> Result<Message, Refusal> {
+        let body = ShutdownRequest::parse(&request.body)
+            .map_err(|error| Refusal::new(Status::INVALID_ARG, error))?;
+        info!(
+            "shutdown: request flags {:#x}, reason {:#010x}, timeout {} s (not waited for), message \"{}\"",
+            body.flags,
+            body.reason_code,
+            body.timeout_seconds,
+            display_text(&body.display_message)
+        );
+        if let Phase::Queued(action, _) | Phase::InProgress(action) = &self.phase {
+            info!(
+                "shutdown: a {} is already in progress; answered and ignored",
+                action.name()
+            );
+            return Ok(request.reply(Status::OK, request.body.clone()));
+        }
+        let (action, plan) = plan(&body, &self.config, self.power.as_ref())?;
+        self.phase = Phase::Queued(action, plan);
+        Ok(request.reply(Status::OK, request.body.clone()))
+    }
+
+    fn after_send(&mut self, now: Instant) {
+        if let Phase::Queued(action, plan) = &self.phase {
+            let (action, plan) = (*action, plan.clone());
+            self.run(action, plan, now);
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match (self.check_at, self.reboot_at) {
+            (Some(check), Some((reboot, _))) => Some(check.min(reboot)),
+            (check, reboot) => check.or(reboot.map(|(at, _)| at)),
+        }
+    }
+
+    fn on_timer(&mut self, now: Instant, _out: &mut Vec<(LinkId, Message)>) {
+        if let Some((at, action)) = self.reboot_at {
+            if at <= now {
+                self.reboot(action);
+            }
+            return;
+        }
+        if self.check_at.map_or(true, |at| at > now) {
+            return;
+        }
+        match self.power.try_wait() {
+            None => self.check_at = Some(now + CHECK_EVERY),
+            Some(Ok(())) => {
+                info!("shutdown: the command finished; the system is going down");
+                self.check_at = None;
+            }
+            Some(Err(why)) => {
+                warn!("shutdown: the command failed: {why}; a new request will be carried out");
+                self.check_at = None;
+                self.phase = Phase::Idle;
+            }
+        }
+    }
+
+    fn status(&self, _now: Instant) -> Vec<StatusLine> {
+        let state = match &self.phase {
+            Phase::Idle => "idle".to_string(),
+            Phase::Queued(action, _) => format!("{} queued", action.name()),
+            Phase::InProgress(action) => format!("{} in progress", action.name()),
+        };
+        vec![("shutdown", state)]
+    }
+}
+
+#[cfg(test)]
+mod tests;

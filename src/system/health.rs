@@ -1,0 +1,199 @@
+//! The real health [`Checker`]: a child process without a shell, its stdout a non-blocking pipe the poll
+//! loop watches; never waited for in the loop.
+
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::process::{Child, ChildStdout, Command, Stdio};
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+
+use crate::service::health::{Checker, Outcome};
+
+/// How much of a check's stdout is kept (systemctl says one word).
+const KEEP: usize = 4096;
+
+/// Runs `argv` as a health check.
+pub struct ChildCheck {
+    argv: Vec<String>,
+    child: Option<Child>,
+    stdout: Option<ChildStdout>,
+    output: Vec<u8>,
+}
+
+impl ChildCheck {
+    pub fn new(argv: Vec<String>) -> ChildCheck {
+        ChildCheck {
+            argv,
+            child: None,
+            stdout: None,
+            output: Vec::new(),
+        }
+    }
+
+    /// `systemctl is-system-running`.
+    pub fn systemd() -> ChildCheck {
+        ChildCheck::new(vec![
+            "systemctl".to_string(),
+            "is-system-running".to_string(),
+        ])
+    }
+
+    /// Reads what the pipe holds; drops it at EOF or on an error.
+    fn drain(&mut self) {
+        let Some(stdout) = self.stdout.as_mut() else {
+            return;
+        };
+        let mut buffer = [0u8; 1024];
+        loop {
+            match stdout.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(count) => {
+                    let room = KEEP.saturating_sub(self.output.len());
+                    self.output.extend_from_slice(&buffer[..count.min(room)]);
+                }
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            }
+        }
+        self.stdout = None;
+    }
+}
+
+impl Checker for ChildCheck {
+    fn start(&mut self) -> Result<(), String> {
+        self.kill();
+        let (program, args) = self.argv.split_first().ok_or("the command is empty")?;
+        let mut child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|error| error.to_string())?;
+        let stdout = child.stdout.take();
+        if let Some(pipe) = &stdout {
+            let flags = fcntl(pipe.as_raw_fd(), FcntlArg::F_GETFL).map_err(|e| e.to_string())?;
+            fcntl(
+                pipe.as_raw_fd(),
+                FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        self.child = Some(child);
+        self.stdout = stdout;
+        self.output.clear();
+        Ok(())
+    }
+
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.stdout.as_ref().map(AsFd::as_fd)
+    }
+
+    fn ready(&mut self) -> Option<Outcome> {
+        self.drain();
+        if self.stdout.is_some() {
+            return None;
+        }
+        let child = self.child.as_mut()?;
+        let status = match child.try_wait() {
+            Ok(None) => return None,
+            Ok(Some(status)) => status,
+            Err(error) => {
+                self.child = None;
+                return Some(Outcome::SpawnFailed(error.to_string()));
+            }
+        };
+        self.child = None;
+        Some(Outcome::Exited {
+            code: status.code(),
+            stdout: String::from_utf8_lossy(&self.output).into_owned(),
+        })
+    }
+
+    fn kill(&mut self) {
+        self.stdout = None;
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            // After SIGKILL the child is gone at once; this only reaps it.
+            let _ = child.wait();
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.argv.join(" ")
+    }
+}
+
+impl Drop for ChildCheck {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+    use super::*;
+
+    /// Polls the check's fd (or retries) until it gives an outcome, up to 5 s.
+    fn run(check: &mut ChildCheck) -> Outcome {
+        check.start().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            assert!(Instant::now() < deadline, "no outcome within 5 s");
+            if let Some(fd) = check.fd() {
+                let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+                poll(&mut fds, PollTimeout::from(100u8)).unwrap();
+            } else {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if let Some(outcome) = check.ready() {
+                return outcome;
+            }
+        }
+    }
+
+    fn sh(script: &str) -> ChildCheck {
+        ChildCheck::new(vec!["/bin/sh".into(), "-c".into(), script.into()])
+    }
+
+    #[test]
+    fn exit_status_and_stdout_are_collected() {
+        assert_eq!(
+            run(&mut sh("echo degraded; exit 1")),
+            Outcome::Exited {
+                code: Some(1),
+                stdout: "degraded\n".into()
+            }
+        );
+        assert_eq!(
+            run(&mut sh("exit 0")),
+            Outcome::Exited {
+                code: Some(0),
+                stdout: String::new()
+            }
+        );
+    }
+
+    #[test]
+    fn a_missing_program_fails_to_start() {
+        let mut check = ChildCheck::new(vec!["/nonexistent/check".into()]);
+        assert!(check.start().is_err());
+    }
+
+    #[test]
+    fn a_killed_check_leaves_no_child() {
+        let mut check = sh("sleep 30");
+        check.start().unwrap();
+        let pid = check.child.as_ref().unwrap().id();
+        assert!(check.ready().is_none());
+        check.kill();
+        assert!(check.fd().is_none());
+        // Reaped: the pid is no longer ours to wait for.
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
+    }
+}
