@@ -134,13 +134,43 @@ pub fn listen(address: &Address, backlog: i32) -> Result<OwnedFd, Errno> {
         Address::Unix(path) => {
             remove_stale_socket(path)?;
             let fd = stream_socket(AddressFamily::Unix)?;
-            socket::bind(fd.as_raw_fd(), &UnixAddr::new(path.as_path())?)?;
-            fd
+            // Bound under a temporary name and renamed into place once listening, so that whoever sees
+            // the socket file can connect at once (between bind and listen a connect would be refused).
+            let staging = staging_path(path);
+            if staging.as_os_str().len() >= UNIX_PATH_MAX {
+                // No room for the temporary name: bind in place, as most servers do.
+                socket::bind(fd.as_raw_fd(), &UnixAddr::new(path.as_path())?)?;
+                socket::listen(&fd, backlog)?;
+                return Ok(fd);
+            }
+            let _ = std::fs::remove_file(&staging);
+            socket::bind(fd.as_raw_fd(), &UnixAddr::new(staging.as_path())?)?;
+            let placed = socket::listen(&fd, backlog)
+                .and_then(|()| std::fs::rename(&staging, path).map_err(io_errno));
+            if let Err(error) = placed {
+                let _ = std::fs::remove_file(&staging);
+                return Err(error);
+            }
+            return Ok(fd);
         }
         Address::Hybrid { .. } => return Err(Errno::EAFNOSUPPORT),
     };
     socket::listen(&fd, backlog)?;
     Ok(fd)
+}
+
+/// sun_path's size: a socket path must be shorter.
+const UNIX_PATH_MAX: usize = 108;
+
+/// `PATH.listening.PID` beside `path`: where a Unix listener is bound before it is renamed to `path`.
+fn staging_path(path: &std::path::Path) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".listening.{}", std::process::id()));
+    path.with_file_name(name)
+}
+
+fn io_errno(error: std::io::Error) -> Errno {
+    Errno::from_raw(error.raw_os_error().unwrap_or(libc::EIO))
 }
 
 /// Accepts one pending connection, non-blocking. `Ok(None)` when none is waiting.

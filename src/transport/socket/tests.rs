@@ -116,6 +116,38 @@ fn unix_listen_replaces_a_stale_socket_but_not_a_regular_file() {
 }
 
 #[test]
+fn a_unix_socket_file_appears_only_once_it_accepts_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hb.sock");
+    let watcher_path = path.clone();
+    // A client that connects the moment the file exists must never be refused.
+    let watcher = std::thread::spawn(move || {
+        while !watcher_path.exists() {
+            std::thread::yield_now();
+        }
+        std::os::unix::net::UnixStream::connect(&watcher_path).map(|_| ())
+    });
+    let _listener = listen(&Address::Unix(path.clone()), 8).unwrap();
+    watcher
+        .join()
+        .unwrap()
+        .expect("connect as soon as the file exists");
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["hb.sock"], "no staging file left behind");
+    // A path too long for a staging name is still served, bound in place.
+    let long = dir
+        .path()
+        .join("x".repeat(100 - dir.path().as_os_str().len().min(90)));
+    if long.as_os_str().len() < 108 {
+        let _listener = listen(&Address::Unix(long.clone()), 8).unwrap();
+        std::os::unix::net::UnixStream::connect(&long).unwrap();
+    }
+}
+
+#[test]
 fn unix_connect_where_nothing_listens_fails_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let error = connect(&Address::Unix(dir.path().join("absent"))).unwrap_err();
