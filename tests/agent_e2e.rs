@@ -4,93 +4,14 @@ mod common;
 use common::no_vsock;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
-const AGENT: &str = env!("CARGO_BIN_EXE_hvagent");
-const HOST: &str = env!("CARGO_BIN_EXE_hvhost");
-
-/// A child process killed when the test ends, pass or fail.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Running {
-    fn pid(&self) -> i32 {
-        self.0.id() as i32
-    }
-
-    /// Waits for exit up to `limit`; the status, or None on time-out.
-    fn wait_for(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        None
-    }
-}
-
-/// Writes an agent config with the default-on services it does not mention turned off.
-fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
-    common::write_config(dir, name, text)
-}
-
-fn start_agent(config: &Path) -> Running {
-    Running(
-        no_vsock(&mut Command::new(AGENT))
-            .arg("--config")
-            .arg(config)
-            .env_remove("RUST_LOG")
-            .env_remove("JOURNAL_STREAM")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
-}
-
-fn wait_for_path(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn hvhost(args: &[&str]) -> Output {
-    no_vsock(&mut Command::new(HOST))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn voluntary_switches(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
+use common::{
+    hvhost, start_agent, text, voluntary_switches, wait_for_path, write_config, Running, AGENT,
+    HOST,
+};
 
 #[test]
 fn agent_dials_hvhost_serve_and_answers_heartbeats() {
@@ -101,7 +22,7 @@ fn agent_dials_hvhost_serve_and_answers_heartbeats() {
         "a.toml",
         &format!("[heartbeat]\nconnect = \"unix:{}\"\n", socket.display()),
     );
-    let _agent = start_agent(&config);
+    let _agent = start_agent(&config, None);
     let output = hvhost(&[
         "serve",
         &format!("unix:{}", socket.display()),
@@ -129,7 +50,7 @@ fn hvhost_dials_a_listening_agent() {
         "a.toml",
         &format!("[heartbeat]\nlisten = \"unix:{}\"\n", socket.display()),
     );
-    let mut agent = start_agent(&config);
+    let mut agent = start_agent(&config, None);
     wait_for_path(&socket);
     let address = format!("unix:{}", socket.display());
     let output = hvhost(&["heartbeat", &address, "--count", "3"]);
@@ -157,7 +78,7 @@ fn sigterm_stops_a_connected_agent_with_status_0_at_once() {
         "a.toml",
         &format!("[heartbeat]\nconnect = \"unix:{}\"\n", socket.display()),
     );
-    let mut agent = start_agent(&config);
+    let mut agent = start_agent(&config, None);
     let (_connection, _) = listener.accept().unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(agent.pid()),
@@ -194,7 +115,7 @@ fn a_connected_idle_agent_is_never_woken() {
         "a.toml",
         &format!("[heartbeat]\nconnect = \"unix:{}\"\n", socket.display()),
     );
-    let agent = start_agent(&config);
+    let agent = start_agent(&config, None);
     let (_connection, _) = listener.accept().unwrap();
     assert_never_woken(&agent);
 }
@@ -209,7 +130,7 @@ fn sighup_reopens_a_service_whose_address_changed() {
         "a.toml",
         &format!("[heartbeat]\nlisten = \"unix:{}\"\n", first.display()),
     );
-    let agent = start_agent(&config);
+    let agent = start_agent(&config, None);
     wait_for_path(&first);
     write_config(
         dir.path(),
@@ -246,7 +167,7 @@ fn agent_redials_after_the_host_goes_away() {
         "a.toml",
         &format!("[heartbeat]\nconnect = \"unix:{}\"\n", socket.display()),
     );
-    let _agent = start_agent(&config);
+    let _agent = start_agent(&config, None);
     let address = format!("unix:{}", socket.display());
     for _ in 0..3 {
         let output = hvhost(&[
@@ -433,7 +354,7 @@ fn chrony_agent(dir: &Path, socket: &Path, chrony: &Path) -> Running {
             chrony.display()
         ),
     );
-    start_agent(&config)
+    start_agent(&config, None)
 }
 
 #[test]
@@ -524,7 +445,7 @@ fn timesync_wake_ups(probe_interval: &str) -> u64 {
             socket.display()
         ),
     );
-    let agent = start_agent(&config);
+    let agent = start_agent(&config, None);
     std::thread::sleep(Duration::from_millis(500));
     let before = voluntary_switches(agent.pid());
     std::thread::sleep(Duration::from_secs(2));

@@ -2,49 +2,13 @@
 //! and `hvagent status` over the control socket. Unix sockets only.
 
 mod common;
-use common::no_vsock;
+use common::{no_vsock, text, voluntary_switches, wait_for_path, Running, AGENT};
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-use nix::sys::signal::Signal;
-
-const AGENT: &str = env!("CARGO_BIN_EXE_hvagent");
-
-/// A child process killed when the test ends, pass or fail.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Running {
-    fn pid(&self) -> i32 {
-        self.0.id() as i32
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).unwrap();
-    }
-
-    /// Waits for exit up to `limit`; the status, or None on time-out.
-    fn wait_for(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        None
-    }
-}
 
 /// Writes a file; a config (`*.toml`) gets the default-on services it does not mention turned off.
 fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -83,33 +47,6 @@ fn agent(args: &[&str]) -> Output {
     no_vsock(&mut Command::new(AGENT))
         .args(args)
         .output()
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn wait_for_path(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn voluntary_switches(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
-        .unwrap()
-        .trim()
-        .parse()
         .unwrap()
 }
 
@@ -169,7 +106,7 @@ fn sd_notify_ready_reloading_stopping_around_signals() {
         ready.starts_with("READY=1\nSTATUS=heartbeat dialling"),
         "{ready}"
     );
-    agent.signal(Signal::SIGHUP);
+    agent.signal(libc::SIGHUP);
     let reloading = systemd.next_event();
     assert!(
         reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="),
@@ -178,7 +115,7 @@ fn sd_notify_ready_reloading_stopping_around_signals() {
     assert!(systemd
         .next_event()
         .starts_with("READY=1\nSTATUS=heartbeat"));
-    agent.signal(Signal::SIGTERM);
+    agent.signal(libc::SIGTERM);
     assert_eq!(systemd.next_event(), "STOPPING=1");
     assert!(agent.wait_for(Duration::from_secs(2)).unwrap().success());
 }

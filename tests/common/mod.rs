@@ -14,6 +14,31 @@ use hvagent::wire::negotiate::Negotiate;
 use hvagent::wire::{Decoder, IcVersion, Message, MessageType, Status};
 
 pub const AGENT: &str = env!("CARGO_BIN_EXE_hvagent");
+pub const HOST: &str = env!("CARGO_BIN_EXE_hvhost");
+
+/// Runs hvhost to the end with `args`.
+pub fn hvhost(args: &[&str]) -> std::process::Output {
+    no_vsock(&mut Command::new(HOST))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The voluntary context switches of a process so far: how often it went to sleep and was woken.
+pub fn voluntary_switches(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("voluntary_ctxt_switches:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
 
 /// A child process killed when the test ends, pass or fail.
 pub struct Running(pub Child);
