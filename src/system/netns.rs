@@ -11,7 +11,8 @@
 //!   holds has a `/32 host LOCAL` route; the Main and Local tables are one trie unless policy rules split
 //!   them, so both listings show it, and a VRF's table lists its own interfaces' addresses. The file names
 //!   no interface, so loopback is told apart by 127.0.0.0/8 only (an address added to `lo` outside it, or a
-//!   `local` /32 route added by hand, is reported).
+//!   `local` /32 route added by hand, is reported), and an address on an interface that is down has no
+//!   route there and is not.
 //!
 //! Under `ProtectProc=invisible` /proc/1 stays visible to the agent: procfs hides a process the reader may
 //! not ptrace unless the reader is in the mount's `gid=` group, which systemd leaves at its default, 0, and
