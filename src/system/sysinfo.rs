@@ -1,14 +1,17 @@
 //! The guest's intrinsic KVP values, read from the system at every request, as hv_kvp_daemon reports them:
-//! the host name, the addresses of every interface but loopback (getifaddrs, joined by ';'), the kernel
+//! the host name, the addresses of every interface but loopback (getifaddrs, joined by ';'; under
+//! PrivateNetwork= the system's namespace as PID 1's view in procfs shows it, see `netns`), the kernel
 //! release, and NAME / VERSION_ID from os-release. No DNS lookup: the name is the host name plus the NIS
 //! domain when one is set, so a request never waits on the network.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::path::Path;
 
 use nix::net::if_::InterfaceFlags;
 
 use crate::service::guestinfo::SystemInfo;
+use crate::system::netns;
 
 /// Reads the running system.
 #[derive(Default)]
@@ -70,12 +73,12 @@ fn os_release() -> HashMap<String, String> {
         .unwrap_or_default()
 }
 
-/// The addresses of one family on every interface but loopback, joined by ';'.
-fn addresses(v4: bool) -> String {
+/// The addresses of one family getifaddrs shows, on every interface but loopback, each once.
+fn own_addresses(v4: bool) -> Vec<IpAddr> {
     let Ok(interfaces) = nix::ifaddrs::getifaddrs() else {
-        return String::new();
+        return Vec::new();
     };
-    let mut found: Vec<String> = Vec::new();
+    let mut found: Vec<IpAddr> = Vec::new();
     for interface in interfaces {
         if interface.flags.contains(InterfaceFlags::IFF_LOOPBACK) {
             continue;
@@ -88,12 +91,19 @@ fn addresses(v4: bool) -> String {
             (_, Some(sin6)) if !v4 => IpAddr::V6(sin6.ip()),
             _ => continue,
         };
-        let text = ip.to_string();
-        if !found.contains(&text) {
-            found.push(text);
+        if !found.contains(&ip) {
+            found.push(ip);
         }
     }
-    found.join(";")
+    found
+}
+
+/// The system's addresses of one family, joined by ';': getifaddrs' in the system's network namespace, PID
+/// 1's view in procfs when the agent has a namespace of its own (PrivateNetwork=, see `netns`).
+fn addresses(v4: bool) -> String {
+    let chosen = netns::system_addresses(own_addresses(v4), v4, Path::new("/proc"));
+    let texts: Vec<String> = chosen.iter().map(IpAddr::to_string).collect();
+    texts.join(";")
 }
 
 impl SystemInfo for LiveSystem {
