@@ -9,6 +9,7 @@ pub mod event_loop;
 pub mod guid;
 pub mod host_peer;
 pub mod host_server;
+pub mod properties;
 pub mod service;
 pub mod systemd;
 pub mod transport;
