@@ -1,4 +1,4 @@
-# hvagent: make (build), make test (every test), make demo, make bench, make vm-test, make install.
+# hvagent: make (build), make test (every test), make demo, make bench, make fuzz, make vm-test, make install.
 CARGO   ?= cargo
 PREFIX  ?= /usr/local
 DESTDIR ?=
@@ -6,7 +6,7 @@ SBINDIR ?= $(PREFIX)/sbin
 BINDIR  ?= $(PREFIX)/bin
 DOCDIR  ?= $(PREFIX)/share/doc/hvagent
 
-.PHONY: all build test unit-test interop-test vm-test lint demo bench install uninstall clean
+.PHONY: all build test unit-test interop-test vm-test lint demo bench fuzz install uninstall clean
 
 all: build
 
@@ -33,6 +33,12 @@ vm-test:
 
 demo:
 	scripts/demo.sh
+
+# Every coverage-guided fuzz target for FUZZ_SECONDS each (installs cargo-fuzz when missing). Not part of
+# `make test`: the property tests there are its quick version.
+FUZZ_SECONDS ?= 30
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
 
 bench:
 	$(CARGO) build --release --bins
