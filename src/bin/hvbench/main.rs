@@ -12,6 +12,7 @@
 //!
 //! Figures only; nothing is asserted. Exit status: 0 ok, 1 a measurement failed, 2 usage error.
 
+mod hostscale;
 mod peer;
 mod procfs;
 mod run;
@@ -25,18 +26,28 @@ use hvagent::host_peer;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use hostscale::{hostscale, parse_steps, ScaleOptions};
 use peer::{echo, round_trips, Peer};
 use procfs::{context_switches, Memory};
 use run::{connect, exit_text, Context, Failure, Running, Scratch};
 
 const USAGE: &str = "\
 usage: hvbench [--agent PATH] [--count N] [--idle-seconds S]
+       hvbench hostscale [--host PATH] [--agents 10,100,1000] [--window S] [--settle S]
 
 Benchmarks hvagent over Unix sockets in a temp dir and prints figures (`name: value unit` lines and one
 `bench:` summary line); it asserts nothing.
   --agent PATH       the agent binary (default: hvagent beside hvbench)
   --count N          timed heartbeat round trips per server, after 1000 warm-up (default 20000)
-  --idle-seconds S   how long to watch a connected, idle agent for wake-ups (default 10)";
+  --idle-seconds S   how long to watch a connected, idle agent for wake-ups (default 10)
+
+hostscale: one `hvhost serve --interval 1` as the host peer of many simulated agents (the agent's own
+channel code, in one poll loop): per step, hvhost's CPU, RSS and round trips; then whether every
+heartbeat was answered.
+  --host PATH        the hvhost binary (default: hvhost beside hvbench)
+  --agents LIST      agents connected at each step (default 10,100,1000)
+  --window S         seconds measured at each step (default 20)
+  --settle S         seconds between a step's connects and its window (default 3)";
 
 /// Untimed round trips per server before the timed ones.
 pub(crate) const WARM_UP: usize = 1000;
@@ -60,6 +71,7 @@ struct Options {
 
 enum Invocation {
     Bench(Options),
+    HostScale(ScaleOptions),
     Echo(PathBuf),
     Help,
 }
@@ -79,6 +91,7 @@ fn parse_args() -> Result<Invocation, lexopt::Error> {
             Long("idle-seconds") => options.idle_seconds = parser.value()?.parse()?,
             Long("help") | Short('h') => return Ok(Invocation::Help),
             Value(value) if value == "echo" => return Ok(Invocation::Echo(parser.value()?.into())),
+            Value(value) if value == "hostscale" => return parse_hostscale(parser),
             other => return Err(other.unexpected()),
         }
     }
@@ -86,6 +99,30 @@ fn parse_args() -> Result<Invocation, lexopt::Error> {
         return Err("--count must be at least 1".into());
     }
     Ok(Invocation::Bench(options))
+}
+
+fn parse_hostscale(mut parser: lexopt::Parser) -> Result<Invocation, lexopt::Error> {
+    use lexopt::prelude::*;
+    let mut options = ScaleOptions {
+        host: None,
+        steps: vec![10, 100, 1000],
+        window: 20,
+        settle: 3,
+    };
+    while let Some(arg) = parser.next()? {
+        match arg {
+            Long("host") => options.host = Some(parser.value()?.into()),
+            Long("agents") => options.steps = parse_steps(&parser.value()?.string()?)?,
+            Long("window") => options.window = parser.value()?.parse()?,
+            Long("settle") => options.settle = parser.value()?.parse()?,
+            Long("help") | Short('h') => return Ok(Invocation::Help),
+            other => return Err(other.unexpected()),
+        }
+    }
+    if options.window == 0 {
+        return Err("--window must be at least 1".into());
+    }
+    Ok(Invocation::HostScale(options))
 }
 
 fn main() -> ExitCode {
@@ -96,6 +133,7 @@ fn main() -> ExitCode {
         }
         Ok(Invocation::Echo(path)) => echo(&path),
         Ok(Invocation::Bench(options)) => bench(&options),
+        Ok(Invocation::HostScale(options)) => hostscale(&options),
         Err(error) => {
             eprintln!("hvbench: {error}\n{USAGE}");
             return ExitCode::from(2);
@@ -134,15 +172,16 @@ fn sigterm_to_exit(agent: &mut Running) -> Result<(Duration, ExitStatus), Failur
     }
 }
 
-fn agent_path(options: &Options) -> Result<PathBuf, Failure> {
-    if let Some(path) = &options.agent {
-        return Ok(path.clone());
+/// `given`, or the binary `name` in hvbench's own directory.
+pub(crate) fn beside_hvbench(given: Option<&Path>, name: &str) -> Result<PathBuf, Failure> {
+    if let Some(path) = given {
+        return Ok(path.to_path_buf());
     }
     let exe = std::env::current_exe().context(|| "cannot find hvbench's own path")?;
-    let path = exe.with_file_name("hvagent");
+    let path = exe.with_file_name(name);
     if !path.exists() {
         return Err(Failure(format!(
-            "{} does not exist; build it with `cargo build --release --bins` or pass --agent PATH",
+            "{} does not exist; build it with `cargo build --release --bins` or pass its path",
             path.display()
         )));
     }
@@ -163,17 +202,24 @@ fn start_agent(agent: &Path, scratch: &Path, socket: &Path) -> Result<Running, F
             .arg(&config)
             .env_remove("RUST_LOG")
             .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::null())
             .stderr(Stdio::null()),
     )
 }
 
 fn start_echo(socket: &Path) -> Result<Running, Failure> {
     let exe = std::env::current_exe().context(|| "cannot find hvbench's own path")?;
-    Running::spawn("echo server", Command::new(exe).arg("echo").arg(socket))
+    Running::spawn(
+        "echo server",
+        Command::new(exe)
+            .arg("echo")
+            .arg(socket)
+            .stdout(Stdio::null()),
+    )
 }
 
 /// Prints `name: value unit`.
-fn figure(name: impl Display, value: impl Display) {
+pub(crate) fn figure(name: impl Display, value: impl Display) {
     say(&format!("{name}: {value}"));
 }
 
@@ -226,7 +272,7 @@ fn idle_wakeups(agent: &mut Running, seconds: u64) -> Result<u64, Failure> {
 }
 
 fn bench(options: &Options) -> Result<(), Failure> {
-    let agent_bin = agent_path(options)?;
+    let agent_bin = beside_hvbench(options.agent.as_deref(), "hvagent")?;
     // Declared before the children, so dropped after them.
     let scratch = Scratch::new()?;
     let agent_socket = scratch.0.join("agent.sock");

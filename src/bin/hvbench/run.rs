@@ -53,7 +53,6 @@ impl Running {
         let program = PathBuf::from(command.get_program());
         let child = command
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
             .spawn()
             .context(|| format!("cannot start the {name} {}", program.display()))?;
         Ok(Running { name, child })
