@@ -35,6 +35,8 @@ struct Agent {
     next_at: Option<Instant>,
     trips: RoundTrips,
     closed: Option<String>,
+    /// How long after negotiation the first heartbeat goes out; see [`first_heartbeat_delay`].
+    first_delay: Duration,
 }
 
 impl Agent {
@@ -107,7 +109,7 @@ pub fn serve(
             .collect();
         drop(fds);
         if !events[0].is_empty() {
-            accept_agents(&listener, &mut agents, out);
+            accept_agents(&listener, &mut agents, options.interval, out);
         }
         for (agent, ready) in agents.iter_mut().zip(&events[1..]) {
             if ready.is_empty() {
@@ -141,7 +143,21 @@ pub fn serve(
     }
 }
 
-fn accept_agents(listener: &std::os::fd::OwnedFd, agents: &mut Vec<Agent>, out: &mut dyn Write) {
+/// Where in the interval the first heartbeat of the agent accepted as number `serial` (from 0) goes. Agents
+/// that connect together, as all of a host's guests do when hvhost restarts, are spread evenly over the
+/// interval by the golden ratio instead of being heartbeated at one instant: a burst of 1,000 requests
+/// queues each answer behind the others (p99 15 ms at 1,000 agents before, hvbench hostscale).
+fn first_heartbeat_delay(serial: usize, interval: Duration) -> Duration {
+    const GOLDEN_FRACTION: f64 = 0.618_033_988_749_895;
+    interval.mul_f64((serial as f64 * GOLDEN_FRACTION).fract())
+}
+
+fn accept_agents(
+    listener: &std::os::fd::OwnedFd,
+    agents: &mut Vec<Agent>,
+    interval: Duration,
+    out: &mut dyn Write,
+) {
     while let Ok(Some((fd, peer))) = socket::accept(listener.as_fd()) {
         let peer = match peer {
             socket::Peer::Unix => format!("agent #{}", agents.len() + 1),
@@ -157,6 +173,7 @@ fn accept_agents(listener: &std::os::fd::OwnedFd, agents: &mut Vec<Agent>, out: 
             next_at: None,
             trips: RoundTrips::default(),
             closed: None,
+            first_delay: first_heartbeat_delay(agents.len(), interval),
         };
         agent.send(&offer);
         agents.push(agent);
@@ -191,7 +208,7 @@ fn handle_answer(
                 out,
                 &format!("negotiated framework={framework} message={message}"),
             );
-            agent.next_at = Some(now);
+            agent.next_at = Some(now + agent.first_delay);
         }
         Ok(HostEvent::HeartbeatAnswered {
             seq_num,
