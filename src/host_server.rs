@@ -73,10 +73,11 @@ pub fn serve(
     say(out, &format!("listening on {address}"));
     let mut agents: Vec<Agent> = Vec::new();
     let mut inbox = Vec::new();
+    let slack = heartbeat_slack(options.interval);
     loop {
         let now = Instant::now();
         for agent in agents.iter_mut() {
-            if agent.next_at.is_some_and(|at| at <= now) {
+            if agent.next_at.is_some_and(|at| at <= now + slack) {
                 agent.next_at = None;
                 let request = agent.channel.heartbeat(now);
                 agent.send(&request);
@@ -141,6 +142,13 @@ pub fn serve(
             None => true,
         });
     }
+}
+
+/// How early a heartbeat may go out: 1% of the interval, at most 10 ms. Each wake-up then sends every
+/// heartbeat due within the slack, instead of waking once per agent: with 1,000 agents spread over a
+/// second, hvhost used 10% of a core waking 2,000 times a second (hvbench hostscale).
+fn heartbeat_slack(interval: Duration) -> Duration {
+    (interval / 100).min(Duration::from_millis(10))
 }
 
 /// Where in the interval the first heartbeat of the agent accepted as number `serial` (from 0) goes. Agents
