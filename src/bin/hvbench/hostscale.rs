@@ -1,8 +1,9 @@
 //! `hvbench hostscale`: one `hvhost serve` as the host peer of many agents at once, over Unix sockets.
 //!
-//! The agents are simulated in this process, in one poll loop, with the agent's own code: a
-//! [`Channel`] with the [`HeartbeatLogic`] on a [`Connection`] per agent, so each negotiates and answers
-//! heartbeats exactly as hvagent does. The fleet grows in steps (10, 100, 1000 by default); after each step
+//! The agents are simulated in this process with the agent's own code: a [`Channel`] with the
+//! [`HeartbeatLogic`] on a [`Connection`] per agent, so each negotiates and answers heartbeats exactly as
+//! hvagent does. They are served in [`SHARDS`] poll loops on their own threads, so the generator's poll
+//! over its own descriptors stays short and is not what the round trips measure. The fleet grows in steps (10, 100, 1000 by default); after each step
 //! it settles, then for a window hvbench reads hvhost's CPU time (/proc/PID/schedstat) and RSS, and takes
 //! the round trips hvhost itself measured from the `heartbeat ... rtt_us=` lines it printed during the
 //! window. At the end every agent hangs up, and the heartbeats hvhost counted in its per-connection
@@ -13,6 +14,7 @@
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,7 +26,7 @@ use hvagent::transport::Connection;
 use hvagent::wire::Message;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use nix::sys::resource::{getrlimit, getrusage, setrlimit, Resource, UsageWho};
 
 use crate::procfs::status_field;
 use crate::run::{connect, exit_text, Context, Failure, Running, Scratch};
@@ -67,21 +69,16 @@ impl Fleet {
         }
     }
 
-    /// Connects agents until there are `count`. A Unix connect completes at once while hvhost's backlog
-    /// has room, which 1024 leaves for any step up to 1000.
-    fn grow(&mut self, path: &Path, count: usize, host: &mut Running) -> Result<(), Failure> {
-        while self.agents.len() < count {
-            let stream = connect(path, host)?;
-            stream
-                .set_nonblocking(true)
-                .context(|| "cannot make an agent's socket non-blocking")?;
-            let link = self.agents.len() as u64;
-            self.agents.push(SimAgent {
-                connection: Connection::new(OwnedFd::from(stream)),
-                channel: Channel::new(ServiceKind::Heartbeat, link),
-                closed: None,
-            });
-        }
+    fn add(&mut self, stream: UnixStream) -> Result<(), Failure> {
+        stream
+            .set_nonblocking(true)
+            .context(|| "cannot make an agent's socket non-blocking")?;
+        let link = self.agents.len() as u64;
+        self.agents.push(SimAgent {
+            connection: Connection::new(OwnedFd::from(stream)),
+            channel: Channel::new(ServiceKind::Heartbeat, link),
+            closed: None,
+        });
         Ok(())
     }
 
@@ -152,6 +149,66 @@ impl Fleet {
     }
 }
 
+/// Poll loops (threads) the simulated agents are spread over.
+const SHARDS: usize = 4;
+
+/// Every simulated agent, spread round-robin over [`SHARDS`] fleets.
+struct Shards(Vec<Fleet>);
+
+impl Shards {
+    fn new() -> Shards {
+        Shards((0..SHARDS).map(|_| Fleet::new()).collect())
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(|fleet| fleet.agents.len()).sum()
+    }
+
+    /// Connects agents until there are `count`. A Unix connect completes at once while hvhost's backlog
+    /// has room, which 1024 leaves for any step up to 1000.
+    fn grow(&mut self, path: &Path, count: usize, host: &mut Running) -> Result<(), Failure> {
+        while self.len() < count {
+            let shard = self.len() % self.0.len();
+            self.0[shard].add(connect(path, host)?)?;
+        }
+        Ok(())
+    }
+
+    /// Serves every agent for `span`, each shard on its own thread.
+    fn pump(&mut self, span: Duration) -> Result<(), Failure> {
+        std::thread::scope(|scope| {
+            let running: Vec<_> = self
+                .0
+                .iter_mut()
+                .map(|fleet| scope.spawn(move || fleet.pump(span)))
+                .collect();
+            running.into_iter().try_for_each(|thread| {
+                thread
+                    .join()
+                    .map_err(|_| Failure("a generator thread panicked".into()))?
+            })
+        })
+    }
+
+    fn answered(&self) -> u64 {
+        self.0.iter().map(|fleet| fleet.logic.answered()).sum()
+    }
+
+    fn dropped(&self) -> usize {
+        self.0.iter().map(Fleet::dropped).sum()
+    }
+}
+
+/// CPU time of this whole process (every generator thread), in ns.
+fn own_cpu_ns() -> Result<u64, Failure> {
+    let usage =
+        getrusage(UsageWho::RUSAGE_SELF).context(|| "cannot read this process's CPU time")?;
+    let ns = |time: nix::sys::time::TimeVal| {
+        time.tv_sec() as u64 * 1_000_000_000 + time.tv_usec() as u64 * 1000
+    };
+    Ok(ns(usage.user_time()) + ns(usage.system_time()))
+}
+
 /// hvhost's CPU time in ns, its RSS in KiB, and the length of what it printed, at one moment.
 struct Reading {
     at: Instant,
@@ -172,15 +229,15 @@ fn cpu_ns(pid: &str) -> Result<u64, Failure> {
         .ok_or_else(|| Failure(format!("{path} does not start with a number")))
 }
 
-fn read(host: &Running, out: &Path, fleet: &Fleet) -> Result<Reading, Failure> {
+fn read(host: &Running, out: &Path, fleet: &Shards) -> Result<Reading, Failure> {
     let pid = host.pid().to_string();
     Ok(Reading {
         at: Instant::now(),
         host_cpu_ns: cpu_ns(&pid)?,
-        own_cpu_ns: cpu_ns("thread-self")?,
+        own_cpu_ns: own_cpu_ns()?,
         rss_kib: status_field(Path::new(&format!("/proc/{pid}/status")), "VmRSS")?,
         printed: std::fs::metadata(out).map_or(0, |meta| meta.len()),
-        answered: fleet.logic.answered(),
+        answered: fleet.answered(),
     })
 }
 
@@ -233,7 +290,7 @@ fn report_step(agents: usize, start: &Reading, end: &Reading, trips: &RoundTrips
     say(&format!(
         "hostscale: agents={agents} window_s={seconds:.1} answered={answered} per_agent_per_s={per_agent:.2} \
          host_rtts={} p50_us={:.1} p99_us={:.1} max_us={:.1} host_cpu_pct={host_cpu:.2} \
-         host_rss_kib={} rss_growth_in_window_kib={} generator_cpu_pct={own_cpu:.1}",
+         host_rss_kib={} rss_growth_in_window_kib={} generator_cpu_pct={own_cpu:.1} (all {SHARDS} threads)",
         trips.count(),
         trips.quantile(0.5),
         trips.quantile(0.99),
@@ -245,8 +302,8 @@ fn report_step(agents: usize, start: &Reading, end: &Reading, trips: &RoundTrips
 }
 
 /// Hangs up every agent and waits for hvhost's per-connection summaries; the heartbeats they count.
-fn hang_up(fleet: Fleet, host: &mut Running, out: &Path) -> Result<(usize, u64), Failure> {
-    let agents = fleet.agents.len();
+fn hang_up(fleet: Shards, host: &mut Running, out: &Path) -> Result<(usize, u64), Failure> {
+    let agents = fleet.len();
     drop(fleet);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -299,7 +356,7 @@ pub(crate) fn hostscale(options: &ScaleOptions) -> Result<(), Failure> {
         options.settle,
         options.window
     ));
-    let mut fleet = Fleet::new();
+    let mut fleet = Shards::new();
     let mut results = Vec::new();
     for &agents in &options.steps {
         fleet.grow(&socket, agents, &mut host)?;
@@ -312,7 +369,7 @@ pub(crate) fn hostscale(options: &ScaleOptions) -> Result<(), Failure> {
         results.push((agents, cpu, rss, trips.quantile(0.99)));
     }
     let dropped = fleet.dropped();
-    let answered = fleet.logic.answered();
+    let answered = fleet.answered();
     let (summaries, counted) = hang_up(fleet, &mut host, &out)?;
     report_totals(&results, most, dropped, summaries, answered, counted);
     Ok(())
