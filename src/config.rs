@@ -4,6 +4,7 @@
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use log::LevelFilter;
 use serde::Deserialize;
@@ -51,7 +52,34 @@ pub struct ServiceConfig {
     pub endpoint: Endpoint,
     /// Listen mode: accept vsock peers whose CID is not 2 (virtio setups with sibling VMs).
     pub allow_any_cid: bool,
+    /// Listen mode: most connections kept at once; more are accepted and closed at once.
+    pub max_connections: usize,
+    /// How the links of this service are paced and bounded (the top-level keys).
+    pub limits: Limits,
 }
+
+/// Connection pacing and bounds shared by every service (top-level keys of the file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Limits {
+    /// A peer that sent part of a message and then nothing for this long is dropped.
+    pub idle_timeout: Duration,
+    /// Redial delays grow from `redial_min` to `redial_max` (with jitter) while the host stays away.
+    pub redial_min: Duration,
+    pub redial_max: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            idle_timeout: Duration::from_secs(30),
+            redial_min: crate::transport::backoff::MIN_DELAY,
+            redial_max: crate::transport::backoff::MAX_DELAY,
+        }
+    }
+}
+
+/// The default for `max_connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 
 impl ServiceConfig {
     /// The built-in settings of a service.
@@ -64,6 +92,8 @@ impl ServiceConfig {
                 port: kind.default_port(),
             }),
             allow_any_cid: false,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            limits: Limits::default(),
         }
     }
 }
@@ -147,6 +177,9 @@ pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     log_level: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<f64>>,
+    redial_min: Option<Spanned<f64>>,
+    redial_max: Option<Spanned<f64>>,
     heartbeat: Option<RawService>,
     timesync: Option<RawService>,
     shutdown: Option<RawService>,
@@ -159,6 +192,7 @@ struct RawService {
     connect: Option<Spanned<String>>,
     listen: Option<Spanned<String>>,
     allow_any_cid: Option<bool>,
+    max_connections: Option<Spanned<i64>>,
 }
 
 /// A validation failure at a byte span of the file.
@@ -211,6 +245,25 @@ fn validate(raw: RawConfig) -> Result<Config, SpanError> {
             )
         })?;
     }
+    let mut limits = Limits::default();
+    if let Some(value) = &raw.idle_timeout {
+        limits.idle_timeout = seconds(value, "idle_timeout", 0.001, 86_400.0)?;
+    }
+    if let Some(value) = &raw.redial_min {
+        limits.redial_min = seconds(value, "redial_min", 0.001, 3_600.0)?;
+    }
+    if let Some(value) = &raw.redial_max {
+        limits.redial_max = seconds(value, "redial_max", 0.001, 3_600.0)?;
+        if limits.redial_max < limits.redial_min {
+            return Err(at(
+                value,
+                "key 'redial_max': must not be below redial_min".to_string(),
+            ));
+        }
+    }
+    for service in &mut config.services {
+        service.limits = limits;
+    }
     let sections = [
         (ServiceKind::Heartbeat, raw.heartbeat),
         (ServiceKind::TimeSync, raw.timesync),
@@ -246,6 +299,17 @@ fn apply_section(service: &mut ServiceConfig, raw: RawService) -> Result<(), Spa
     if let Some(allow) = raw.allow_any_cid {
         service.allow_any_cid = allow;
     }
+    if let Some(max) = &raw.max_connections {
+        service.max_connections = match usize::try_from(*max.get_ref()) {
+            Ok(max @ 1..=4096) => max,
+            _ => {
+                return Err(at(
+                    max,
+                    format!("key '{kind}.max_connections': must be between 1 and 4096"),
+                ))
+            }
+        };
+    }
     match (&raw.connect, &raw.listen) {
         (Some(_), Some(listen)) => Err(at(
             listen,
@@ -270,6 +334,18 @@ fn apply_section(service: &mut ServiceConfig, raw: RawService) -> Result<(), Spa
         }
         (None, None) => Ok(()),
     }
+}
+
+/// A duration in seconds within `min..=max` (whole or fractional).
+fn seconds(value: &Spanned<f64>, key: &str, min: f64, max: f64) -> Result<Duration, SpanError> {
+    let seconds = *value.get_ref();
+    if !(min..=max).contains(&seconds) {
+        return Err(at(
+            value,
+            format!("key '{key}': {seconds} is out of range; give seconds from {min} to {max}"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }
 
 fn parse_address(
@@ -335,6 +411,14 @@ impl fmt::Display for Config {
             "log_level = \"{}\"",
             self.log_level.as_str().to_lowercase()
         )?;
+        let limits = self
+            .services
+            .first()
+            .map(|service| service.limits)
+            .unwrap_or_default();
+        writeln!(f, "idle_timeout = {}", limits.idle_timeout.as_secs_f64())?;
+        writeln!(f, "redial_min = {}", limits.redial_min.as_secs_f64())?;
+        writeln!(f, "redial_max = {}", limits.redial_max.as_secs_f64())?;
         for service in &self.services {
             writeln!(f)?;
             writeln!(f, "[{}]", service.kind)?;
@@ -349,6 +433,7 @@ impl fmt::Display for Config {
                 None => writeln!(f)?,
             }
             writeln!(f, "allow_any_cid = {}", service.allow_any_cid)?;
+            writeln!(f, "max_connections = {}", service.max_connections)?;
         }
         Ok(())
     }
@@ -465,6 +550,28 @@ mod tests {
         let text = error_text("[shutdown]\nenabled = true\n");
         assert!(text.starts_with("test.toml:2:"), "{text}");
         assert!(text.contains("not available in this build"), "{text}");
+    }
+
+    #[test]
+    fn limits_apply_to_every_service_and_are_checked() {
+        let config = parse_text(
+            "idle_timeout = 0.5\nredial_min = 0.01\nredial_max = 2\n[heartbeat]\nmax_connections = 3\n",
+        )
+        .unwrap();
+        for service in &config.services {
+            assert_eq!(service.limits.idle_timeout, Duration::from_millis(500));
+            assert_eq!(service.limits.redial_min, Duration::from_millis(10));
+            assert_eq!(service.limits.redial_max, Duration::from_secs(2));
+        }
+        assert_eq!(config.services[0].max_connections, 3);
+        assert_eq!(config.services[1].max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(parse_text(&config.to_string()).unwrap(), config);
+        let text = error_text("idle_timeout = 0\n");
+        assert!(text.starts_with("test.toml:1:"), "{text}");
+        assert!(text.contains("idle_timeout"), "{text}");
+        assert!(error_text("redial_min = 5\nredial_max = 1\n").contains("redial_max"));
+        let text = error_text("[heartbeat]\nmax_connections = 0\n");
+        assert!(text.contains("heartbeat.max_connections"), "{text}");
     }
 
     #[test]

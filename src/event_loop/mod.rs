@@ -21,8 +21,8 @@ mod runtime;
 mod services;
 use runtime::{DialState, Link, Role, Service};
 
-/// Most connections one listening service keeps at once; more are accepted and closed at once.
-pub const MAX_CONNECTIONS: usize = 64;
+/// How long a stopping agent spends answering what already arrived and sending what is queued.
+const FINISH_LIMIT: Duration = Duration::from_secs(1);
 
 /// Which file descriptor a poll slot watches.
 #[derive(Clone, Copy)]
@@ -129,6 +129,8 @@ impl Agent {
             let now = Instant::now();
             for service in &mut self.services {
                 service.run_timers(now);
+                // A timer may have closed a link (idle timeout): close it now, not after the next event.
+                service.sweep(now);
             }
             let timeout = self
                 .services
@@ -165,6 +167,7 @@ impl Agent {
                     Token::Terminate => {
                         if drain(&mut self.terminate) {
                             info!("hvagent: stopping on signal");
+                            self.finish(&mut inbox, &mut replies);
                             self.services.clear();
                             return Ok(());
                         }
@@ -214,6 +217,38 @@ impl Agent {
             }
             Token::Logic(index) => self.services[index].logic.fd_ready(now),
             Token::Terminate | Token::Reload => {}
+        }
+    }
+
+    /// Before exiting: answers the requests already received and sends every queued answer, for at most
+    /// [`FINISH_LIMIT`], so a peer loses no answer to a request it completed before the signal.
+    fn finish(&mut self, inbox: &mut Vec<Message>, replies: &mut Vec<Message>) {
+        let until = Instant::now() + FINISH_LIMIT;
+        for service in &mut self.services {
+            service.answer_waiting(inbox, replies, until);
+        }
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            let mut fds: Vec<PollFd> = self
+                .services
+                .iter()
+                .flat_map(Service::links)
+                .filter(|link| link.connection.wants_write() && link.can_still_send())
+                .map(|link| PollFd::new(link.connection.fd(), PollFlags::POLLOUT))
+                .collect();
+            if fds.is_empty() {
+                break;
+            }
+            let _ = poll(&mut fds, poll_timeout(Some(until - now)));
+            drop(fds);
+            for service in &mut self.services {
+                for link in service.links_mut() {
+                    link.flush();
+                }
+            }
         }
     }
 

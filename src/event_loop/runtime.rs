@@ -15,14 +15,15 @@ use crate::transport::socket::{self, Dial, Peer, CONNECT_TIMEOUT};
 use crate::transport::{Address, Closed, Connection};
 use crate::wire::Message;
 
-use super::MAX_CONNECTIONS;
-
 /// A connected channel.
 pub(super) struct Link {
     pub(super) connection: Connection,
     pub(super) channel: Channel,
     pub(super) peer: String,
     pub(super) since: Instant,
+    /// When bytes last arrived: a partial message older than the idle timeout drops the link.
+    last_input: Instant,
+    idle_timeout: Duration,
     /// Set when the link must be dropped; swept after each poll round.
     pub(super) closed: Option<Closed>,
 }
@@ -40,11 +41,26 @@ impl Link {
             channel: Channel::new(config.kind, id),
             peer,
             since: now,
+            last_input: now,
+            idle_timeout: config.limits.idle_timeout,
             closed: None,
         }
     }
 
-    /// Reads what is there, answers it and sends what can be sent.
+    /// When a partial message will have waited too long; none while no message is half received.
+    pub(super) fn idle_deadline(&self) -> Option<Instant> {
+        (self.closed.is_none() && self.connection.partial_input() > 0)
+            .then(|| self.last_input + self.idle_timeout)
+    }
+
+    /// Drops the link if its partial message has waited past the idle timeout.
+    pub(super) fn check_idle(&mut self, now: Instant) {
+        if self.idle_deadline().is_some_and(|at| at <= now) {
+            self.closed = Some(Closed::Idle(self.idle_timeout));
+        }
+    }
+
+    /// Reads what is there, answers it and sends what can be sent; returns how many messages were read.
     pub(super) fn service(
         &mut self,
         kind: &str,
@@ -52,16 +68,19 @@ impl Link {
         now: Instant,
         inbox: &mut Vec<Message>,
         replies: &mut Vec<Message>,
-    ) {
+    ) -> usize {
+        self.last_input = now;
         if let Err(closed) = self.connection.receive(inbox) {
             self.closed = Some(closed);
         }
+        let count = inbox.len();
         for message in inbox.drain(..) {
             let event = self.channel.handle(&message, logic, now, replies);
             log_event(kind, &self.peer, &event);
         }
         self.send(replies);
         logic.after_send(now);
+        count
     }
 
     /// Queues messages and sends what the socket takes.
@@ -86,8 +105,17 @@ impl Link {
             Some(Closed::Eof) | Some(Closed::Garbage(_)) => {
                 let _ = self.connection.flush();
             }
-            Some(Closed::Error(_)) | Some(Closed::Stuck) => {}
+            Some(Closed::Error(_)) | Some(Closed::Stuck) | Some(Closed::Idle(_)) => {}
         }
+    }
+
+    /// Whether queued bytes can still go out (the link is open, or closing only because the peer stopped
+    /// sending).
+    pub(super) fn can_still_send(&self) -> bool {
+        matches!(
+            self.closed,
+            None | Some(Closed::Eof) | Some(Closed::Garbage(_))
+        )
     }
 
     pub(super) fn interest(&self) -> PollFlags {
@@ -172,12 +200,13 @@ impl Service {
                 links: Vec::new(),
             }),
         };
+        let limits = config.limits;
         Service {
             config,
             logic,
             role,
             next_link: 1,
-            backoff: Backoff::new(seed),
+            backoff: Backoff::with_limits(seed, limits.redial_min, limits.redial_max),
             failures: 0,
         }
     }
@@ -248,14 +277,54 @@ impl Service {
         }
     }
 
+    /// The links that are up, for reading.
+    pub(super) fn links(&self) -> Vec<&Link> {
+        match &self.role {
+            Role::Dialer(DialState::Up(link)) => vec![&**link],
+            Role::Dialer(_) => Vec::new(),
+            Role::Listener(listening) => listening.links.iter().collect(),
+        }
+    }
+
+    /// On the way out: answers the requests already waiting in the sockets (until `until`), so a peer
+    /// loses no answer to a request it completed before the agent was told to stop.
+    pub(super) fn answer_waiting(
+        &mut self,
+        inbox: &mut Vec<Message>,
+        replies: &mut Vec<Message>,
+        until: Instant,
+    ) {
+        let name = self.config.kind.name();
+        let logic = &mut *self.logic;
+        let links: Vec<&mut Link> = match &mut self.role {
+            Role::Dialer(DialState::Up(link)) => vec![&mut **link],
+            Role::Dialer(_) => Vec::new(),
+            Role::Listener(listening) => listening.links.iter_mut().collect(),
+        };
+        for link in links {
+            loop {
+                let now = Instant::now();
+                if link.closed.is_some() || now >= until {
+                    break;
+                }
+                if link.service(name, logic, now, inbox, replies) == 0 {
+                    break;
+                }
+            }
+        }
+    }
+
     /// The descriptor the logic wants watched, if any.
     pub(super) fn logic_fd(&self) -> Option<BorrowedFd<'_>> {
         self.logic.watched_fd()
     }
 
-    /// Runs what is due: the logic's timers, redials, connect time-outs, listener retries.
+    /// Runs what is due: the logic's timers, idle links, redials, connect time-outs, listener retries.
     pub(super) fn run_timers(&mut self, now: Instant) {
         self.run_logic_timers(now);
+        for link in self.links_mut() {
+            link.check_idle(now);
+        }
         match &mut self.role {
             Role::Dialer(DialState::Waiting { retry_at }) if *retry_at <= now => self.dial(now),
             Role::Dialer(DialState::Connecting { deadline, .. }) if *deadline <= now => {
@@ -336,13 +405,13 @@ impl Service {
         let own = match &self.role {
             Role::Dialer(DialState::Waiting { retry_at }) => Some(*retry_at),
             Role::Dialer(DialState::Connecting { deadline, .. }) => Some(*deadline),
-            Role::Dialer(DialState::Up(_)) => None,
-            Role::Listener(listening) => listening.retry_at,
+            Role::Dialer(DialState::Up(link)) => link.idle_deadline(),
+            Role::Listener(listening) => {
+                let idle = listening.links.iter().filter_map(Link::idle_deadline).min();
+                earliest(listening.retry_at, idle)
+            }
         };
-        match (own, self.logic.deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earliest(own, self.logic.deadline())
     }
 
     /// Closes links marked closed; a dialler schedules its redial.
@@ -399,8 +468,11 @@ impl Service {
                         );
                         continue;
                     }
-                    if listening.links.len() >= MAX_CONNECTIONS {
-                        warn!("{name}: refused {peer}: {MAX_CONNECTIONS} connections are open already");
+                    let max = self.config.max_connections;
+                    if listening.links.len() >= max {
+                        warn!(
+                            "{name}: refused {peer}: {max} connections are open already (max_connections)"
+                        );
                         continue;
                     }
                     info!("{name}: accepted {peer}");
@@ -437,6 +509,13 @@ impl Drop for Service {
         {
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

@@ -12,20 +12,29 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(5);
 #[derive(Clone, Debug)]
 pub struct Backoff {
     base: Duration,
+    min: Duration,
+    max: Duration,
     random: u64,
 }
 
 impl Backoff {
     /// A fresh backoff; `seed` feeds the jitter (any value; zero is replaced).
     pub fn new(seed: u64) -> Backoff {
+        Backoff::with_limits(seed, MIN_DELAY, MAX_DELAY)
+    }
+
+    /// A fresh backoff growing from `min` to `max` (the config's redial_min and redial_max).
+    pub fn with_limits(seed: u64, min: Duration, max: Duration) -> Backoff {
         Backoff {
-            base: MIN_DELAY,
+            base: min,
+            min,
+            max: max.max(min),
             random: seed | 1,
         }
     }
 
     /// The delay before the next attempt: between half and all of the current base, so many agents that
-    /// lost the same host do not redial in step. The base then doubles, up to [`MAX_DELAY`].
+    /// lost the same host do not redial in step. The base then doubles, up to the maximum.
     pub fn next_delay(&mut self) -> Duration {
         // xorshift64: jitter needs spread, not cryptographic quality.
         self.random ^= self.random << 13;
@@ -34,14 +43,14 @@ impl Backoff {
         let half = self.base / 2;
         let jitter = half.mul_f64((self.random >> 11) as f64 / (1u64 << 53) as f64);
         let delay = half + jitter;
-        self.base = (self.base * 2).min(MAX_DELAY);
+        self.base = (self.base * 2).min(self.max);
         delay
     }
 
     /// Called when a connection ends after `lived`: a long one resets the backoff.
     pub fn connection_ended(&mut self, lived: Duration) {
         if lived >= STABLE_AFTER {
-            self.base = MIN_DELAY;
+            self.base = self.min;
         }
     }
 

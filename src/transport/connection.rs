@@ -24,6 +24,8 @@ pub enum Closed {
     Garbage(WireError),
     /// The peer does not read and the output queue is full.
     Stuck,
+    /// The peer sent part of a message and then nothing for this long.
+    Idle(std::time::Duration),
 }
 
 impl std::fmt::Display for Closed {
@@ -35,6 +37,11 @@ impl std::fmt::Display for Closed {
             Closed::Stuck => write!(
                 f,
                 "the peer stopped reading ({MAX_QUEUED} bytes queued for it)"
+            ),
+            Closed::Idle(after) => write!(
+                f,
+                "the peer sent part of a message and then nothing for {:.1} s (idle_timeout)",
+                after.as_secs_f64()
             ),
         }
     }

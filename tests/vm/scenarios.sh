@@ -5,7 +5,7 @@
 # Unix sockets, started with bg_start.
 # shellcheck shell=bash
 
-ALL_SCENARIOS="guest-dials-host host-dials-guest guid-addressing host-restart agent-restart in-guest-loopback benchmark"
+ALL_SCENARIOS="guest-dials-host host-dials-guest guid-addressing host-restart agent-restart vsock-faults in-guest-loopback benchmark"
 
 HEARTBEAT_PORT=$((0x48560001))
 GUID_PORT=$((0x48560101)) # a port of its own, so that only the GUID can have named it
@@ -185,6 +185,33 @@ scenario_agent_restart() {
     bg_stop ar-host
     agent_down "$name" || return
     pass "SIGKILLed agent started again, heartbeats resumed after $took s"
+}
+
+# Over real vsock: 300 host disconnects in the middle of a message leave the agent's descriptors where they
+# were, and a host that sends half a header and then nothing is dropped after idle_timeout (1 s here).
+scenario_vsock_faults() {
+    local name=vf rounds=300 before after dropped
+    guest 20 "printf '%s\n' 'redial_min = 0.005' 'redial_max = 0.02' 'idle_timeout = 1' '[heartbeat]' \
+        'connect = \"vsock:host:$HEARTBEAT_PORT\"' >/tmp/$name.toml &&
+        daemon_start $name hvagent --config /tmp/$name.toml" ||
+        { fail "hvagent did not start in the guest: $GUEST_OUT"; return; }
+    bg_start vf-warm python3 "$VM_DIR/storm.py" "$RUN/vsock.uds_$HEARTBEAT_PORT" 10
+    bg_wait vf-warm 60 || { agent_diag "$name"; fail "warm-up storm: $(bg_why vf-warm)"; return; }
+    guest 10 "daemon_fds $name" || { fail "counting the agent's fds: $GUEST_OUT"; return; }
+    before=$(guest_value fds)
+    bg_start vf-storm python3 "$VM_DIR/storm.py" "$RUN/vsock.uds_$HEARTBEAT_PORT" "$rounds"
+    bg_wait vf-storm 300 || { agent_diag "$name"; fail "storm: $(bg_why vf-storm)"; return; }
+    bg_start vf-stall python3 "$VM_DIR/storm.py" "$RUN/vsock.uds_$HEARTBEAT_PORT" --stall 1
+    bg_wait vf-stall 60 || { agent_diag "$name"; fail "stalled peer: $(bg_why vf-stall)"; return; }
+    dropped=$(bg_field vf-stall dropped_after_s)
+    guest 10 "daemon_fds $name" || { fail "counting the agent's fds: $GUEST_OUT"; return; }
+    after=$(guest_value fds)
+    agent_down "$name" || return
+    [ "$before" = "$after" ] ||
+        { fail "the agent's open fds went from $before to $after over $rounds disconnects"; return; }
+    awk -v t="$dropped" 'BEGIN { exit !(t >= 1 && t < 5) }' ||
+        { fail "the stalled host was dropped after $dropped s (idle_timeout 1 s)"; return; }
+    pass "$rounds disconnects mid-message over vsock, agent fds $before -> $after; half a header dropped after $dropped s (idle_timeout 1 s)"
 }
 
 scenario_in_guest_loopback() {
