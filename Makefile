@@ -6,7 +6,7 @@ SBINDIR ?= $(PREFIX)/sbin
 BINDIR  ?= $(PREFIX)/bin
 DOCDIR  ?= $(PREFIX)/share/doc/hvagent
 
-.PHONY: all build test unit-test interop-test vm-test lint demo bench fuzz install uninstall clean
+.PHONY: all build test unit-test interop-test vm-test lint demo bench bench-hostscale fuzz install uninstall clean
 
 all: build
 
@@ -40,9 +40,15 @@ FUZZ_SECONDS ?= 30
 fuzz:
 	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
 
+# Figures, not assertions (docs/PERFORMANCE.md). hostscale: one hvhost serving 10, 100 and 1,000 agents.
 bench:
+	scripts/install-bench-deps.sh
 	$(CARGO) build --release --bins
 	target/release/hvbench
+
+bench-hostscale:
+	$(CARGO) build --release --bins
+	target/release/hvbench hostscale
 
 install: build
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(DOCDIR)

@@ -1,21 +1,29 @@
-//! hvbench: the figures `make bench` prints. It starts the release hvagent listening on a Unix socket in a
-//! temp dir and measures, in one run:
+//! hvbench: the figures `make bench` prints (docs/PERFORMANCE.md). It starts the release hvagent listening
+//! on a Unix socket in a temp dir and measures, in one run:
 //! - heartbeat round trips through the agent against a raw echo server on the same kind of Unix socket, in its
-//!   own process like the agent (`hvbench echo PATH`, not listed in --help). The client does the same work
-//!   for both (encode a heartbeat, write, read the answer back, decode and check it), and the two servers
-//!   take turns in blocks so that drift in CPU speed hits both alike: p50, p99, round trips per second and
-//!   the agent/echo ratios (target ≤ 1.5);
-//! - the agent's RSS after that run (target ≤ 2 MiB);
-//! - pipelined heartbeats per second with 16 and with 1 request in flight;
+//!   own process like the agent (`hvbench echo PATH`, not listed in --help), and against qemu-guest-agent's
+//!   `guest-ping` when qemu-ga is installed. The client does the same work for the agent and the echo
+//!   (encode a heartbeat, write, read the answer back, decode and check it) and writes a command line and
+//!   reads the answer line for qemu-ga; the servers take turns in blocks so that drift in CPU speed hits
+//!   all alike: p50, p99, round trips per second and the ratios (targets: ≤ 1.3× echo, ≤ 0.5× qemu-ga);
+//! - the agent's RSS when idle and connected, after those round trips, and after 1,000,000 pipelined
+//!   heartbeats (target ≤ 2 MiB and flat);
+//! - pipelined heartbeats per second with 16 and with 1 request in flight (target ≥ 100,000/s);
 //! - the agent's context switches while it holds a negotiated connection with no traffic (target 0);
-//! - the time from SIGTERM to the agent's exit (target < 1 s), polled every 100 µs, and the binary's size.
+//! - the time from SIGTERM to the agent's exit (target < 1 s), polled every 100 µs;
+//! - the time from spawning a fresh agent to its first negotiation answer (target ≤ 10 ms), and the size
+//!   of the binary, which the release profile strips (target ≤ 1.5 MiB).
+//!
+//! `hvbench hostscale` measures hvhost serving many agents (hostscale.rs).
 //!
 //! Figures only; nothing is asserted. Exit status: 0 ok, 1 a measurement failed, 2 usage error.
 
 mod hostscale;
 mod peer;
 mod procfs;
+mod qemu_ga;
 mod run;
+mod startup;
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
@@ -27,18 +35,21 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use hostscale::{hostscale, parse_steps, ScaleOptions};
-use peer::{echo, round_trips, Peer};
+use peer::{echo, round_trips, Peer, Server};
 use procfs::{context_switches, Memory};
 use run::{connect, exit_text, Context, Failure, Running, Scratch};
 
 const USAGE: &str = "\
-usage: hvbench [--agent PATH] [--count N] [--idle-seconds S]
+usage: hvbench [--agent PATH] [--count N] [--heartbeats N] [--idle-seconds S] [--starts N] [--qemu-ga PATH]
        hvbench hostscale [--host PATH] [--agents 10,100,1000] [--window S] [--settle S]
 
 Benchmarks hvagent over Unix sockets in a temp dir and prints figures (`name: value unit` lines and one
 `bench:` summary line); it asserts nothing.
   --agent PATH       the agent binary (default: hvagent beside hvbench)
   --count N          timed heartbeat round trips per server, after 1000 warm-up (default 20000)
+  --heartbeats N     pipelined heartbeats (16 in flight) before the loaded RSS (default 1000000)
+  --starts N         fresh agents timed from spawn to first answer (default 20)
+  --qemu-ga PATH     qemu-guest-agent to compare with (default: qemu-ga on PATH or in /usr/sbin)
   --idle-seconds S   how long to watch a connected, idle agent for wake-ups (default 10)
 
 hostscale: one `hvhost serve --interval 1` as the host peer of many simulated agents (the agent's own
@@ -66,7 +77,10 @@ const SETTLE: Duration = Duration::from_millis(200);
 struct Options {
     agent: Option<PathBuf>,
     count: usize,
+    heartbeats: usize,
     idle_seconds: u64,
+    starts: usize,
+    qemu_ga: Option<PathBuf>,
 }
 
 enum Invocation {
@@ -82,21 +96,27 @@ fn parse_args() -> Result<Invocation, lexopt::Error> {
     let mut options = Options {
         agent: None,
         count: 20_000,
+        heartbeats: 1_000_000,
         idle_seconds: 10,
+        starts: 20,
+        qemu_ga: None,
     };
     while let Some(arg) = parser.next()? {
         match arg {
             Long("agent") => options.agent = Some(parser.value()?.into()),
             Long("count") => options.count = parser.value()?.parse()?,
+            Long("heartbeats") => options.heartbeats = parser.value()?.parse()?,
             Long("idle-seconds") => options.idle_seconds = parser.value()?.parse()?,
+            Long("starts") => options.starts = parser.value()?.parse()?,
+            Long("qemu-ga") => options.qemu_ga = Some(parser.value()?.into()),
             Long("help") | Short('h') => return Ok(Invocation::Help),
             Value(value) if value == "echo" => return Ok(Invocation::Echo(parser.value()?.into())),
             Value(value) if value == "hostscale" => return parse_hostscale(parser),
             other => return Err(other.unexpected()),
         }
     }
-    if options.count == 0 {
-        return Err("--count must be at least 1".into());
+    if options.count == 0 || options.heartbeats == 0 || options.starts == 0 {
+        return Err("--count, --heartbeats and --starts must be at least 1".into());
     }
     Ok(Invocation::Bench(options))
 }
@@ -188,7 +208,7 @@ pub(crate) fn beside_hvbench(given: Option<&Path>, name: &str) -> Result<PathBuf
     Ok(path)
 }
 
-fn start_agent(agent: &Path, scratch: &Path, socket: &Path) -> Result<Running, Failure> {
+pub(crate) fn start_agent(agent: &Path, scratch: &Path, socket: &Path) -> Result<Running, Failure> {
     let config = scratch.join("hvagent.toml");
     std::fs::write(
         &config,
@@ -223,24 +243,21 @@ pub(crate) fn figure(name: impl Display, value: impl Display) {
     say(&format!("{name}: {value}"));
 }
 
-/// Prints the round-trip table and figures; returns the agent/echo ratios of p50 and p99.
-fn report_round_trips(peers: &[Peer; 2]) -> [f64; 2] {
-    let quantiles = |peer: &Peer| (peer.trips.quantile(0.5), peer.trips.quantile(0.99));
+/// Prints the round-trip table and figures; returns the ratios of p50 and p99 of the agent to each other
+/// server, in the order of `peers[1..]`.
+fn report_round_trips(peers: &[Peer]) -> Vec<[f64; 2]> {
+    let quantiles = |peer: &Peer| [peer.trips.quantile(0.5), peer.trips.quantile(0.99)];
     say("server         p50 µs    p99 µs   round trips/s");
     for peer in peers {
-        let ((p50, p99), rate) = (quantiles(peer), peer.per_second());
+        let ([p50, p99], rate) = (quantiles(peer), peer.per_second());
         say(&format!(
             "{:<10} {p50:>10.1} {p99:>9.1} {rate:>15.0}",
             peer.name
         ));
     }
-    let ((agent_p50, agent_p99), (echo_p50, echo_p99)) =
-        (quantiles(&peers[0]), quantiles(&peers[1]));
-    let ratios = [agent_p50 / echo_p50, agent_p99 / echo_p99];
-    say(&format!("ratio p50 agent/echo = {:.2}", ratios[0]));
-    say(&format!("ratio p99 agent/echo = {:.2}", ratios[1]));
     for peer in peers {
-        let ((p50, p99), rate, name) = (quantiles(peer), peer.per_second(), peer.name);
+        let ([p50, p99], rate) = (quantiles(peer), peer.per_second());
+        let name = peer.name.replace('-', "_");
         figure(format!("rtt_{name}_p50"), format!("{p50:.1} us"));
         figure(format!("rtt_{name}_p99"), format!("{p99:.1} us"));
         figure(
@@ -248,11 +265,25 @@ fn report_round_trips(peers: &[Peer; 2]) -> [f64; 2] {
             format!("{rate:.0} round_trips/s"),
         );
     }
-    figure(
-        "rtt_ratio_p50",
-        format!("{:.2} x (target <= 1.5)", ratios[0]),
-    );
-    figure("rtt_ratio_p99", format!("{:.2} x", ratios[1]));
+    let agent = quantiles(&peers[0]);
+    let mut ratios = Vec::new();
+    for other in &peers[1..] {
+        let [p50, p99] = quantiles(other);
+        let ratio = [agent[0] / p50, agent[1] / p99];
+        let (name, target) = match other.name {
+            "echo" => ("echo", "<= 1.3"),
+            _ => ("qemu_ga", "<= 0.5"),
+        };
+        figure(
+            format!("rtt_ratio_{name}_p50"),
+            format!("{:.2} x agent/{name} (target {target})", ratio[0]),
+        );
+        figure(
+            format!("rtt_ratio_{name}_p99"),
+            format!("{:.2} x agent/{name}", ratio[1]),
+        );
+        ratios.push(ratio);
+    }
     ratios
 }
 
@@ -277,31 +308,70 @@ fn bench(options: &Options) -> Result<(), Failure> {
     let scratch = Scratch::new()?;
     let agent_socket = scratch.0.join("agent.sock");
     let echo_socket = scratch.0.join("echo.sock");
+    let qemu_ga_socket = scratch.0.join("qemu-ga.sock");
     let mut agent = start_agent(&agent_bin, &scratch.0, &agent_socket)?;
     let mut echo_server = start_echo(&echo_socket)?;
+    let mut qemu_ga = qemu_ga::start(options.qemu_ga.as_deref(), &scratch.0, &qemu_ga_socket)?;
     say(&format!(
         "hvbench: agent {} (pid {}), {} round trips per server after {WARM_UP} warm-up, in turns of {BLOCK}",
         agent_bin.display(),
         agent.pid(),
         options.count
     ));
+    if let Some(version) = qemu_ga::version(options.qemu_ga.as_deref()) {
+        say(&format!("hvbench: compared with {version}"));
+    }
 
-    let echo_peer = Peer::new("echo", connect(&echo_socket, &mut echo_server)?, true);
-    let mut peers = [Peer::agent(&agent_socket, &mut agent)?, echo_peer];
+    let mut peers = vec![Peer::agent(&agent_socket, &mut agent)?];
+    let idle_memory = Memory::of(agent.pid())?;
+    let echo_stream = connect(&echo_socket, &mut echo_server)?;
+    peers.push(Peer::new("echo", echo_stream, Server::Echo));
+    if let Some(server) = qemu_ga.as_mut() {
+        let stream = connect(&qemu_ga_socket, server)?;
+        peers.push(Peer::new("qemu-ga", stream, Server::QemuGa));
+    }
     round_trips(&mut peers, options.count)?;
     let memory = Memory::of(agent.pid())?;
+    // The echo exits when its connection closes: read the servers' memory first.
     let echo_memory = Memory::of(echo_server.pid())?;
+    let qemu_ga_memory = qemu_ga
+        .as_ref()
+        .map(|server| Memory::of(server.pid()))
+        .transpose()?;
     let ratios = report_round_trips(&peers);
     drop(peers);
-    figure("agent_rss", format!("{} KiB (target <= 2048)", memory.rss));
-    figure("agent_rss_anon", format!("{} KiB", memory.anon));
-    figure("agent_pss", format!("{} KiB", memory.pss));
-    figure("echo_rss", format!("{} KiB", echo_memory.rss));
-    figure("echo_rss_anon", format!("{} KiB", echo_memory.anon));
+    report_memory("echo", &echo_memory);
+    if let Some(memory) = &qemu_ga_memory {
+        report_memory("qemu_ga", memory);
+    }
+    figure(
+        "agent_rss_idle",
+        format!(
+            "{} KiB connected, before any heartbeat (target <= 2048)",
+            idle_memory.rss
+        ),
+    );
+    report_memory("agent", &memory);
 
     let mut pipe = Peer::agent(&agent_socket, &mut agent)?;
-    let pipelined = pipe.pipelined(PIPELINE_DEPTH, options.count)?;
-    figure("pipelined_16", format!("{pipelined:.0} heartbeats/s"));
+    let pipelined = pipe.pipelined(PIPELINE_DEPTH, options.heartbeats)?;
+    figure(
+        "pipelined_16",
+        format!(
+            "{pipelined:.0} heartbeats/s over {} (target >= 100000)",
+            options.heartbeats
+        ),
+    );
+    let loaded = Memory::of(agent.pid())?;
+    figure(
+        "agent_rss_loaded",
+        format!(
+            "{} KiB after {} more heartbeats (target <= 2048 and flat: {:+} KiB)",
+            loaded.rss,
+            options.heartbeats,
+            loaded.rss as i64 - memory.rss as i64
+        ),
+    );
     let serial = pipe.pipelined(1, options.count)?;
     figure("pipelined_1", format!("{serial:.0} heartbeats/s"));
 
@@ -324,14 +394,39 @@ fn bench(options: &Options) -> Result<(), Failure> {
         format!("{sigterm_ms:.1} ms (target < 1000)"),
     );
     figure("agent_exit_status", exit_text(exit));
+
+    let starts = startup::start_to_answer(&agent_bin, &scratch.0, options.starts)?;
+    let (start_p50, start_max) = (starts.quantile(0.5) / 1e3, starts.quantile(1.0) / 1e3);
+    figure(
+        "start_to_first_answer",
+        format!(
+            "p50 {start_p50:.2} ms, max {start_max:.2} ms over {} starts (target <= 10; no READY=1 yet)",
+            starts.count()
+        ),
+    );
     let size = std::fs::metadata(&agent_bin)
         .context(|| format!("cannot stat {}", agent_bin.display()))?
         .len();
-    figure("agent_size", format!("{size} bytes"));
+    figure(
+        "agent_size",
+        format!("{size} bytes, stripped by the release profile (target <= 1572864)"),
+    );
+    let qemu_ga_ratio = ratios
+        .get(1)
+        .map_or("none".to_string(), |r| format!("{:.2}", r[0]));
     say(&format!(
-        "bench: rtt_ratio_p50={:.2} rtt_ratio_p99={:.2} rss_kib={} rss_anon_kib={} hwm_kib={peak} \
-         hb16_per_s={pipelined:.0} idle_wakeups={wakeups} sigterm_ms={sigterm_ms:.1} size_bytes={size}",
-        ratios[0], ratios[1], memory.rss, memory.anon
+        "bench: rtt_ratio_echo_p50={:.2} rtt_ratio_echo_p99={:.2} rtt_ratio_qemu_ga_p50={qemu_ga_ratio} \
+         rss_idle_kib={} rss_kib={} rss_loaded_kib={} hwm_kib={peak} hb16_per_s={pipelined:.0} \
+         hb1_per_s={serial:.0} idle_wakeups={wakeups} sigterm_ms={sigterm_ms:.1} \
+         start_ms_p50={start_p50:.2} start_ms_max={start_max:.2} size_bytes={size}",
+        ratios[0][0], ratios[0][1], idle_memory.rss, memory.rss, loaded.rss
     ));
     Ok(())
+}
+
+/// Prints a server's memory figures.
+fn report_memory(name: &str, memory: &Memory) {
+    figure(format!("{name}_rss"), format!("{} KiB", memory.rss));
+    figure(format!("{name}_rss_anon"), format!("{} KiB", memory.anon));
+    figure(format!("{name}_pss"), format!("{} KiB", memory.pss));
 }

@@ -1,5 +1,5 @@
-//! The client side of the round-trip figures: one connection to the agent or to the raw echo server,
-//! doing the same work for both, and the echo server itself.
+//! The client side of the round-trip figures: one connection to the agent, to the raw echo server or to
+//! qemu-guest-agent, with the same blocking write-then-read loop for each, and the echo server itself.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -34,13 +34,27 @@ pub(crate) fn echo(path: &Path) -> Result<(), Failure> {
     }
 }
 
+/// What answers at the other end of a [`Peer`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Server {
+    /// hvagent: heartbeats, each answer checked by `HostChannel::handle`.
+    Agent,
+    /// The raw echo: heartbeats, each returned unchanged.
+    Echo,
+    /// qemu-guest-agent: `guest-ping` commands, one JSON line each way.
+    QemuGa,
+}
+
+/// qemu-guest-agent's cheapest command and its answer.
+const GUEST_PING: &[u8] = b"{\"execute\":\"guest-ping\"}\n";
+const GUEST_PING_ANSWER: &[u8] = b"{\"return\": {}}\n";
+
 /// The client side of one connection, doing the same work for the agent and the echo.
 pub(crate) struct Peer {
     pub(crate) name: &'static str,
     stream: UnixStream,
     channel: HostChannel,
-    /// The agent answers and `HostChannel::handle` checks it; the echo returns each request unchanged.
-    is_echo: bool,
+    server: Server,
     answer: Vec<u8>,
     pub(crate) trips: RoundTrips,
     /// Wall time spent in timed round trips.
@@ -48,12 +62,12 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
-    pub(crate) fn new(name: &'static str, stream: UnixStream, is_echo: bool) -> Peer {
+    pub(crate) fn new(name: &'static str, stream: UnixStream, server: Server) -> Peer {
         Peer {
             name,
             stream,
             channel: HostChannel::new(ServiceKind::Heartbeat),
-            is_echo,
+            server,
             answer: Vec::new(),
             trips: RoundTrips::default(),
             busy: Duration::ZERO,
@@ -62,7 +76,12 @@ impl Peer {
 
     /// A negotiated heartbeat connection to the agent.
     pub(crate) fn agent(path: &Path, agent: &mut Running) -> Result<Peer, Failure> {
-        let mut peer = Peer::new("agent", connect(path, agent)?, false);
+        Peer::negotiated(connect(path, agent)?)
+    }
+
+    /// Offers versions to the agent at the other end of `stream` and checks its answer.
+    pub(crate) fn negotiated(stream: UnixStream) -> Result<Peer, Failure> {
+        let mut peer = Peer::new("agent", stream, Server::Agent);
         let offer = encode(&peer.channel.offer())?;
         peer.send(&offer)?;
         peer.receive(0, wire::HEADER_LEN)?;
@@ -100,9 +119,43 @@ impl Peer {
             .context(|| format!("no whole answer from the {name}"))
     }
 
-    /// One heartbeat there and back; the time from encoding the request to having checked the answer.
+    /// Reads one answer line of qemu-guest-agent into `self.answer`.
+    fn receive_line(&mut self) -> Result<(), Failure> {
+        self.answer.clear();
+        let mut chunk = [0u8; 256];
+        while self.answer.last() != Some(&b'\n') {
+            let read = self
+                .stream
+                .read(&mut chunk)
+                .context(|| format!("no whole answer from the {}", self.name))?;
+            if read == 0 {
+                return Err(Failure(format!("the {} closed the connection", self.name)));
+            }
+            self.answer.extend_from_slice(&chunk[..read]);
+        }
+        Ok(())
+    }
+
+    /// One `guest-ping` there and back, its answer checked.
+    fn ping(&mut self) -> Result<Duration, Failure> {
+        let start = Instant::now();
+        self.send(GUEST_PING)?;
+        self.receive_line()?;
+        if self.answer != GUEST_PING_ANSWER {
+            return Err(Failure(format!(
+                "qemu-ga answered guest-ping with {:?}",
+                String::from_utf8_lossy(&self.answer)
+            )));
+        }
+        Ok(start.elapsed())
+    }
+
+    /// One request there and back; the time from encoding the request to having checked the answer.
     pub(crate) fn round_trip(&mut self) -> Result<Duration, Failure> {
-        if self.is_echo && self.channel.in_flight() >= BLOCK {
+        if self.server == Server::QemuGa {
+            return self.ping();
+        }
+        if self.server == Server::Echo && self.channel.in_flight() >= BLOCK {
             // The echo's requests are never answered, so the channel's list of them only grows; start over.
             self.channel = HostChannel::new(ServiceKind::Heartbeat);
         }
@@ -119,7 +172,7 @@ impl Peer {
         let bytes = &self.answer[at..at + request.len()];
         let message =
             Message::parse(bytes).context(|| format!("malformed answer from the {}", self.name))?;
-        if self.is_echo {
+        if self.server == Server::Echo {
             Heartbeat::parse(&message.body)
                 .context(|| "the echo returned a malformed heartbeat")?;
             if bytes != request {
@@ -183,14 +236,15 @@ pub(crate) fn encode(message: &Message) -> Result<Vec<u8>, Failure> {
     message.to_bytes().context(|| "cannot encode a request")
 }
 
-/// Timed round trips on both peers, taking turns by blocks and swapping who goes first each block.
-pub(crate) fn round_trips(peers: &mut [Peer; 2], count: usize) -> Result<(), Failure> {
+/// Timed round trips on every peer, taking turns by blocks and rotating who goes first each block, so that
+/// drift in CPU speed or load hits all alike.
+pub(crate) fn round_trips(peers: &mut [Peer], count: usize) -> Result<(), Failure> {
     for peer in peers.iter_mut() {
         peer.run(WARM_UP, false)?;
     }
     for (block, done) in (0..count).step_by(BLOCK).enumerate() {
-        let order = if block % 2 == 0 { [0, 1] } else { [1, 0] };
-        for index in order {
+        for turn in 0..peers.len() {
+            let index = (block + turn) % peers.len();
             peers[index].run((count - done).min(BLOCK), true)?;
         }
     }
