@@ -179,7 +179,8 @@ fn accept_agents(
             channel,
             peer,
             next_at: None,
-            trips: RoundTrips::default(),
+            // hvhost may serve an agent for months: its summary keeps 256 samples (2 KiB), not every one.
+            trips: RoundTrips::bounded(256),
             closed: None,
             first_delay: first_heartbeat_delay(agents.len(), interval),
         };
