@@ -5,17 +5,25 @@ DESTDIR ?=
 SBINDIR ?= $(PREFIX)/sbin
 BINDIR  ?= $(PREFIX)/bin
 DOCDIR  ?= $(PREFIX)/share/doc/hvagent
+MANDIR  ?= $(PREFIX)/share/man
+# systemd reads units and modules-load.d files under /usr/local/lib too; the .deb uses /lib/systemd/system.
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+MODULESLOADDIR ?= $(PREFIX)/lib/modules-load.d
+# The agent reads /etc/hvagent/hvagent.toml whatever the PREFIX.
+SYSCONFDIR ?= /etc
 
-.PHONY: all build test unit-test interop-test vm-test lint demo bench bench-hostscale fuzz install uninstall clean
+.PHONY: all build test unit-test interop-test packaging-test vm-test lint demo bench bench-hostscale fuzz install \
+	uninstall deb clean host-setup-scripts status-demo
 
 all: build
 
 build:
 	$(CARGO) build --release --bins
 
-# Every test: unit and end-to-end tests, the independent host written from docs/PROTOCOL.md, and the real-vsock
-# VM test (which explains itself and skips when it cannot run, unless HVAGENT_REQUIRE_VM=1).
-test: lint unit-test interop-test vm-test
+# Every test: unit and end-to-end tests, the independent host written from docs/PROTOCOL.md, the systemd unit
+# and packages, and the real-vsock VM test (which explains itself and skips when it cannot run, unless
+# HVAGENT_REQUIRE_VM=1).
+test: lint unit-test interop-test packaging-test vm-test
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -28,11 +36,26 @@ interop-test:
 	$(CARGO) build --bins
 	python3 tests/interop/spec_host.py target/debug/hvagent
 
+# The unit's exposure score and `systemd-analyze verify`, the install tree and the .deb's contents.
+packaging-test: build
+	scripts/packaging-test.sh
+
 vm-test:
 	scripts/vm-test.sh
 
+# scripts/hvagent-host-setup.{ps1,reg}: the Windows host's registrations for every service at its default
+# port, as `hvagent host-setup --all` prints them (a test checks they are current).
+host-setup-scripts:
+	$(CARGO) build --bins
+	target/debug/hvagent host-setup --all --format powershell >scripts/hvagent-host-setup.ps1
+	target/debug/hvagent host-setup --all --format reg >scripts/hvagent-host-setup.reg
+
 demo:
 	scripts/demo.sh
+
+# The operations side: sd_notify to a stand-in for systemd, hvagent status, hvagent doctor on a fake tree.
+status-demo:
+	scripts/status-demo.sh
 
 # Every coverage-guided fuzz target for FUZZ_SECONDS each (installs cargo-fuzz when missing). Not part of
 # `make test`: the property tests there are its quick version.
@@ -50,15 +73,33 @@ bench-hostscale:
 	$(CARGO) build --release --bins
 	target/release/hvbench hostscale
 
+# The binaries, the systemd unit (ExecStart= pointing at SBINDIR), the hv_sock modules-load file, the commented
+# default config (never over one already there), the man pages and the docs.
 install: build
-	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(DOCDIR)
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(MODULESLOADDIR) $(DESTDIR)$(SYSCONFDIR)/hvagent $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5
 	install -m 0755 target/release/hvagent $(DESTDIR)$(SBINDIR)/hvagent
 	install -m 0755 target/release/hvhost $(DESTDIR)$(BINDIR)/hvhost
-	install -m 0644 README.md docs/PROTOCOL.md $(DESTDIR)$(DOCDIR)/
+	sed 's|^ExecStart=/usr/sbin/hvagent|ExecStart=$(SBINDIR)/hvagent|' systemd/hvagent.service >$(DESTDIR)$(UNITDIR)/hvagent.service
+	chmod 0644 $(DESTDIR)$(UNITDIR)/hvagent.service
+	install -m 0644 systemd/hvagent-modules.conf $(DESTDIR)$(MODULESLOADDIR)/hvagent.conf
+	[ -e $(DESTDIR)$(SYSCONFDIR)/hvagent/hvagent.toml ] || \
+		install -m 0644 etc/hvagent.toml $(DESTDIR)$(SYSCONFDIR)/hvagent/hvagent.toml
+	install -m 0644 docs/hvagent.8 $(DESTDIR)$(MANDIR)/man8/hvagent.8
+	install -m 0644 docs/hvagent.toml.5 $(DESTDIR)$(MANDIR)/man5/hvagent.toml.5
+	install -m 0644 README.md docs/PROTOCOL.md scripts/hvagent-host-setup.ps1 scripts/hvagent-host-setup.reg \
+		$(DESTDIR)$(DOCDIR)/
 
+# Removes what install put there, except the config file (yours now); `rm -r /etc/hvagent` removes that too.
 uninstall:
-	rm -f $(DESTDIR)$(SBINDIR)/hvagent $(DESTDIR)$(BINDIR)/hvhost
+	rm -f $(DESTDIR)$(SBINDIR)/hvagent $(DESTDIR)$(BINDIR)/hvhost $(DESTDIR)$(UNITDIR)/hvagent.service \
+		$(DESTDIR)$(MODULESLOADDIR)/hvagent.conf $(DESTDIR)$(MANDIR)/man8/hvagent.8 \
+		$(DESTDIR)$(MANDIR)/man5/hvagent.toml.5
 	rm -rf $(DESTDIR)$(DOCDIR)
+
+# target/debian/hvagent_VERSION_ARCH.deb, built with dpkg-deb from a `make install` tree.
+deb: build
+	scripts/build-deb.sh
 
 clean:
 	$(CARGO) clean

@@ -10,15 +10,26 @@ use hvagent::event_loop::Agent;
 use hvagent::guid::{self, ServiceId};
 
 const USAGE: &str = "\
-usage: hvagent [run] [--config FILE]     run the agent in the foreground
+usage: hvagent [run] [--config FILE] [--control PATH]
+                                      run the agent in the foreground
+       hvagent status [--json] [--control PATH]
+                                      what the running agent is doing, from its control socket
+       hvagent doctor [--config FILE] [--root DIR]
+                                      check vsock, the transport, the host, CAP_SYS_TIME, time daemons and
+                                      the config, with the fix for each problem (exit 1 when one is found;
+                                      --root reads /proc, /sys, /dev and /etc below DIR, for tests)
        hvagent check-config [--config FILE]
                                       print the effective configuration, or the errors
+       hvagent host-setup [--format powershell|reg] [--config FILE | --all]
+                                      what the Windows host must register for the enabled services
+                                      (--all: every service at its default port)
        hvagent guid PORT              print the hv_sock service GUID of a vsock port (decimal or 0x-hex)
        hvagent port GUID              print the vsock port of an hv_sock service GUID
        hvagent --version | --help
 
 The configuration is read from /etc/hvagent/hvagent.toml unless --config is given; a missing default file
-means built-in defaults. RUST_LOG overrides log_level.";
+means built-in defaults. The control socket is /run/hvagent/control.sock unless --control is given.
+RUST_LOG overrides log_level.";
 
 /// A usage error: printed with a pointer to --help, exit status 2.
 struct Usage(String);
@@ -29,9 +40,31 @@ impl From<lexopt::Error> for Usage {
     }
 }
 
+/// Options given on the command line; each command says which it accepts.
+#[derive(Default)]
+struct Options {
+    config: Option<PathBuf>,
+    control: Option<PathBuf>,
+    json: bool,
+    format: Option<String>,
+    all: bool,
+    root: Option<PathBuf>,
+}
+
+impl Options {
+    fn control_path(&self) -> PathBuf {
+        self.control
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(hvagent::control::DEFAULT_PATH))
+    }
+}
+
 enum Command {
-    Run(Option<PathBuf>),
+    Run(Options),
+    Status(Options),
     CheckConfig(Option<PathBuf>),
+    HostSetup(Options),
+    Doctor(Options),
     Guid(String),
     Port(String),
     Help,
@@ -42,11 +75,35 @@ fn parse_args() -> Result<Command, Usage> {
     use lexopt::prelude::*;
     let mut parser = lexopt::Parser::from_env();
     let mut subcommand: Option<String> = None;
-    let mut config: Option<PathBuf> = None;
+    let mut options = Options::default();
+    let mut given: Vec<&str> = Vec::new();
     let mut operand: Option<String> = None;
     while let Some(arg) = parser.next()? {
         match arg {
-            Long("config") | Short('c') => config = Some(parser.value()?.into()),
+            Long("config") | Short('c') => {
+                options.config = Some(parser.value()?.into());
+                given.push("--config");
+            }
+            Long("control") => {
+                options.control = Some(parser.value()?.into());
+                given.push("--control");
+            }
+            Long("json") => {
+                options.json = true;
+                given.push("--json");
+            }
+            Long("format") => {
+                options.format = Some(parser.value()?.string()?);
+                given.push("--format");
+            }
+            Long("all") => {
+                options.all = true;
+                given.push("--all");
+            }
+            Long("root") => {
+                options.root = Some(parser.value()?.into());
+                given.push("--root");
+            }
             Long("help") | Short('h') => return Ok(Command::Help),
             Long("version") | Short('V') => return Ok(Command::Version),
             Value(value) if subcommand.is_none() => subcommand = Some(value.string()?),
@@ -63,11 +120,40 @@ fn parse_args() -> Result<Command, Usage> {
         Some(extra) => Err(Usage(format!("unexpected argument '{extra}'"))),
         None => Ok(()),
     };
+    // Options a command does not take are refused rather than ignored.
+    let only = |allowed: &[&str]| match given.iter().find(|option| !allowed.contains(option)) {
+        Some(option) => Err(Usage(format!(
+            "{option} does not apply to '{}'",
+            subcommand.as_deref().unwrap_or("run")
+        ))),
+        None => Ok(()),
+    };
     match subcommand.as_deref() {
-        None | Some("run") => no_operand().map(|()| Command::Run(config)),
-        Some("check-config") => no_operand().map(|()| Command::CheckConfig(config)),
-        Some("guid") => needs_operand("PORT").map(Command::Guid),
-        Some("port") => needs_operand("GUID").map(Command::Port),
+        None | Some("run") => {
+            only(&["--config", "--control"])?;
+            no_operand().map(|()| Command::Run(options))
+        }
+        Some("status") => {
+            only(&["--json", "--control"])?;
+            no_operand().map(|()| Command::Status(options))
+        }
+        Some("check-config") => {
+            only(&["--config"])?;
+            no_operand().map(|()| Command::CheckConfig(options.config))
+        }
+        Some("host-setup") => {
+            only(&["--config", "--format", "--all"])?;
+            if options.all && options.config.is_some() {
+                return Err(Usage("--all and --config exclude each other".to_string()));
+            }
+            no_operand().map(|()| Command::HostSetup(options))
+        }
+        Some("doctor") => {
+            only(&["--config", "--root"])?;
+            no_operand().map(|()| Command::Doctor(options))
+        }
+        Some("guid") => only(&[]).and_then(|()| needs_operand("PORT").map(Command::Guid)),
+        Some("port") => only(&[]).and_then(|()| needs_operand("GUID").map(Command::Port)),
         Some(other) => Err(Usage(format!("unknown command '{other}'"))),
     }
 }
@@ -121,11 +207,100 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run(path) => run(path),
+        Command::Run(options) => run(options),
+        Command::Status(options) => status(&options),
+        Command::HostSetup(options) => host_setup(&options),
+        Command::Doctor(options) => doctor(&options),
     }
 }
 
-fn run(path: Option<PathBuf>) -> ExitCode {
+/// `hvagent doctor`: the checks and their fixes; exit 1 when a problem was found.
+fn doctor(options: &Options) -> ExitCode {
+    let root = options.root.as_deref().unwrap_or(std::path::Path::new("/"));
+    let findings = hvagent::doctor::Doctor::new(root, options.config.as_deref()).run();
+    let (text, problems) = hvagent::doctor::render(&findings);
+    print_out(&text);
+    if problems {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `hvagent host-setup`: the registry entries the Windows host needs, as PowerShell or a .reg file.
+fn host_setup(options: &Options) -> ExitCode {
+    use hvagent::host_setup::{self, Format};
+    let format = match options
+        .format
+        .as_deref()
+        .unwrap_or("powershell")
+        .parse::<Format>()
+    {
+        Ok(format) => format,
+        Err(message) => {
+            eprintln!("hvagent: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut how = String::new();
+    let (needed, skipped) = if options.all {
+        how.push_str("--all ");
+        (host_setup::all_defaults(), Vec::new())
+    } else {
+        match config::load(options.config.as_deref()) {
+            Ok(config) => host_setup::registrations(&config),
+            Err(error) => {
+                eprintln!("hvagent: {error}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    how.push_str(match format {
+        Format::PowerShell => "--format powershell",
+        Format::Reg => "--format reg",
+    });
+    print_out(&host_setup::render(&needed, &skipped, format, &how))
+}
+
+/// Prints to stdout; a reader that went away (`| head`) is not an error.
+fn print_out(text: &str) -> ExitCode {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    ExitCode::SUCCESS
+}
+
+/// `hvagent status`: asks the running agent and prints its answer as text or JSON.
+fn status(options: &Options) -> ExitCode {
+    let path = options.control_path();
+    let text = match hvagent::control::fetch(&path, std::time::Duration::from_secs(5)) {
+        Ok(text) => text,
+        Err(error) => {
+            eprintln!(
+                "hvagent: cannot reach the agent at {}: {error}; is hvagent running \
+                 (systemctl status hvagent), and are you root?",
+                path.display()
+            );
+            return ExitCode::from(1);
+        }
+    };
+    match hvagent::status::AgentStatus::from_json(&text) {
+        Ok(report) if options.json => print_out(&format!("{}\n", report.to_json())),
+        Ok(report) => print_out(&report.render()),
+        Err(error) => {
+            eprintln!(
+                "hvagent: the agent at {} sent a status this version cannot read: {error}",
+                path.display()
+            );
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(options: Options) -> ExitCode {
+    let notifier = hvagent::systemd::Notifier::from_env();
+    let control = options.control_path();
+    let explicit_control = options.control.is_some();
+    let path = options.config;
     let config = match config::load(path.as_deref()) {
         Ok(config) => config,
         Err(error) => {
@@ -135,7 +310,9 @@ fn run(path: Option<PathBuf>) -> ExitCode {
     };
     hvagent::systemd::init_logging(config.log_level);
     let mut agent = match Agent::new(config, path) {
-        Ok(agent) => agent,
+        Ok(agent) => agent
+            .with_notifier(notifier)
+            .with_control_socket(control, explicit_control),
         Err(error) => {
             log::error!("hvagent: {error}");
             return ExitCode::from(1);

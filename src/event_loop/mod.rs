@@ -1,27 +1,32 @@
 //! The agent's one poll(2) loop: dials and listens for each enabled service, feeds bytes to the channels,
-//! sends their replies, paces redials, and handles SIGTERM/SIGINT (exit) and SIGHUP (reload).
+//! sends their replies, paces redials, answers the control socket, tells systemd how it goes, and handles
+//! SIGTERM/SIGINT (exit) and SIGHUP (reload).
 //!
-//! The poll timeout is the nearest deadline (a redial or a connect time-out); with every service connected
-//! and nothing due it is infinite, so an idle agent is never woken.
+//! The poll timeout is the nearest deadline (a redial, a connect time-out, a logic's timer, or the systemd
+//! watchdog ping when systemd asked for one); with every service connected and nothing due it is infinite,
+//! so an idle agent is never woken.
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use log::{error, info};
+use log::{debug, error, info, warn};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::config::{self, Config};
+use crate::control::{self, ControlSocket};
 use crate::service::Logic;
+use crate::systemd::Notifier;
 use crate::wire::Message;
 
+mod report;
 mod runtime;
 mod services;
 use runtime::{DialState, Link, Role, Service};
 
-/// How long a stopping agent spends answering what already arrived and sending what is queued.
+/// How long a stopping agent waits for its peers to take the answers queued for them.
 const FINISH_LIMIT: Duration = Duration::from_secs(1);
 
 /// Which file descriptor a poll slot watches.
@@ -35,6 +40,8 @@ enum Token {
     ListenLink(usize, usize),
     /// The descriptor a service's logic asked to be watched.
     Logic(usize),
+    /// The control socket (`hvagent status`).
+    Control,
 }
 
 /// The running agent.
@@ -45,6 +52,15 @@ pub struct Agent {
     terminate: UnixStream,
     reload: UnixStream,
     seed: u64,
+    notifier: Notifier,
+    /// Where to open the control socket, and whether it was asked for (rather than the default).
+    control_path: Option<(PathBuf, bool)>,
+    control: Option<ControlSocket>,
+    started: Instant,
+    /// When the next WATCHDOG=1 is due; none when systemd watches nothing.
+    watchdog_at: Option<Instant>,
+    /// The STATUS= text systemd has, sent again only when it changes.
+    shown_status: String,
 }
 
 /// Why the agent could not start.
@@ -112,7 +128,97 @@ impl Agent {
             terminate,
             reload,
             seed,
+            notifier: Notifier::default(),
+            control_path: None,
+            control: None,
+            started: now,
+            watchdog_at: None,
+            shown_status: String::new(),
         })
+    }
+
+    /// Tells systemd through `notifier` (READY=1, STATUS=, RELOADING=1, STOPPING=1, WATCHDOG=1).
+    pub fn with_notifier(mut self, notifier: Notifier) -> Agent {
+        self.notifier = notifier;
+        self
+    }
+
+    /// Answers `hvagent status` on a Unix socket at `path` (opened when the agent runs). `explicit` says
+    /// the user asked for this path; the default one is skipped quietly when its directory (systemd's
+    /// RuntimeDirectory=) does not exist, as when the agent is run by hand.
+    pub fn with_control_socket(mut self, path: PathBuf, explicit: bool) -> Agent {
+        self.control_path = Some((path, explicit));
+        self
+    }
+
+    /// Opens the control socket; the agent runs on without it when that fails.
+    fn open_control_socket(&mut self) {
+        let Some((path, explicit)) = &self.control_path else {
+            return;
+        };
+        match ControlSocket::bind(path) {
+            Ok(socket) => {
+                debug!("hvagent: status on {}", path.display());
+                self.control = Some(socket);
+            }
+            Err(error) if !explicit && error.kind() == std::io::ErrorKind::NotFound => debug!(
+                "hvagent: no control socket: {} has no directory (systemd creates it; or use --control PATH)",
+                path.display()
+            ),
+            Err(error) => warn!(
+                "hvagent: no control socket, so `hvagent status` will not answer: cannot listen on {}: {error}",
+                path.display()
+            ),
+        }
+    }
+
+    /// Answers every waiting `hvagent status` client.
+    fn answer_control_clients(&self, now: Instant) {
+        let Some(control) = &self.control else {
+            return;
+        };
+        let clients = control.accept_all();
+        if clients.is_empty() {
+            return;
+        }
+        let config = self
+            .config_path
+            .as_deref()
+            .or_else(|| {
+                let default = std::path::Path::new(config::DEFAULT_PATH);
+                default.exists().then_some(default)
+            })
+            .map(|path| path.display().to_string());
+        let json = report::agent_status(&self.services, self.started, config, now).to_json();
+        for client in clients {
+            control::answer(client, json.as_bytes());
+        }
+    }
+
+    /// Sends STATUS= when the summary changed since systemd last heard it.
+    fn show_status(&mut self) {
+        if !self.notifier.enabled() {
+            return;
+        }
+        let summary = report::summary(&self.services);
+        if summary != self.shown_status {
+            self.notifier.status(&summary);
+            self.shown_status = summary;
+        }
+    }
+
+    /// Pings the systemd watchdog when due and sets when the next ping is.
+    fn ping_watchdog(&mut self, now: Instant) {
+        let Some(interval) = self.notifier.watchdog_interval() else {
+            return;
+        };
+        match self.watchdog_at {
+            Some(at) if at > now => {}
+            _ => {
+                self.notifier.watchdog();
+                self.watchdog_at = Some(now + interval);
+            }
+        }
     }
 
     /// Runs until SIGTERM or SIGINT.
@@ -125,6 +231,8 @@ impl Agent {
             env!("CARGO_PKG_VERSION"),
             self.services.len()
         );
+        self.open_control_socket();
+        let mut ready = false;
         loop {
             let now = Instant::now();
             for service in &mut self.services {
@@ -132,10 +240,20 @@ impl Agent {
                 // A timer may have closed a link (idle timeout): close it now, not after the next event.
                 service.sweep(now);
             }
+            if !ready {
+                // Every service has dialled or opened its listener by now.
+                self.shown_status = report::summary(&self.services);
+                self.notifier.ready(&self.shown_status);
+                ready = true;
+            } else {
+                self.show_status();
+            }
+            self.ping_watchdog(now);
             let timeout = self
                 .services
                 .iter()
                 .filter_map(Service::deadline)
+                .chain(self.watchdog_at)
                 .min()
                 .map(|deadline| deadline.saturating_duration_since(Instant::now()));
             let mut fds = Vec::new();
@@ -144,6 +262,10 @@ impl Agent {
             tokens.push(Token::Terminate);
             fds.push(PollFd::new(self.reload.as_fd(), PollFlags::POLLIN));
             tokens.push(Token::Reload);
+            if let Some(control) = &self.control {
+                fds.push(PollFd::new(control.fd(), PollFlags::POLLIN));
+                tokens.push(Token::Control);
+            }
             for (index, service) in self.services.iter().enumerate() {
                 watch(service, index, &mut fds, &mut tokens);
             }
@@ -167,16 +289,22 @@ impl Agent {
                     Token::Terminate => {
                         if drain(&mut self.terminate) {
                             info!("hvagent: stopping on signal");
+                            self.notifier.stopping();
                             self.finish(&mut inbox, &mut replies);
                             self.services.clear();
+                            self.control = None;
                             return Ok(());
                         }
                     }
                     Token::Reload => {
                         if drain(&mut self.reload) {
+                            self.notifier.reloading();
                             self.reload_config(now);
+                            self.shown_status = report::summary(&self.services);
+                            self.notifier.ready(&self.shown_status);
                         }
                     }
+                    Token::Control => self.answer_control_clients(now),
                     other => self.handle(other, events, now, &mut inbox, &mut replies),
                 }
             }
@@ -216,17 +344,18 @@ impl Agent {
                 }
             }
             Token::Logic(index) => self.services[index].logic.fd_ready(now),
-            Token::Terminate | Token::Reload => {}
+            Token::Terminate | Token::Reload | Token::Control => {}
         }
     }
 
-    /// Before exiting: answers the requests already received and sends every queued answer, for at most
-    /// [`FINISH_LIMIT`], so a peer loses no answer to a request it completed before the signal.
+    /// Before exiting: answers the requests already received, then sends every queued answer, waiting at
+    /// most [`FINISH_LIMIT`] for peers to take them, so a peer loses no answer to a request it completed
+    /// before the signal.
     fn finish(&mut self, inbox: &mut Vec<Message>, replies: &mut Vec<Message>) {
-        let until = Instant::now() + FINISH_LIMIT;
         for service in &mut self.services {
-            service.answer_waiting(inbox, replies, until);
+            service.answer_waiting(inbox, replies);
         }
+        let until = Instant::now() + FINISH_LIMIT;
         loop {
             let now = Instant::now();
             if now >= until {

@@ -15,6 +15,9 @@ use crate::transport::socket::{self, Dial, Peer, CONNECT_TIMEOUT};
 use crate::transport::{Address, Closed, Connection};
 use crate::wire::Message;
 
+/// Reads per link when stopping: 64 reads of up to 16 KiB each, more than a socket buffer holds.
+const FINAL_READS: usize = 64;
+
 /// A connected channel.
 pub(super) struct Link {
     pub(super) connection: Connection,
@@ -286,14 +289,10 @@ impl Service {
         }
     }
 
-    /// On the way out: answers the requests already waiting in the sockets (until `until`), so a peer
-    /// loses no answer to a request it completed before the agent was told to stop.
-    pub(super) fn answer_waiting(
-        &mut self,
-        inbox: &mut Vec<Message>,
-        replies: &mut Vec<Message>,
-        until: Instant,
-    ) {
+    /// On the way out: answers the requests already waiting in the sockets, so a peer loses no answer to a
+    /// request it completed before the agent was told to stop. Bounded by work, not time: at most
+    /// [`FINAL_READS`] reads per link, which covers everything a socket buffer holds.
+    pub(super) fn answer_waiting(&mut self, inbox: &mut Vec<Message>, replies: &mut Vec<Message>) {
         let name = self.config.kind.name();
         let logic = &mut *self.logic;
         let links: Vec<&mut Link> = match &mut self.role {
@@ -302,12 +301,10 @@ impl Service {
             Role::Listener(listening) => listening.links.iter_mut().collect(),
         };
         for link in links {
-            loop {
-                let now = Instant::now();
-                if link.closed.is_some() || now >= until {
-                    break;
-                }
-                if link.service(name, logic, now, inbox, replies) == 0 {
+            for _ in 0..FINAL_READS {
+                if link.closed.is_some()
+                    || link.service(name, logic, Instant::now(), inbox, replies) == 0
+                {
                     break;
                 }
             }

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# make deb: target/debian/hvagent_VERSION_ARCH.deb, built with dpkg-deb from a `make install` tree
+# (PREFIX=/usr, the unit in /lib/systemd/system), with /etc/hvagent/hvagent.toml as a conffile (dpkg keeps a
+# changed one on upgrade) and maintainer scripts that enable the service (packaging/deb/).
+# Prints the path of the package. Needs a release build (make build) and dpkg-deb.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+command -v dpkg-deb >/dev/null || { echo "build-deb: dpkg-deb is missing (apt-get install dpkg)" >&2; exit 1; }
+
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+arch=$(dpkg --print-architecture)
+out=target/debian
+root=$out/hvagent_${version}_$arch
+rm -rf "$root"
+mkdir -p "$root/DEBIAN"
+
+# The same tree `make install` makes; the binaries are already built, so this only copies.
+make --no-print-directory -s CARGO="${CARGO:-cargo} -q" install DESTDIR="$REPO/$root" PREFIX=/usr UNITDIR=/lib/systemd/system \
+    MODULESLOADDIR=/usr/lib/modules-load.d >/dev/null
+# Debian policy: compressed man pages, a copyright file.
+gzip -9n "$root"/usr/share/man/man*/*
+install -m 0644 packaging/deb/copyright "$root/usr/share/doc/hvagent/copyright"
+
+# The lowest glibc the binaries need, from their versioned symbols.
+glibc=$(objdump -T "$root/usr/sbin/hvagent" "$root/usr/bin/hvhost" 2>/dev/null |
+    sed -n 's/.*GLIBC_\([0-9.]*\).*/\1/p' | sort -V | tail -n 1 || true)
+depends="libc6${glibc:+ (>= $glibc)}"
+installed_size=$(du -sk --exclude=DEBIAN "$root" | cut -f1)
+
+cat >"$root/DEBIAN/control" <<CONTROL
+Package: hvagent
+Version: $version
+Architecture: $arch
+Maintainer: hvagent developers <hvagent@localhost>
+Installed-Size: $installed_size
+Depends: $depends
+Recommends: init-system-helpers
+Section: admin
+Priority: optional
+Description: Hyper-V integration-services guest agent over AF_VSOCK
+ hvagent runs inside a Linux virtual machine and speaks Hyper-V integration-service
+ messages (heartbeat, time sync, shutdown) with its host over raw AF_VSOCK sockets:
+ hv_sock on Hyper-V, virtio-vsock on KVM, QEMU, Firecracker and Cloud Hypervisor.
+ One small binary with a single poll loop, a hardened systemd unit that never holds
+ up boot, "hvagent status" for what it is doing and "hvagent host-setup" for what the
+ Windows host must register.
+CONTROL
+echo /etc/hvagent/hvagent.toml >"$root/DEBIAN/conffiles"
+for script in postinst prerm postrm; do
+    install -m 0755 "packaging/deb/$script" "$root/DEBIAN/$script"
+done
+(cd "$root" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z | xargs -0 md5sum) \
+    >"$root/DEBIAN/md5sums"
+chmod 0644 "$root/DEBIAN/control" "$root/DEBIAN/conffiles" "$root/DEBIAN/md5sums"
+
+deb=$out/hvagent_${version}_$arch.deb
+dpkg-deb --root-owner-group -Zxz --build "$root" "$deb" >/dev/null
+echo "$deb"

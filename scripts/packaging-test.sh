@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# packaging-test: the systemd unit's exposure score and `systemd-analyze verify`, the `make install` tree, and
+# the Debian package's contents, control fields and modes. Builds nothing into the real root and starts nothing.
+#
+# Output: one "PASS name" or "FAIL name: why" line per check (SKIP where a tool is missing), then
+# "packaging-test: N passed, M failed". Exit status 0 when none failed.
+set -euo pipefail
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+MAX_EXPOSURE=1.5
+passed=0
+failed=0
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+pass() { echo "PASS $1"; passed=$((passed + 1)); }
+fail() { echo "FAIL $1: $2"; failed=$((failed + 1)); }
+skip() { echo "SKIP $1: $2"; }
+have() { command -v "$1" >/dev/null; }
+
+# The unit as installed for a binary at $1, so `verify` can check that ExecStart= exists.
+unit_for() {
+    sed "s|^ExecStart=/usr/sbin/hvagent|ExecStart=$1|" systemd/hvagent.service
+}
+
+check_exposure() {
+    local name=unit_exposure_score_is_at_most_$MAX_EXPOSURE
+    have systemd-analyze || { skip "$name" "systemd-analyze is missing (scripts/install-test-deps.sh installs it)"; return; }
+    local out score
+    out=$(systemd-analyze security --offline=true systemd/hvagent.service 2>&1) || true
+    score=$(sed -n 's/.*Overall exposure level for hvagent.service: \([0-9.]*\).*/\1/p' <<<"$out")
+    if [ -z "$score" ]; then
+        fail "$name" "no score in: $(tail -n 3 <<<"$out")"
+    elif awk -v s="$score" -v m="$MAX_EXPOSURE" 'BEGIN { exit !(s <= m) }'; then
+        pass "$name (score $score)"
+    else
+        fail "$name" "score $score > $MAX_EXPOSURE"
+    fi
+}
+
+# systemd-analyze verify on the unit with ExecStart= at binary $2, man pages looked up in $3 (or not at all).
+verify_unit() {
+    local name=$1 binary=$2 manpath=${3:-}
+    have systemd-analyze || { skip "$name" "systemd-analyze is missing"; return; }
+    mkdir -p "$work/verify"
+    unit_for "$binary" >"$work/verify/hvagent.service"
+    local out man=(--man=no)
+    if [ -n "$manpath" ] && have man; then man=(--man=yes); fi
+    if out=$(MANPATH=$manpath systemd-analyze verify "${man[@]}" "$work/verify/hvagent.service" 2>&1) && [ -z "$out" ]; then
+        pass "$name"
+    else
+        fail "$name" "$out"
+    fi
+}
+
+# check_modes NAME ROOT PATH:MODE...: every PATH under ROOT is a regular file with octal MODE.
+check_modes() {
+    local name=$1 root=$2 problems=()
+    shift 2
+    local entry path mode actual
+    for entry in "$@"; do
+        path=${entry%:*}
+        mode=${entry##*:}
+        if [ ! -f "$root/$path" ]; then
+            problems+=("$path is missing")
+        elif actual=$(stat -c %a "$root/$path") && [ "$actual" != "$mode" ]; then
+            problems+=("$path has mode $actual, not $mode")
+        fi
+    done
+    if [ ${#problems[@]} = 0 ]; then pass "$name"; else fail "$name" "${problems[*]}"; fi
+}
+
+# The files of an install with PREFIX=/usr and the unit in /lib/systemd/system, as the .deb has them.
+USR_FILES=(usr/sbin/hvagent:755 usr/bin/hvhost:755 lib/systemd/system/hvagent.service:644
+    usr/lib/modules-load.d/hvagent.conf:644 etc/hvagent/hvagent.toml:644
+    usr/share/doc/hvagent/README.md:644 usr/share/doc/hvagent/hvagent-host-setup.ps1:644)
+
+check_install_tree() {
+    local tree=$work/install-usr-local
+    make --no-print-directory -s CARGO="cargo -q" install DESTDIR="$tree" >/dev/null
+    check_modes install_puts_every_file_in_place_with_its_mode "$tree" \
+        usr/local/sbin/hvagent:755 usr/local/bin/hvhost:755 usr/local/lib/systemd/system/hvagent.service:644 \
+        usr/local/lib/modules-load.d/hvagent.conf:644 etc/hvagent/hvagent.toml:644 \
+        usr/local/share/man/man8/hvagent.8:644 usr/local/share/man/man5/hvagent.toml.5:644 \
+        usr/local/share/doc/hvagent/README.md:644 usr/local/share/doc/hvagent/hvagent-host-setup.reg:644
+    if grep -qx 'ExecStart=/usr/local/sbin/hvagent run' "$tree/usr/local/lib/systemd/system/hvagent.service"; then
+        pass install_points_the_unit_at_the_installed_binary
+    else
+        fail install_points_the_unit_at_the_installed_binary "$(grep ExecStart= "$tree"/usr/local/lib/systemd/system/hvagent.service)"
+    fi
+    if cmp -s etc/hvagent.toml "$tree/etc/hvagent/hvagent.toml" &&
+        "$tree/usr/local/sbin/hvagent" check-config --config "$tree/etc/hvagent/hvagent.toml" >/dev/null; then
+        pass install_ships_the_commented_default_config
+    else
+        fail install_ships_the_commented_default_config "differs from etc/hvagent.toml or does not parse"
+    fi
+    verify_unit installed_unit_passes_systemd_analyze_verify_with_its_man_pages \
+        "$tree/usr/local/sbin/hvagent" "$tree/usr/local/share/man"
+    echo 'log_level = "debug"' >"$tree/etc/hvagent/hvagent.toml"
+    make --no-print-directory -s CARGO="cargo -q" install DESTDIR="$tree" >/dev/null
+    if grep -q debug "$tree/etc/hvagent/hvagent.toml"; then
+        pass install_keeps_a_changed_config
+    else
+        fail install_keeps_a_changed_config "make install overwrote etc/hvagent/hvagent.toml"
+    fi
+    make --no-print-directory -s CARGO="cargo -q" uninstall DESTDIR="$tree" >/dev/null
+    local left
+    left=$(cd "$tree" && find . -type f | sort)
+    if [ "$left" = ./etc/hvagent/hvagent.toml ]; then
+        pass uninstall_removes_all_but_the_config
+    else
+        fail uninstall_removes_all_but_the_config "left: $left"
+    fi
+    tree=$work/install-usr
+    make --no-print-directory -s CARGO="cargo -q" install DESTDIR="$tree" PREFIX=/usr UNITDIR=/lib/systemd/system \
+        MODULESLOADDIR=/usr/lib/modules-load.d >/dev/null
+    check_modes install_honours_prefix_usr "$tree" "${USR_FILES[@]}" usr/share/man/man8/hvagent.8:644
+}
+
+check_man_pages() {
+    have groff || { skip man_pages_format_without_warnings "groff is missing"; return; }
+    local out
+    if out=$(groff -man -ww -z docs/hvagent.8 docs/hvagent.toml.5 2>&1) && [ -z "$out" ]; then
+        pass man_pages_format_without_warnings
+    else
+        fail man_pages_format_without_warnings "$out"
+    fi
+}
+
+check_deb() {
+    have dpkg-deb || { skip deb_package "dpkg-deb is missing (scripts/install-test-deps.sh installs it)"; return; }
+    local deb
+    if ! deb=$(scripts/build-deb.sh 2>"$work/deb.log"); then
+        fail make_deb_builds_a_package "$(cat "$work/deb.log")"
+        return
+    fi
+    pass make_deb_builds_a_package
+    local info
+    info=$(dpkg-deb -f "$deb" Package Version Architecture Depends Section)
+    if grep -qx 'Package: hvagent' <<<"$info" && grep -q '^Depends: libc6' <<<"$info" &&
+        grep -qx "Architecture: $(dpkg --print-architecture)" <<<"$info"; then
+        pass deb_control_fields
+    else
+        fail deb_control_fields "$info"
+    fi
+    local control=$work/control
+    dpkg-deb -e "$deb" "$control"
+    if [ "$(cat "$control/conffiles")" = /etc/hvagent/hvagent.toml ]; then
+        pass deb_keeps_the_config_as_a_conffile
+    else
+        fail deb_keeps_the_config_as_a_conffile "conffiles: $(cat "$control/conffiles")"
+    fi
+    check_modes deb_maintainer_scripts_are_executable "$control" postinst:755 prerm:755 postrm:755
+    local owners
+    owners=$(dpkg-deb -c "$deb" | awk '$2 != "root/root"')
+    if [ -z "$owners" ]; then pass deb_files_belong_to_root; else fail deb_files_belong_to_root "$owners"; fi
+    local root=$work/deb-root
+    dpkg-deb -x "$deb" "$root"
+    check_modes deb_installs_every_file_with_its_mode "$root" "${USR_FILES[@]}" \
+        usr/share/man/man8/hvagent.8.gz:644 usr/share/man/man5/hvagent.toml.5.gz:644 \
+        usr/share/doc/hvagent/copyright:644
+    if "$root/usr/sbin/hvagent" --version | grep -q '^hvagent '; then
+        pass deb_binary_runs
+    else
+        fail deb_binary_runs "$root/usr/sbin/hvagent --version failed"
+    fi
+    check_postinst "$control/postinst"
+}
+
+# Runs postinst with stand-ins for every tool it may call (PATH holds nothing else), recording the calls.
+check_postinst() {
+    local fake=$work/fakebin log=$work/calls
+    mkdir -p "$fake"
+    : >"$log"
+    local tool
+    for tool in deb-systemd-helper deb-systemd-invoke systemctl modprobe; do
+        printf '#!/bin/sh\necho "%s $*" >>"%s"\n' "$tool" "$log" >"$fake/$tool"
+        chmod +x "$fake/$tool"
+    done
+    # was-enabled answers yes, as on a first install.
+    if ! PATH=$fake /bin/sh "$1" configure >/dev/null 2>&1; then
+        fail postinst_enables_the_service_on_first_install "postinst failed"
+        return
+    fi
+    if grep -qx 'deb-systemd-helper enable hvagent.service' "$log"; then
+        pass postinst_enables_the_service_on_first_install
+    else
+        fail postinst_enables_the_service_on_first_install "calls: $(tr '\n' ';' <"$log")"
+    fi
+    rm "$fake/deb-systemd-helper" "$fake/deb-systemd-invoke"
+    : >"$log"
+    PATH=$fake /bin/sh "$1" configure 0.0.9 >/dev/null 2>&1 || true
+    if ! grep -q 'systemctl enable' "$log"; then
+        pass postinst_without_helpers_leaves_enablement_alone_on_upgrade
+    else
+        fail postinst_without_helpers_leaves_enablement_alone_on_upgrade "calls: $(tr '\n' ';' <"$log")"
+    fi
+}
+
+check_exposure
+verify_unit unit_passes_systemd_analyze_verify "$REPO/target/release/hvagent"
+check_man_pages
+check_install_tree
+check_deb
+
+echo "packaging-test: $passed passed, $failed failed"
+[ "$failed" = 0 ]

@@ -1,0 +1,258 @@
+//! The doctor against fake /proc, /sys and /dev trees; services use unix: addresses, so no test here opens
+//! an AF_VSOCK socket.
+
+use std::os::unix::net::UnixListener;
+
+use super::*;
+
+/// A fake root: a Hyper-V guest with hv_sock loaded, CID -1, CAP_SYS_TIME held and no time daemon.
+struct Tree {
+    dir: tempfile::TempDir,
+}
+
+impl Tree {
+    fn hyperv() -> Tree {
+        let tree = Tree {
+            dir: tempfile::tempdir().unwrap(),
+        };
+        tree.file(
+            "proc/net/protocols",
+            "protocol  size sockets  memory press maxhdr  slab module     cl co di ac io in de sh ss gs se re sp bi br ha uh gp em\n\
+             AF_VSOCK  1240      0      -1   NI       0   yes  kernel      y  n  n\n",
+        );
+        for dir in [
+            "sys/bus/vmbus/devices",
+            "sys/module/vsock",
+            "sys/module/hv_sock",
+            "proc/1",
+        ] {
+            tree.dir(dir);
+        }
+        tree.file("dev/vsock", "-1\n");
+        tree.file(
+            "proc/self/status",
+            "Name:\thvagent\nCapEff:\t000001ffffffffff\n",
+        );
+        tree.file("proc/1/comm", "systemd\n");
+        tree
+    }
+
+    fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    fn dir(&self, relative: &str) {
+        std::fs::create_dir_all(self.path(relative)).unwrap();
+    }
+
+    fn file(&self, relative: &str, text: &str) {
+        let path = self.path(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    fn remove(&self, relative: &str) {
+        let path = self.path(relative);
+        if path.is_dir() {
+            std::fs::remove_dir_all(path).unwrap();
+        } else {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+
+    /// A config whose heartbeat dials a Unix socket in the tree.
+    fn config_dialling(&self, socket: &str) -> PathBuf {
+        let text = format!(
+            "[heartbeat]\nconnect = \"unix:{}\"\n",
+            self.path(socket).display()
+        );
+        self.file("etc/hvagent/hvagent.toml", &text);
+        self.path("etc/hvagent/hvagent.toml")
+    }
+
+    fn run(&self) -> Vec<Finding> {
+        Doctor::new(self.dir.path(), None).run()
+    }
+}
+
+fn about<'a>(findings: &'a [Finding], topic: &str) -> &'a Finding {
+    findings
+        .iter()
+        .find(|finding| finding.topic == topic)
+        .unwrap_or_else(|| panic!("no finding about {topic}: {findings:?}"))
+}
+
+fn problems(findings: &[Finding]) -> Vec<&Finding> {
+    findings
+        .iter()
+        .filter(|finding| finding.level == Level::Problem)
+        .collect()
+}
+
+#[test]
+fn a_well_set_up_hyperv_guest_has_no_problem() {
+    let tree = Tree::hyperv();
+    tree.config_dialling("host.sock");
+    let _host = UnixListener::bind(tree.path("host.sock")).unwrap();
+    let findings = tree.run();
+    assert!(problems(&findings).is_empty(), "{findings:?}");
+    assert_eq!(about(&findings, "transport").text, "hv_sock (Hyper-V)");
+    assert!(about(&findings, "AF_VSOCK").text.contains("Hyper-V guest"));
+    assert!(about(&findings, "local CID")
+        .text
+        .starts_with("none (reads as -1"));
+    assert!(about(&findings, "heartbeat")
+        .text
+        .starts_with("the host answers at unix:"));
+    assert!(about(&findings, "config")
+        .text
+        .contains("1 service(s) enabled (heartbeat)"));
+    let (text, any) = render(&findings);
+    assert!(!any);
+    assert!(text.ends_with("no problem found\n"), "{text}");
+}
+
+#[test]
+fn hyperv_without_hv_sock_says_to_load_it() {
+    let tree = Tree::hyperv();
+    tree.remove("sys/module/hv_sock");
+    tree.dir("sys/module/vsock_loopback");
+    let findings = tree.run();
+    let transport = about(&findings, "transport");
+    assert_eq!(transport.level, Level::Problem);
+    assert!(
+        transport.text.contains("loaded: loopback (CID 1)"),
+        "{transport:?}"
+    );
+    assert!(transport
+        .fix
+        .as_deref()
+        .unwrap()
+        .starts_with("modprobe hv_sock"));
+}
+
+#[test]
+fn no_af_vsock_at_all_on_kvm_says_to_attach_a_device() {
+    let tree = Tree::hyperv();
+    tree.remove("sys/bus/vmbus");
+    tree.remove("sys/module/vsock");
+    tree.file("proc/net/protocols", "protocol  size\nUNIX  1024\n");
+    let findings = tree.run();
+    let vsock = about(&findings, "AF_VSOCK");
+    assert_eq!(vsock.level, Level::Problem);
+    assert!(vsock.text.contains("not Hyper-V"));
+    assert!(vsock.fix.as_deref().unwrap().contains("vhost-vsock-pci"));
+    // The default heartbeat dials vsock, which cannot work without AF_VSOCK.
+    let heartbeat = about(&findings, "heartbeat");
+    assert_eq!(heartbeat.level, Level::Problem);
+    assert!(heartbeat.text.contains("AF_VSOCK is not available"));
+}
+
+#[test]
+fn virtio_guests_report_their_transport_and_cid() {
+    let tree = Tree::hyperv();
+    tree.remove("sys/bus/vmbus");
+    tree.remove("sys/module/hv_sock");
+    tree.dir("sys/module/vmw_vsock_virtio_transport");
+    tree.file("dev/vsock", "3\n");
+    let findings = tree.run();
+    assert_eq!(about(&findings, "transport").text, "virtio-vsock");
+    assert_eq!(about(&findings, "local CID").text, "3");
+}
+
+#[test]
+fn vmci_beside_hv_sock_is_a_problem() {
+    let tree = Tree::hyperv();
+    tree.dir("sys/module/vmw_vsock_vmci_transport");
+    let transport = about(&tree.run(), "transport").clone();
+    assert_eq!(transport.level, Level::Problem);
+    assert!(transport
+        .fix
+        .unwrap()
+        .contains("blacklist vmw_vsock_vmci_transport"));
+}
+
+#[test]
+fn an_unanswered_host_is_a_problem_with_the_fix() {
+    let tree = Tree::hyperv();
+    tree.config_dialling("absent.sock");
+    let findings = tree.run();
+    let heartbeat = about(&findings, "heartbeat");
+    assert_eq!(heartbeat.level, Level::Problem);
+    assert!(heartbeat.text.contains("does not answer"), "{heartbeat:?}");
+    assert!(heartbeat
+        .fix
+        .as_deref()
+        .unwrap()
+        .starts_with("start the host peer listening at"));
+    let (text, any) = render(&findings);
+    assert!(any);
+    assert!(
+        text.contains("\n         fix: start the host peer"),
+        "{text}"
+    );
+    assert!(text.ends_with("1 problem found\n"), "{text}");
+}
+
+#[test]
+fn vsock_services_are_not_probed_in_a_fake_tree_and_name_their_guid_when_unanswered() {
+    let tree = Tree::hyperv();
+    let heartbeat = about(&tree.run(), "heartbeat").clone();
+    assert_eq!(heartbeat.level, Level::Note);
+    assert!(heartbeat.text.contains("not probed"), "{heartbeat:?}");
+    let fix = unanswered_fix(&"vsock:host:0x48560001".parse().unwrap());
+    assert!(
+        fix.contains("48560001-facb-11e6-bd58-64006a7986d3"),
+        "{fix}"
+    );
+    assert!(fix.contains("hvagent host-setup"), "{fix}");
+}
+
+#[test]
+fn listening_services_are_noted_not_probed() {
+    let tree = Tree::hyperv();
+    tree.file(
+        "etc/hvagent/hvagent.toml",
+        "[heartbeat]\nlisten = \"vsock:any:0x48560001\"\n",
+    );
+    let heartbeat = about(&tree.run(), "heartbeat").clone();
+    assert_eq!(heartbeat.level, Level::Note);
+    assert!(heartbeat.text.contains("the host dials it"));
+}
+
+#[test]
+fn a_broken_config_is_a_problem_naming_the_line() {
+    let tree = Tree::hyperv();
+    tree.file(
+        "etc/hvagent/hvagent.toml",
+        "[heartbeat]\nconect = \"unix:/x\"\n",
+    );
+    let findings = tree.run();
+    let config = about(&findings, "config");
+    assert_eq!(config.level, Level::Problem);
+    assert!(config.text.contains("hvagent.toml:2:"), "{config:?}");
+    assert!(findings.iter().all(|finding| finding.topic != "heartbeat"));
+}
+
+#[test]
+fn an_explicit_config_is_used_and_a_missing_one_is_a_problem() {
+    let tree = Tree::hyperv();
+    let findings = Doctor::new(tree.dir.path(), Some(&tree.path("nope.toml"))).run();
+    assert_eq!(about(&findings, "config").level, Level::Problem);
+}
+
+#[test]
+fn cap_sys_time_and_time_daemons_matter_when_time_sync_runs() {
+    let tree = Tree::hyperv();
+    tree.file("proc/self/status", "CapEff:\t0000000000000000\n");
+    tree.file("proc/412/comm", "chronyd\n");
+    let doctor = Doctor::new(tree.dir.path(), None);
+    assert_eq!(doctor.check_cap_sys_time(false).level, Level::Note);
+    assert_eq!(doctor.check_cap_sys_time(true).level, Level::Problem);
+    let daemons = doctor.check_time_daemons(false);
+    assert_eq!(daemons.level, Level::Note);
+    assert!(daemons.text.starts_with("chronyd (pid 412)"), "{daemons:?}");
+    assert_eq!(doctor.check_time_daemons(true).level, Level::Problem);
+    tree.file("proc/self/status", "CapEff:\t0000000002000000\n");
+    assert_eq!(doctor.check_cap_sys_time(true).level, Level::Ok);
+}

@@ -1,0 +1,160 @@
+//! The agent's state as a [`crate::status`] report (for the control socket) and as the one-line summary
+//! systemd shows (`STATUS=`).
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use super::runtime::{DialState, Link, Role, Service};
+use crate::config::Endpoint;
+use crate::service::ChannelState;
+use crate::status::{AgentStatus, Detail, LinkStatus, ServiceState, ServiceStatus};
+
+/// Turns monotonic instants into wall-clock Unix seconds, as of one moment.
+pub(super) struct WallClock {
+    now: Instant,
+    unix_now: f64,
+}
+
+impl WallClock {
+    pub(super) fn at(now: Instant) -> WallClock {
+        let unix_now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |elapsed| elapsed.as_secs_f64());
+        WallClock { now, unix_now }
+    }
+
+    pub(super) fn unix(&self, at: Instant) -> f64 {
+        if at >= self.now {
+            self.unix_now + (at - self.now).as_secs_f64()
+        } else {
+            self.unix_now - (self.now - at).as_secs_f64()
+        }
+    }
+}
+
+/// The report of all services.
+pub(super) fn agent_status(
+    services: &[Service],
+    started: Instant,
+    config: Option<String>,
+    now: Instant,
+) -> AgentStatus {
+    let clock = WallClock::at(now);
+    AgentStatus {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        pid: std::process::id(),
+        started: clock.unix(started),
+        now: clock.unix_now,
+        config,
+        services: services
+            .iter()
+            .map(|service| service_status(service, &clock))
+            .collect(),
+    }
+}
+
+fn service_status(service: &Service, clock: &WallClock) -> ServiceStatus {
+    let (mode, address) = match &service.config.endpoint {
+        Endpoint::Connect(address) => ("connect", address),
+        Endpoint::Listen(address) => ("listen", address),
+    };
+    let (state, links): (ServiceState, Vec<&Link>) = match &service.role {
+        Role::Dialer(DialState::Waiting { retry_at }) => (
+            ServiceState::Dialling {
+                next_retry: clock.unix(*retry_at),
+                failures: service.failures,
+            },
+            Vec::new(),
+        ),
+        Role::Dialer(DialState::Connecting { deadline, .. }) => (
+            ServiceState::Connecting {
+                deadline: clock.unix(*deadline),
+            },
+            Vec::new(),
+        ),
+        Role::Dialer(DialState::Up(link)) => (
+            ServiceState::Connected {
+                since: clock.unix(link.since),
+            },
+            vec![&**link],
+        ),
+        Role::Listener(listening) => match (listening.listener.is_some(), listening.retry_at) {
+            (false, Some(retry_at)) => (
+                ServiceState::ListenRetry {
+                    next_retry: clock.unix(retry_at),
+                    failures: service.failures,
+                },
+                Vec::new(),
+            ),
+            _ => (
+                ServiceState::Listening {
+                    peers: listening.links.len(),
+                },
+                listening.links.iter().collect(),
+            ),
+        },
+    };
+    ServiceStatus {
+        name: service.name().to_string(),
+        mode: mode.to_string(),
+        address: address.to_string(),
+        guid: address.service_id().map(|id| id.to_string()),
+        state,
+        links: links
+            .into_iter()
+            .map(|link| link_status(link, clock))
+            .collect(),
+        details: service
+            .logic
+            .status(clock.now)
+            .into_iter()
+            .map(|(label, value)| Detail {
+                label: label.to_string(),
+                value,
+            })
+            .collect(),
+    }
+}
+
+fn link_status(link: &Link, clock: &WallClock) -> LinkStatus {
+    let (negotiation, framework, message) = match link.channel.state() {
+        ChannelState::AwaitingNegotiation => ("awaiting negotiation", None, None),
+        ChannelState::NoCommonVersion => ("no common version", None, None),
+        ChannelState::Ready { framework, message } => (
+            "negotiated",
+            Some(framework.to_string()),
+            Some(message.to_string()),
+        ),
+    };
+    LinkStatus {
+        peer: link.peer.clone(),
+        since: clock.unix(link.since),
+        negotiation: negotiation.to_string(),
+        framework,
+        message,
+    }
+}
+
+/// `heartbeat connected, timesync dialling`: what `systemctl status` shows.
+pub(super) fn summary(services: &[Service]) -> String {
+    if services.is_empty() {
+        return "no service enabled".to_string();
+    }
+    services
+        .iter()
+        .map(|service| {
+            let state = match &service.role {
+                Role::Dialer(DialState::Waiting { .. }) => "dialling".to_string(),
+                Role::Dialer(DialState::Connecting { .. }) => "connecting".to_string(),
+                Role::Dialer(DialState::Up(_)) => "connected".to_string(),
+                Role::Listener(listening) if listening.listener.is_none() => {
+                    "cannot listen yet".to_string()
+                }
+                Role::Listener(listening) => {
+                    format!("listening with {} peer(s)", listening.links.len())
+                }
+            };
+            format!("{} {state}", service.name())
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
