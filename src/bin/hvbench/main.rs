@@ -11,8 +11,8 @@
 //! - pipelined heartbeats per second with 16 and with 1 request in flight (target ≥ 100,000/s);
 //! - the agent's context switches while it holds a negotiated connection with no traffic (target 0);
 //! - the time from SIGTERM to the agent's exit (target < 1 s), polled every 100 µs;
-//! - the time from spawning a fresh agent to its first negotiation answer (target ≤ 10 ms), and the size
-//!   of the binary, which the release profile strips (target ≤ 1.5 MiB).
+//! - the time from spawning a fresh agent to its READY=1 on a NOTIFY_SOCKET (target ≤ 10 ms) and to its
+//!   first negotiation answer, and the size of the binary, which the release profile strips (target ≤ 1.5 MiB).
 //!
 //! `hvbench hostscale` measures hvhost serving many agents (hostscale.rs).
 //!
@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use hvagent::host_peer;
+use hvagent::host_peer::{self, RoundTrips};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -48,7 +48,7 @@ Benchmarks hvagent over Unix sockets in a temp dir and prints figures (`name: va
   --agent PATH       the agent binary (default: hvagent beside hvbench)
   --count N          timed heartbeat round trips per server, after 1000 warm-up (default 20000)
   --heartbeats N     pipelined heartbeats (16 in flight) before the loaded RSS (default 1000000)
-  --starts N         fresh agents timed from spawn to first answer (default 20)
+  --starts N         fresh agents timed from spawn to READY=1 and first answer (default 20)
   --qemu-ga PATH     qemu-guest-agent to compare with (default: qemu-ga on PATH or in /usr/sbin)
   --idle-seconds S   how long to watch a connected, idle agent for wake-ups (default 10)
 
@@ -208,23 +208,35 @@ pub(crate) fn beside_hvbench(given: Option<&Path>, name: &str) -> Result<PathBuf
     Ok(path)
 }
 
-pub(crate) fn start_agent(agent: &Path, scratch: &Path, socket: &Path) -> Result<Running, Failure> {
+/// The command that runs the agent with one heartbeat service listening on `socket`, its config in
+/// `scratch` and its control socket beside `socket` (not in /run, which a host's real agent may use).
+pub(crate) fn agent_command(
+    agent: &Path,
+    scratch: &Path,
+    socket: &Path,
+) -> Result<Command, Failure> {
     let config = scratch.join("hvagent.toml");
     std::fs::write(
         &config,
         format!("[heartbeat]\nlisten = \"unix:{}\"\n", socket.display()),
     )
     .context(|| format!("cannot write {}", config.display()))?;
-    Running::spawn(
-        "agent",
-        Command::new(agent)
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .env_remove("JOURNAL_STREAM")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null()),
-    )
+    let mut command = Command::new(agent);
+    command
+        .arg("--config")
+        .arg(&config)
+        .arg("--control")
+        .arg(socket.with_extension("control"))
+        .env_remove("RUST_LOG")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Ok(command)
+}
+
+fn start_agent(agent: &Path, scratch: &Path, socket: &Path) -> Result<Running, Failure> {
+    Running::spawn("agent", &mut agent_command(agent, scratch, socket)?)
 }
 
 fn start_echo(socket: &Path) -> Result<Running, Failure> {
@@ -395,14 +407,20 @@ fn bench(options: &Options) -> Result<(), Failure> {
     );
     figure("agent_exit_status", exit_text(exit));
 
-    let starts = startup::start_to_answer(&agent_bin, &scratch.0, options.starts)?;
-    let (start_p50, start_max) = (starts.quantile(0.5) / 1e3, starts.quantile(1.0) / 1e3);
+    let starts = startup::start_times(&agent_bin, &scratch.0, options.starts)?;
+    let ms = |times: &RoundTrips, q: f64| times.quantile(q) / 1e3;
+    let (ready_p50, ready_max) = (ms(&starts.ready, 0.5), ms(&starts.ready, 1.0));
+    let (answer_p50, answer_max) = (ms(&starts.answer, 0.5), ms(&starts.answer, 1.0));
+    figure(
+        "start_to_ready",
+        format!(
+            "p50 {ready_p50:.2} ms, max {ready_max:.2} ms to READY=1 over {} starts (target <= 10)",
+            starts.ready.count()
+        ),
+    );
     figure(
         "start_to_first_answer",
-        format!(
-            "p50 {start_p50:.2} ms, max {start_max:.2} ms over {} starts (target <= 10; no READY=1 yet)",
-            starts.count()
-        ),
+        format!("p50 {answer_p50:.2} ms, max {answer_max:.2} ms to the first negotiation answer"),
     );
     let size = std::fs::metadata(&agent_bin)
         .context(|| format!("cannot stat {}", agent_bin.display()))?
@@ -418,7 +436,8 @@ fn bench(options: &Options) -> Result<(), Failure> {
         "bench: rtt_ratio_echo_p50={:.2} rtt_ratio_echo_p99={:.2} rtt_ratio_qemu_ga_p50={qemu_ga_ratio} \
          rss_idle_kib={} rss_kib={} rss_loaded_kib={} hwm_kib={peak} hb16_per_s={pipelined:.0} \
          hb1_per_s={serial:.0} idle_wakeups={wakeups} sigterm_ms={sigterm_ms:.1} \
-         start_ms_p50={start_p50:.2} start_ms_max={start_max:.2} size_bytes={size}",
+         ready_ms_p50={ready_p50:.2} ready_ms_max={ready_max:.2} answer_ms_p50={answer_p50:.2} \
+         size_bytes={size}",
         ratios[0][0], ratios[0][1], idle_memory.rss, memory.rss, loaded.rss
     ));
     Ok(())

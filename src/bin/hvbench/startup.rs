@@ -1,9 +1,8 @@
-//! Start-up time: from spawning the agent to its first answer. Until the agent tells systemd READY=1, the
-//! honest end point is the first moment it does its job: its listening socket accepts a connection and
-//! answers a negotiation offer. Each run starts a fresh agent on a fresh socket and polls for the socket
-//! every 50 µs.
+//! Start-up time of fresh agents, each on a fresh socket: from spawning the agent to its READY=1 on a
+//! NOTIFY_SOCKET of our own (as systemd sees it: the config read, every listener open), and to the first
+//! moment it does its job, answering a negotiation offer on its listening socket.
 
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -11,30 +10,66 @@ use hvagent::host_peer::RoundTrips;
 
 use crate::peer::Peer;
 use crate::run::{exit_text, Context, Failure, Running};
-use crate::{start_agent, IO_TIMEOUT};
+use crate::{agent_command, IO_TIMEOUT};
 
 /// How often the socket is tried while the agent starts.
 const POLL: Duration = Duration::from_micros(50);
 
-/// Start-to-first-answer times of `runs` fresh agents.
-pub(crate) fn start_to_answer(
+/// The start-up times of a number of fresh agents.
+pub(crate) struct StartTimes {
+    /// Spawn to READY=1.
+    pub(crate) ready: RoundTrips,
+    /// Spawn to the first negotiation answer.
+    pub(crate) answer: RoundTrips,
+}
+
+pub(crate) fn start_times(
     agent_bin: &Path,
     scratch: &Path,
     runs: usize,
-) -> Result<RoundTrips, Failure> {
-    let mut times = RoundTrips::default();
+) -> Result<StartTimes, Failure> {
+    let mut times = StartTimes {
+        ready: RoundTrips::default(),
+        answer: RoundTrips::default(),
+    };
     for run in 0..runs {
         let socket = scratch.join(format!("start-{run}.sock"));
+        let notify_path = scratch.join(format!("notify-{run}.sock"));
+        let notify = UnixDatagram::bind(&notify_path)
+            .context(|| format!("cannot bind {}", notify_path.display()))?;
+        notify
+            .set_read_timeout(Some(IO_TIMEOUT))
+            .context(|| "cannot set a read time-out")?;
+        let mut command = agent_command(agent_bin, scratch, &socket)?;
+        command.env("NOTIFY_SOCKET", &notify_path);
         let start = Instant::now();
-        let mut agent = start_agent(agent_bin, scratch, &socket)?;
+        let mut agent = Running::spawn("agent", &mut command)?;
+        wait_for_ready(&notify)?;
+        times.ready.record(start.elapsed());
         let stream = wait_for_socket(&socket, &mut agent, start)?;
         stream
             .set_read_timeout(Some(IO_TIMEOUT))
             .context(|| "cannot set a read time-out")?;
         Peer::negotiated(stream)?;
-        times.record(start.elapsed());
+        times.answer.record(start.elapsed());
     }
     Ok(times)
+}
+
+/// Reads notifications until one says READY=1.
+fn wait_for_ready(notify: &UnixDatagram) -> Result<(), Failure> {
+    let mut buffer = [0u8; 4096];
+    loop {
+        let len = notify
+            .recv(&mut buffer)
+            .context(|| "no READY=1 from the agent")?;
+        if String::from_utf8_lossy(&buffer[..len])
+            .lines()
+            .any(|line| line == "READY=1")
+        {
+            return Ok(());
+        }
+    }
 }
 
 fn wait_for_socket(
