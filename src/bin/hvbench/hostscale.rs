@@ -261,17 +261,20 @@ fn printed_round_trips(out: &Path, from: u64, to: u64) -> Result<RoundTrips, Fai
     Ok(trips)
 }
 
-/// Raises the soft open-file limit to the hard one; hvhost inherits it.
+/// Raises the soft open-file limit to `needed` when it is lower (never past the hard limit); hvhost
+/// inherits it.
 fn raise_fd_limit(needed: usize) -> Result<(), Failure> {
     let (soft, hard) =
         getrlimit(Resource::RLIMIT_NOFILE).context(|| "cannot read RLIMIT_NOFILE")?;
-    if soft < hard {
-        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context(|| "cannot raise RLIMIT_NOFILE")?;
-    }
-    if (hard as usize) < needed {
+    let needed = needed as u64;
+    if hard < needed {
         return Err(Failure(format!(
-            "{needed} agents need more than the {hard} open files allowed; raise it (ulimit -Hn)"
+            "{needed} open files are needed but at most {hard} are allowed; raise it (ulimit -Hn)"
         )));
+    }
+    if soft < needed {
+        setrlimit(Resource::RLIMIT_NOFILE, needed, hard)
+            .context(|| "cannot raise RLIMIT_NOFILE")?;
     }
     Ok(())
 }
