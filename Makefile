@@ -1,4 +1,4 @@
-# hvagent: make (build), make test (every test), make demo, make bench, make vm-test, make install.
+# hvagent: make (build), make test (every test), make demo, make bench, make fuzz, make vm-test, make install.
 CARGO   ?= cargo
 PREFIX  ?= /usr/local
 DESTDIR ?=
@@ -12,8 +12,8 @@ MODULESLOADDIR ?= $(PREFIX)/lib/modules-load.d
 # The agent reads /etc/hvagent/hvagent.toml whatever the PREFIX.
 SYSCONFDIR ?= /etc
 
-.PHONY: all build test unit-test interop-test packaging-test vm-test lint demo bench install uninstall deb clean \
-	host-setup-scripts status-demo
+.PHONY: all build test unit-test interop-test packaging-test vm-test lint demo bench bench-hostscale fuzz install \
+	uninstall deb clean host-setup-scripts status-demo
 
 all: build
 
@@ -57,9 +57,21 @@ demo:
 status-demo:
 	scripts/status-demo.sh
 
+# Every coverage-guided fuzz target for FUZZ_SECONDS each (installs cargo-fuzz when missing). Not part of
+# `make test`: the property tests there are its quick version.
+FUZZ_SECONDS ?= 30
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) scripts/fuzz.sh
+
+# Figures, not assertions (docs/PERFORMANCE.md). hostscale: one hvhost serving 10, 100 and 1,000 agents.
 bench:
+	scripts/install-bench-deps.sh
 	$(CARGO) build --release --bins
 	target/release/hvbench
+
+bench-hostscale:
+	$(CARGO) build --release --bins
+	target/release/hvbench hostscale
 
 # The binaries, the systemd unit (ExecStart= pointing at SBINDIR), the hv_sock modules-load file, the commented
 # default config (never over one already there), the man pages and the docs.

@@ -220,25 +220,59 @@ impl Client {
     }
 }
 
-/// Round-trip figures of a run.
+/// Round-trip figures of a run. [`RoundTrips::default`] keeps every sample, for exact quantiles;
+/// [`RoundTrips::bounded`] keeps at most a fixed number, for a server that runs for months.
 #[derive(Debug, Default, Clone)]
 pub struct RoundTrips {
     micros: Vec<f64>,
+    /// Most samples kept; none means all.
+    cap: Option<usize>,
+    /// Every `stride`-th sample is kept: 1 until the cap is first reached, then doubled each time.
+    stride: usize,
+    count: usize,
+    max: f64,
 }
 
 impl RoundTrips {
+    /// Keeps at most `cap` samples (at least 2), an evenly spaced subset of all of them: when the cap is
+    /// reached every other sample is dropped and from then on only every second one recorded, and so on.
+    /// The count and the maximum stay exact; quantiles are those of the subset.
+    pub fn bounded(cap: usize) -> RoundTrips {
+        RoundTrips {
+            cap: Some(cap.max(2)),
+            ..RoundTrips::default()
+        }
+    }
+
     pub fn record(&mut self, round_trip: Duration) {
-        self.micros.push(round_trip.as_secs_f64() * 1e6);
+        let micros = round_trip.as_secs_f64() * 1e6;
+        self.max = self.max.max(micros);
+        self.count += 1;
+        if (self.count - 1) % self.stride.max(1) != 0 {
+            return;
+        }
+        self.micros.push(micros);
+        if self.cap.is_some_and(|cap| self.micros.len() >= cap) {
+            let mut index = 0;
+            self.micros.retain(|_| {
+                index += 1;
+                index % 2 == 1
+            });
+            self.stride = self.stride.max(1) * 2;
+        }
     }
 
     pub fn count(&self) -> usize {
-        self.micros.len()
+        self.count
     }
 
-    /// The `q` quantile (0..=1) in microseconds, by nearest rank.
+    /// The `q` quantile (0..=1) in microseconds, by nearest rank; `q` = 1 is the exact maximum.
     pub fn quantile(&self, q: f64) -> f64 {
         if self.micros.is_empty() {
             return 0.0;
+        }
+        if q >= 1.0 {
+            return self.max;
         }
         let mut sorted = self.micros.clone();
         sorted.sort_by(f64::total_cmp);
@@ -287,5 +321,18 @@ mod tests {
         assert_eq!(trips.quantile(0.99), 99.0);
         assert_eq!(trips.quantile(1.0), 100.0);
         assert_eq!(RoundTrips::default().quantile(0.5), 0.0);
+    }
+
+    #[test]
+    fn bounded_round_trips_keep_an_even_subset_and_the_exact_count_and_maximum() {
+        let mut trips = RoundTrips::bounded(256);
+        for micros in 1..=100_000 {
+            trips.record(Duration::from_micros(micros));
+        }
+        assert!(trips.micros.len() <= 256, "{} kept", trips.micros.len());
+        assert_eq!(trips.count(), 100_000);
+        assert_eq!(trips.quantile(1.0), 100_000.0);
+        let p50 = trips.quantile(0.5);
+        assert!((45_000.0..=55_000.0).contains(&p50), "p50 {p50}");
     }
 }

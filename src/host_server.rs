@@ -85,6 +85,8 @@ struct Agent {
     trips: RoundTrips,
     time: TimeStats,
     closed: Option<String>,
+    /// How long after negotiation the first heartbeat goes out; see [`first_heartbeat_delay`].
+    first_delay: Duration,
 }
 
 impl Agent {
@@ -128,10 +130,11 @@ pub fn serve(
     say(out, &format!("listening on {address}"));
     let mut agents: Vec<Agent> = Vec::new();
     let mut inbox = Vec::new();
+    let slack = heartbeat_slack(options.interval);
     loop {
         let now = Instant::now();
         for agent in agents.iter_mut() {
-            if agent.next_at.is_some_and(|at| at <= now) {
+            if agent.next_at.is_some_and(|at| at <= now + slack) {
                 agent.next_at = None;
                 send_next(agent, options, now);
             }
@@ -163,7 +166,7 @@ pub fn serve(
             .collect();
         drop(fds);
         if !events[0].is_empty() {
-            accept_agents(&listener, &mut agents, options.service, out);
+            accept_agents(&listener, &mut agents, options, out);
         }
         for (agent, ready) in agents.iter_mut().zip(&events[1..]) {
             if ready.is_empty() {
@@ -197,10 +200,27 @@ pub fn serve(
     }
 }
 
+/// How early a heartbeat may go out: 0.3% of the interval, at most 3 ms. Each wake-up then sends every
+/// heartbeat due within the slack, instead of waking once per agent. hvbench hostscale, 1,000 agents on a
+/// quiet machine: no slack 21% of a core, p99 1.75 ms; 3 ms 10.5%, p99 1.74 ms; 10 ms 6.5%, p99 2.4 ms
+/// (and 5-6 ms on a busy one, answers queueing behind batches of ten).
+fn heartbeat_slack(interval: Duration) -> Duration {
+    (interval / 300).min(Duration::from_millis(3))
+}
+
+/// Where in the interval the first heartbeat of the agent accepted as number `serial` (from 0) goes. Agents
+/// that connect together, as all of a host's guests do when hvhost restarts, are spread evenly over the
+/// interval by the golden ratio instead of being heartbeated at one instant: a burst of 1,000 requests
+/// queues each answer behind the others (p99 15 ms at 1,000 agents before, hvbench hostscale).
+fn first_heartbeat_delay(serial: usize, interval: Duration) -> Duration {
+    const GOLDEN_FRACTION: f64 = 0.618_033_988_749_895;
+    interval.mul_f64((serial as f64 * GOLDEN_FRACTION).fract())
+}
+
 fn accept_agents(
     listener: &std::os::fd::OwnedFd,
     agents: &mut Vec<Agent>,
-    service: ServiceKind,
+    options: &ServeOptions,
     out: &mut dyn Write,
 ) {
     while let Ok(Some((fd, peer))) = socket::accept(listener.as_fd()) {
@@ -209,16 +229,22 @@ fn accept_agents(
             other => other.to_string(),
         };
         say(out, &format!("connected {peer}"));
-        let channel = HostChannel::new(service);
+        let channel = HostChannel::new(options.service);
         let offer = channel.offer();
         let mut agent = Agent {
             connection: Connection::new(fd),
             channel,
             peer,
             next_at: None,
-            trips: RoundTrips::default(),
+            // hvhost may serve an agent for months: its summary keeps 256 samples (2 KiB), not every one.
+            trips: RoundTrips::bounded(256),
             time: TimeStats::default(),
             closed: None,
+            // Time sync starts with a SYNC right after negotiation; heartbeats are spread over the interval.
+            first_delay: match options.service {
+                ServiceKind::TimeSync => Duration::ZERO,
+                _ => first_heartbeat_delay(agents.len(), options.interval),
+            },
         };
         agent.send(&offer);
         agents.push(agent);
@@ -335,7 +361,7 @@ fn handle_answer(
                 out,
                 &format!("negotiated framework={framework} message={message}"),
             );
-            agent.next_at = Some(now);
+            agent.next_at = Some(now + agent.first_delay);
         }
         Ok(HostEvent::HeartbeatAnswered {
             seq_num,

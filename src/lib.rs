@@ -23,6 +23,7 @@ pub mod host_peer;
 pub mod host_requests;
 pub mod host_server;
 pub mod host_setup;
+pub mod properties;
 pub mod service;
 pub mod status;
 pub mod system;

@@ -52,7 +52,7 @@ pub fn map(mode: Mode, outcome: &Outcome) -> AppState {
 }
 
 /// A check run as a child process.
-pub trait Checker {
+pub trait Checker: Send {
     /// Starts a check.
     fn start(&mut self) -> Result<(), String>;
     /// The descriptor to watch while the check runs (its stdout); None once there is nothing left to read.

@@ -5,6 +5,7 @@ use super::negotiate::Negotiate;
 use super::shutdown::ShutdownRequest;
 use super::timesync::{TimeSyncData, TimeSyncRef};
 use super::*;
+use crate::properties::{check_bodies, check_stream};
 use proptest::prelude::*;
 
 fn heartbeat_request(seq: u64) -> Message {
@@ -148,54 +149,6 @@ fn emit_refuses_a_body_that_does_not_fit() {
         message.to_bytes(),
         Err(WireError::TooLarge { .. })
     ));
-}
-
-/// Feeds `stream` to a decoder in chunks of the given sizes and checks the properties: no panic, and every
-/// accepted message re-encodes to exactly the bytes it came from.
-fn check_stream(stream: &[u8], chunks: &[usize]) {
-    let mut decoder = Decoder::new();
-    let mut consumed = 0usize;
-    let mut fed = 0usize;
-    let mut sizes = chunks.iter().cycle();
-    while fed < stream.len() {
-        let size = (*sizes.next().unwrap_or(&1)).max(1).min(stream.len() - fed);
-        decoder.push(&stream[fed..fed + size]);
-        fed += size;
-        loop {
-            match decoder.next_message() {
-                Ok(Some(message)) => {
-                    let bytes = message.to_bytes().unwrap();
-                    assert_eq!(&stream[consumed..consumed + bytes.len()], &bytes[..]);
-                    consumed += bytes.len();
-                    check_bodies(&message.body);
-                }
-                Ok(None) => break,
-                Err(_) => return,
-            }
-        }
-    }
-}
-
-/// Every body parser on arbitrary bytes: no panic, and what parses re-encodes exactly.
-fn check_bodies(body: &[u8]) {
-    if let Ok(parsed) = Negotiate::parse(body) {
-        assert_eq!(parsed.to_body(), body);
-    }
-    if let Ok(parsed) = Heartbeat::parse(body) {
-        assert_eq!(parsed.to_body(), body);
-    }
-    if let Ok(parsed) = TimeSyncRef::parse(body) {
-        assert_eq!(parsed.to_body(), body);
-    }
-    if let Ok(parsed) = TimeSyncData::parse(body) {
-        assert_eq!(parsed.to_body(), body);
-    }
-    if let Ok(parsed) = ShutdownRequest::parse(body) {
-        assert_eq!(parsed.to_body(), body);
-    }
-    if let Ok(parsed) = super::kvp::KvpMessage::parse(body) {
-        assert_eq!(parsed.to_body(), body);
-    }
 }
 
 /// A stream of valid messages of every kind, to mutate.

@@ -1,5 +1,4 @@
-use std::cell::RefCell;
-use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::service::heartbeat::HeartbeatLogic;
@@ -68,11 +67,11 @@ struct Script {
     start_fails: bool,
 }
 
-struct FakeChecker(Rc<RefCell<Script>>);
+struct FakeChecker(Arc<Mutex<Script>>);
 
 impl Checker for FakeChecker {
     fn start(&mut self) -> Result<(), String> {
-        let mut script = self.0.borrow_mut();
+        let mut script = self.0.lock().unwrap();
         script.starts += 1;
         if script.start_fails {
             Err("No such file or directory".into())
@@ -84,10 +83,10 @@ impl Checker for FakeChecker {
         None
     }
     fn ready(&mut self) -> Option<Outcome> {
-        self.0.borrow_mut().outcome.take()
+        self.0.lock().unwrap().outcome.take()
     }
     fn kill(&mut self) {
-        self.0.borrow_mut().kills += 1;
+        self.0.lock().unwrap().kills += 1;
     }
     fn describe(&self) -> String {
         "fake".into()
@@ -97,8 +96,8 @@ impl Checker for FakeChecker {
 const INTERVAL: Duration = Duration::from_secs(30);
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-fn logic(mode: Mode) -> (HeartbeatLogic, Rc<RefCell<Script>>) {
-    let script = Rc::new(RefCell::new(Script::default()));
+fn logic(mode: Mode) -> (HeartbeatLogic, Arc<Mutex<Script>>) {
+    let script = Arc::new(Mutex::new(Script::default()));
     let health = Health::new(
         mode,
         Some(Box::new(FakeChecker(script.clone()))),
@@ -131,24 +130,28 @@ fn replies_carry_the_last_state_and_checks_start_only_when_stale() {
     assert_eq!(logic.deadline(), None, "no check, no wake-up");
     assert_eq!(beat(&mut logic, t0), AppState::UNKNOWN);
     assert_eq!(
-        script.borrow().starts,
+        script.lock().unwrap().starts,
         1,
         "the first heartbeat starts a check"
     );
     // The check finishes healthy; the next reply says so.
-    script.borrow_mut().outcome = Some(exited(0, ""));
+    script.lock().unwrap().outcome = Some(exited(0, ""));
     logic.fd_ready(t0 + Duration::from_millis(20));
     assert_eq!(logic.deadline(), None);
     assert_eq!(
         beat(&mut logic, t0 + Duration::from_secs(2)),
         AppState::HEALTHY
     );
-    assert_eq!(script.borrow().starts, 1, "state younger than the interval");
+    assert_eq!(
+        script.lock().unwrap().starts,
+        1,
+        "state younger than the interval"
+    );
     // Once the state is older than the interval, a heartbeat starts a new one.
     let later = t0 + Duration::from_millis(20) + INTERVAL;
     assert_eq!(beat(&mut logic, later), AppState::HEALTHY);
-    assert_eq!(script.borrow().starts, 2);
-    script.borrow_mut().outcome = Some(exited(3, ""));
+    assert_eq!(script.lock().unwrap().starts, 2);
+    script.lock().unwrap().outcome = Some(exited(3, ""));
     logic.fd_ready(later);
     assert_eq!(beat(&mut logic, later), AppState::CRITICAL);
 }
@@ -165,10 +168,10 @@ fn a_hanging_check_is_killed_at_the_limit_while_heartbeats_are_answered() {
         assert_eq!(beat(&mut logic, now), AppState::UNKNOWN);
         logic.on_timer(now, &mut Vec::new());
     }
-    assert_eq!(script.borrow().starts, 1);
-    assert_eq!(script.borrow().kills, 0);
+    assert_eq!(script.lock().unwrap().starts, 1);
+    assert_eq!(script.lock().unwrap().kills, 0);
     logic.on_timer(t0 + TIMEOUT, &mut Vec::new());
-    assert_eq!(script.borrow().kills, 1);
+    assert_eq!(script.lock().unwrap().kills, 1);
     assert_eq!(logic.deadline(), None);
     assert_eq!(beat(&mut logic, t0 + TIMEOUT), AppState::CRITICAL);
 }
@@ -178,25 +181,25 @@ fn a_hanging_systemctl_means_unknown() {
     let (mut logic, script) = logic(Mode::Systemd);
     let t0 = Instant::now();
     beat(&mut logic, t0);
-    script.borrow_mut().outcome = Some(exited(1, "degraded\n"));
+    script.lock().unwrap().outcome = Some(exited(1, "degraded\n"));
     logic.fd_ready(t0);
     assert_eq!(beat(&mut logic, t0 + INTERVAL), AppState::CRITICAL);
     logic.on_timer(t0 + INTERVAL + TIMEOUT, &mut Vec::new());
-    assert_eq!(script.borrow().kills, 1);
+    assert_eq!(script.lock().unwrap().kills, 1);
     assert_eq!(beat(&mut logic, t0 + INTERVAL + TIMEOUT), AppState::UNKNOWN);
 }
 
 #[test]
 fn a_check_that_cannot_start_is_not_retried_on_every_heartbeat() {
     let (mut logic, script) = logic(Mode::Command);
-    script.borrow_mut().start_fails = true;
+    script.lock().unwrap().start_fails = true;
     let t0 = Instant::now();
     assert_eq!(beat(&mut logic, t0), AppState::UNKNOWN);
     assert_eq!(
         beat(&mut logic, t0 + Duration::from_secs(1)),
         AppState::CRITICAL
     );
-    assert_eq!(script.borrow().starts, 1);
+    assert_eq!(script.lock().unwrap().starts, 1);
     assert_eq!(logic.deadline(), None);
 }
 
@@ -209,9 +212,9 @@ fn a_child_reaped_late_is_looked_at_again_soon() {
     logic.fd_ready(t0);
     let retry = logic.deadline().unwrap();
     assert!(retry < t0 + TIMEOUT, "retried before the time limit");
-    script.borrow_mut().outcome = Some(exited(0, ""));
+    script.lock().unwrap().outcome = Some(exited(0, ""));
     logic.on_timer(retry, &mut Vec::new());
-    assert_eq!(script.borrow().kills, 0);
+    assert_eq!(script.lock().unwrap().kills, 0);
     assert_eq!(beat(&mut logic, retry), AppState::HEALTHY);
 }
 
@@ -232,7 +235,7 @@ fn a_readiness_report_without_a_running_check_schedules_nothing() {
     logic.fd_ready(t0);
     assert_eq!(logic.deadline(), None, "nothing runs: no wake-up");
     beat(&mut logic, t0);
-    script.borrow_mut().outcome = Some(exited(0, ""));
+    script.lock().unwrap().outcome = Some(exited(0, ""));
     logic.fd_ready(t0);
     // A stale report after the check finished.
     logic.fd_ready(t0);

@@ -1,0 +1,6 @@
+//! The heartbeat body parser: no panic, accepted bodies re-encode exactly, answers keep the length.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|body: &[u8]| hvagent::properties::check_heartbeat(body));

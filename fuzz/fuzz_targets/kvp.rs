@@ -1,0 +1,6 @@
+//! The KVP exchange body parser (`struct hv_kvp_msg`): no panic, accepted bodies re-encode exactly.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|body: &[u8]| hvagent::properties::check_kvp(body));
