@@ -2,7 +2,11 @@
 //! on the agent's own channel code), checked for behaviour only. The timing figures come from
 //! `hvbench hostscale` at 1,000 agents (docs/PERFORMANCE.md).
 
+mod common;
+
 use std::process::Command;
+
+use common::no_vsock;
 
 const BENCH: &str = env!("CARGO_BIN_EXE_hvbench");
 const HOST: &str = env!("CARGO_BIN_EXE_hvhost");
@@ -17,7 +21,7 @@ fn field(line: &str, key: &str) -> u64 {
 
 #[test]
 fn one_hvhost_answers_every_heartbeat_of_200_agents_and_drops_none() {
-    let output = Command::new(BENCH)
+    let output = no_vsock(&mut Command::new(BENCH))
         .args(["hostscale", "--host", HOST, "--agents", "200"])
         .args(["--settle", "2", "--window", "2"])
         .output()
