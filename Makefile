@@ -1,4 +1,6 @@
-# hvagent: make (build), make test (every test), make demo, make bench, make fuzz, make vm-test, make install.
+# hvagent: make (release build), make test (lint, unit-test, interop-test, packaging-test, vm-test), make demo,
+# make status-demo, make bench, make bench-hostscale, make fuzz, make vm-test, make packaging-test,
+# make host-setup-scripts, make install, make uninstall, make deb, make clean.
 CARGO   ?= cargo
 PREFIX  ?= /usr/local
 DESTDIR ?=
@@ -20,8 +22,8 @@ all: build
 build:
 	$(CARGO) build --release --bins
 
-# Every test: unit and end-to-end tests, the independent host written from docs/PROTOCOL.md, the systemd unit
-# and packages, and the real-vsock VM test (which explains itself and skips when it cannot run, unless
+# Every test: format and clippy, unit and end-to-end tests, the independent host written from docs/PROTOCOL.md,
+# the systemd unit and packages, and the real-vsock VM test (which explains itself and skips when it cannot run, unless
 # HVAGENT_REQUIRE_VM=1).
 test: lint unit-test interop-test packaging-test vm-test
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the system tools the packaging tests need (systemd-analyze, dpkg-deb, man), when they are missing
-# and we are root with apt-get. Idempotent: with everything present it asks nothing of the network.
+# Installs the system tools the tests need (systemd-analyze, dpkg-deb, man; python3 for the interop test), when
+# they are missing and we are root with apt-get. Idempotent: with everything present it asks nothing of the network.
 # The VM test provisions its own packages (tests/vm/provision.sh).
 set -euo pipefail
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# packaging-test: the systemd unit's exposure score and `systemd-analyze verify`, the `make install` tree, and
-# the Debian package's contents, control fields and modes. Builds nothing into the real root and starts nothing.
+# packaging-test: the systemd unit's exposure score and `systemd-analyze verify`, the man pages (groff -ww),
+# the `make install` tree (the commented default config, uninstall), and the Debian package's contents, control
+# fields, modes, conffile and maintainer scripts. Needs a release build (`make packaging-test` makes one).
+# Builds nothing into the real root and starts nothing.
 #
 # Output: one "PASS name" or "FAIL name: why" line per check (SKIP where a tool is missing), then
 # "packaging-test: N passed, M failed". Exit status 0 when none failed.
