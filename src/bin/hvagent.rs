@@ -27,7 +27,7 @@ usage: hvagent [run] [--config FILE] [--control PATH]
        hvagent port GUID              print the vsock port of an hv_sock service GUID
        hvagent --version | --help
 
-The configuration is read from /etc/hvagent/hvagent.toml unless --config is given; a missing default file
+The configuration is read from /etc/hvagent/hvagent.toml unless --config (-c) is given; a missing default file
 means built-in defaults. The control socket is /run/hvagent/control.sock unless --control is given.
 RUST_LOG overrides log_level.";
 

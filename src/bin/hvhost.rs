@@ -28,7 +28,7 @@ usage: hvhost serve ADDR [--service heartbeat|timesync] [--interval SECONDS] [--
            ask a listening agent to power off (reboot, hibernate); exit 0 when it answers HV_S_OK
        hvhost kvp ADDR enumerate [--pool P] | get KEY [--pool P] | set KEY VALUE [--pool P] | delete KEY [--pool P]
            key-value exchange with a listening agent; P is external (default for get/set/delete), guest,
-           auto (default for enumerate), auto-external or a number
+           auto (default for enumerate), auto-external, auto-internal or a number
 
 ADDR is unix:PATH, vsock:CID:PORT (a KVM host to its guest) or hybrid:PATH:PORT (the Unix socket of
 Firecracker, Cloud Hypervisor or vhost-device-vsock). PORT is decimal, 0x-hex or a template GUID.";
