@@ -436,13 +436,33 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     })
 }
 
+/// `text` as a TOML basic string: quoted, with `\`, `"` and every control character escaped, so whatever a
+/// path or argument holds, the printed config parses back to the same string.
+fn toml_string(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            '\n' => quoted.push_str("\\n"),
+            '\t' => quoted.push_str("\\t"),
+            '\r' => quoted.push_str("\\r"),
+            c if c.is_control() => quoted.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
 impl fmt::Display for Config {
     /// The effective configuration as TOML, with each service's GUID as a comment.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "log_level = \"{}\"",
-            self.log_level.as_str().to_lowercase()
+            "log_level = {}",
+            toml_string(&self.log_level.as_str().to_lowercase())
         )?;
         let limits = self
             .services
@@ -460,7 +480,7 @@ impl fmt::Display for Config {
                 Endpoint::Connect(address) => ("connect", address),
                 Endpoint::Listen(address) => ("listen", address),
             };
-            write!(f, "{key} = \"{address}\"")?;
+            write!(f, "{key} = {}", toml_string(&address.to_string()))?;
             match address.service_id() {
                 Some(id) => writeln!(f, "  # service GUID {id}")?,
                 None => writeln!(f)?,
@@ -663,6 +683,38 @@ mod tests {
         assert!(error_text("redial_min = 5\nredial_max = 1\n").contains("redial_max"));
         let text = error_text("[heartbeat]\nmax_connections = 0\n");
         assert!(text.contains("heartbeat.max_connections"), "{text}");
+    }
+
+    #[test]
+    fn printed_strings_are_escaped_and_parse_back() {
+        let config = parse_text(
+            "[heartbeat]\nlisten = \"unix:/tmp/a\\\"b\\\\c.sock\"\nhealth = \"command\"\n\
+             health_command = [\"/bin/sh\", \"-c\", \"echo \\\"ok\\\" \\\\ done\\u0001\\t\"]\n\
+             [timesync]\nconnect = 'unix:C:\\x\\y'\nchrony_socket = \"/run/\\\"c\\\"\\n.sock\"\n\
+             [shutdown]\npoweroff = [\"/sbin/halt\", \"--why=\\\"host\\\"\"]\n\
+             [guestinfo]\nstate_dir = \"/var/lib/hv\\\"agent\\u007f\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.services[0].endpoint,
+            Endpoint::Listen(Address::Unix("/tmp/a\"b\\c.sock".into()))
+        );
+        assert_eq!(
+            config.services[3].options,
+            ServiceOptions::GuestInfo(GuestInfoConfig {
+                state_dir: "/var/lib/hv\"agent\u{7f}".into()
+            })
+        );
+        let printed = config.to_string();
+        assert!(
+            printed.contains(r#"listen = "unix:/tmp/a\"b\\c.sock""#),
+            "{printed}"
+        );
+        assert!(
+            printed.contains(r#"state_dir = "/var/lib/hv\"agent\u007F""#),
+            "{printed}"
+        );
+        assert_eq!(parse_text(&printed).unwrap(), config, "{printed}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{at, seconds_in_range, SpanError};
+use super::{at, seconds_in_range, toml_string, SpanError};
 use crate::service::timesync::Mode;
 use crate::service::ServiceKind;
 
@@ -419,7 +419,7 @@ fn command(value: &Spanned<CommandValue>, key: &str) -> Result<Vec<String>, Span
 
 /// A TOML array of strings.
 fn toml_argv(argv: &[String]) -> String {
-    let items: Vec<String> = argv.iter().map(|arg| format!("{arg:?}")).collect();
+    let items: Vec<String> = argv.iter().map(|arg| toml_string(arg)).collect();
     format!("[{}]", items.join(", "))
 }
 
@@ -433,7 +433,7 @@ impl fmt::Display for ServiceOptions {
                 writeln!(f, "hibernate = {}", toml_argv(&shutdown.hibernate))
             }
             ServiceOptions::Heartbeat(health) => {
-                writeln!(f, "health = \"{}\"", health.mode.name())?;
+                writeln!(f, "health = {}", toml_string(health.mode.name()))?;
                 if !health.command.is_empty() {
                     writeln!(f, "health_command = {}", toml_argv(&health.command))?;
                 }
@@ -443,12 +443,12 @@ impl fmt::Display for ServiceOptions {
             ServiceOptions::GuestInfo(guestinfo) => {
                 writeln!(
                     f,
-                    "state_dir = {:?}",
-                    guestinfo.state_dir.display().to_string()
+                    "state_dir = {}",
+                    toml_string(&guestinfo.state_dir.display().to_string())
                 )
             }
             ServiceOptions::TimeSync(settings) => {
-                writeln!(f, "mode = \"{}\"", settings.mode.name())?;
+                writeln!(f, "mode = {}", toml_string(settings.mode.name()))?;
                 writeln!(
                     f,
                     "step_threshold = {}",
@@ -461,8 +461,8 @@ impl fmt::Display for ServiceOptions {
                 )?;
                 writeln!(
                     f,
-                    "chrony_socket = \"{}\"",
-                    settings.chrony_socket.display()
+                    "chrony_socket = {}",
+                    toml_string(&settings.chrony_socket.display().to_string())
                 )
             }
         }
