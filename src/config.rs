@@ -10,7 +10,6 @@ use log::LevelFilter;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::service::timesync::Mode;
 use crate::service::ServiceKind;
 use crate::transport::address::CID_ANY;
 use crate::transport::Address;
@@ -18,7 +17,7 @@ use crate::transport::Address;
 mod options;
 pub use options::{
     default_command, GuestInfoConfig, HealthConfig, HealthMode, ServiceOptions, ShutdownConfig,
-    DEFAULT_STATE_DIR,
+    TimeSyncSettings, DEFAULT_CHRONY_SOCKET, DEFAULT_STATE_DIR,
 };
 
 /// Where the agent looks when no `--config` is given; a missing file there means built-in defaults.
@@ -31,37 +30,6 @@ pub const SERVICES: [ServiceKind; 4] = [
     ServiceKind::Shutdown,
     ServiceKind::GuestInfo,
 ];
-
-/// Where chronyd's SOCK refclock listens by default (`refclock SOCK /run/chrony.hvagent.sock`).
-pub const DEFAULT_CHRONY_SOCKET: &str = "/run/chrony.hvagent.sock";
-/// Bounds of `probe_interval` when it is not 0 (off), seconds.
-const PROBE_INTERVAL_RANGE: (f64, f64) = (0.05, 3600.0);
-/// Bounds of `step_threshold`, seconds.
-const STEP_THRESHOLD_RANGE: (f64, f64) = (0.001, 86400.0);
-
-/// The `[timesync]` settings beyond the endpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TimeSyncSettings {
-    /// adjust (step and steer the clock), monitor (measure only) or chrony (feed chronyd).
-    pub mode: Mode,
-    /// Offsets beyond this are stepped; smaller ones are steered.
-    pub step_threshold: Duration,
-    /// How often the agent probes the host (message version 4.1); zero turns probes off.
-    pub probe_interval: Duration,
-    /// chronyd's SOCK refclock socket, for mode chrony.
-    pub chrony_socket: PathBuf,
-}
-
-impl Default for TimeSyncSettings {
-    fn default() -> TimeSyncSettings {
-        TimeSyncSettings {
-            mode: Mode::Adjust,
-            step_threshold: Duration::from_secs(1),
-            probe_interval: Duration::from_secs(2),
-            chrony_socket: PathBuf::from(DEFAULT_CHRONY_SOCKET),
-        }
-    }
-}
 
 /// Whether a service dials out or waits for the host.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -143,7 +111,6 @@ impl ServiceConfig {
 pub struct Config {
     pub log_level: LevelFilter,
     pub services: Vec<ServiceConfig>,
-    pub timesync: TimeSyncSettings,
 }
 
 impl Default for Config {
@@ -154,7 +121,6 @@ impl Default for Config {
                 .iter()
                 .map(|&kind| ServiceConfig::default_for(kind))
                 .collect(),
-            timesync: TimeSyncSettings::default(),
         }
     }
 }
@@ -223,27 +189,12 @@ struct RawConfig {
     redial_min: Option<Spanned<f64>>,
     redial_max: Option<Spanned<f64>>,
     heartbeat: Option<RawService>,
-    timesync: Option<RawTimeSync>,
+    timesync: Option<RawService>,
     shutdown: Option<RawService>,
     guestinfo: Option<RawService>,
 }
 
-/// `[timesync]`: the keys every service has, and its own.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTimeSync {
-    enabled: Option<Spanned<bool>>,
-    connect: Option<Spanned<String>>,
-    listen: Option<Spanned<String>>,
-    allow_any_cid: Option<bool>,
-    max_connections: Option<Spanned<i64>>,
-    mode: Option<Spanned<String>>,
-    step_threshold: Option<Spanned<toml::Value>>,
-    probe_interval: Option<Spanned<toml::Value>>,
-    chrony_socket: Option<Spanned<String>>,
-}
-
-#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawService {
     enabled: Option<Spanned<bool>>,
@@ -259,6 +210,10 @@ struct RawService {
     health_interval: Option<Spanned<f64>>,
     health_timeout: Option<Spanned<f64>>,
     state_dir: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    step_threshold: Option<Spanned<toml::Value>>,
+    probe_interval: Option<Spanned<toml::Value>>,
+    chrony_socket: Option<Spanned<String>>,
 }
 
 /// A validation failure at a byte span of the file.
@@ -330,23 +285,9 @@ fn validate(raw: RawConfig) -> Result<Config, SpanError> {
     for service in &mut config.services {
         service.limits = limits;
     }
-    let timesync = match raw.timesync {
-        Some(section) => {
-            config.timesync = timesync_settings(&section)?;
-            Some(RawService {
-                enabled: section.enabled,
-                connect: section.connect,
-                listen: section.listen,
-                allow_any_cid: section.allow_any_cid,
-                max_connections: section.max_connections,
-                ..RawService::default()
-            })
-        }
-        None => None,
-    };
     let sections = [
         (ServiceKind::Heartbeat, raw.heartbeat),
-        (ServiceKind::TimeSync, timesync),
+        (ServiceKind::TimeSync, raw.timesync),
         (ServiceKind::Shutdown, raw.shutdown),
         (ServiceKind::GuestInfo, raw.guestinfo),
     ];
@@ -363,90 +304,6 @@ fn validate(raw: RawConfig) -> Result<Config, SpanError> {
     Ok(config)
 }
 
-/// The time-sync keys of `[timesync]`, validated.
-fn timesync_settings(raw: &RawTimeSync) -> Result<TimeSyncSettings, SpanError> {
-    let mut settings = TimeSyncSettings::default();
-    if let Some(mode) = &raw.mode {
-        settings.mode = match mode.get_ref().as_str() {
-            "adjust" => Mode::Adjust,
-            "monitor" => Mode::Monitor,
-            "chrony" => Mode::Chrony,
-            other => {
-                return Err(at(
-                    mode,
-                    format!(
-                        "key 'timesync.mode': '{other}' is not a mode (adjust, monitor or chrony)"
-                    ),
-                ))
-            }
-        };
-    }
-    if let Some(value) = &raw.step_threshold {
-        let (low, high) = STEP_THRESHOLD_RANGE;
-        let seconds = seconds(value)
-            .filter(|seconds| (low..=high).contains(seconds))
-            .ok_or_else(|| {
-                at(
-                    value,
-                    format!(
-                        "key 'timesync.step_threshold': {} is not a number of seconds from {low} to {high}",
-                        describe(value.get_ref())
-                    ),
-                )
-            })?;
-        settings.step_threshold = Duration::from_secs_f64(seconds);
-    }
-    if let Some(value) = &raw.probe_interval {
-        let (low, high) = PROBE_INTERVAL_RANGE;
-        let seconds = seconds(value)
-            .filter(|seconds| *seconds == 0.0 || (low..=high).contains(seconds))
-            .ok_or_else(|| {
-                at(
-                    value,
-                    format!(
-                        "key 'timesync.probe_interval': {} is not 0 (probes off) or a number of seconds \
-                         from {low} to {high}",
-                        describe(value.get_ref())
-                    ),
-                )
-            })?;
-        settings.probe_interval = Duration::from_secs_f64(seconds);
-    }
-    if let Some(path) = &raw.chrony_socket {
-        if !path.get_ref().starts_with('/') {
-            return Err(at(
-                path,
-                format!(
-                    "key 'timesync.chrony_socket': '{}' is not an absolute path (chrony.conf's \
-                     'refclock SOCK PATH' names the same one)",
-                    path.get_ref()
-                ),
-            ));
-        }
-        settings.chrony_socket = PathBuf::from(path.get_ref());
-    }
-    Ok(settings)
-}
-
-/// A TOML value as a message shows it.
-fn describe(value: &toml::Value) -> String {
-    match value {
-        toml::Value::Integer(whole) => whole.to_string(),
-        toml::Value::Float(number) => number.to_string(),
-        toml::Value::String(text) => format!("'{text}'"),
-        other => format!("a {}", other.type_str()),
-    }
-}
-
-/// A TOML integer or float as seconds.
-fn seconds(value: &Spanned<toml::Value>) -> Option<f64> {
-    match value.get_ref() {
-        toml::Value::Integer(whole) => Some(*whole as f64),
-        toml::Value::Float(seconds) if seconds.is_finite() => Some(*seconds),
-        _ => None,
-    }
-}
-
 fn apply_section(service: &mut ServiceConfig, raw: RawService) -> Result<(), SpanError> {
     let kind = service.kind;
     let extra = options::RawOptions {
@@ -458,6 +315,10 @@ fn apply_section(service: &mut ServiceConfig, raw: RawService) -> Result<(), Spa
         health_interval: raw.health_interval,
         health_timeout: raw.health_timeout,
         state_dir: raw.state_dir,
+        mode: raw.mode,
+        step_threshold: raw.step_threshold,
+        probe_interval: raw.probe_interval,
+        chrony_socket: raw.chrony_socket,
     };
     options::apply(kind, extra, &mut service.options)?;
     if let Some(enabled) = &raw.enabled {
@@ -575,13 +436,33 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     })
 }
 
+/// `text` as a TOML basic string: quoted, with `\`, `"` and every control character escaped, so whatever a
+/// path or argument holds, the printed config parses back to the same string.
+fn toml_string(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 2);
+    quoted.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            '\n' => quoted.push_str("\\n"),
+            '\t' => quoted.push_str("\\t"),
+            '\r' => quoted.push_str("\\r"),
+            c if c.is_control() => quoted.push_str(&format!("\\u{:04X}", u32::from(c))),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
+}
+
 impl fmt::Display for Config {
     /// The effective configuration as TOML, with each service's GUID as a comment.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "log_level = \"{}\"",
-            self.log_level.as_str().to_lowercase()
+            "log_level = {}",
+            toml_string(&self.log_level.as_str().to_lowercase())
         )?;
         let limits = self
             .services
@@ -599,32 +480,13 @@ impl fmt::Display for Config {
                 Endpoint::Connect(address) => ("connect", address),
                 Endpoint::Listen(address) => ("listen", address),
             };
-            write!(f, "{key} = \"{address}\"")?;
+            write!(f, "{key} = {}", toml_string(&address.to_string()))?;
             match address.service_id() {
                 Some(id) => writeln!(f, "  # service GUID {id}")?,
                 None => writeln!(f)?,
             }
             writeln!(f, "allow_any_cid = {}", service.allow_any_cid)?;
             writeln!(f, "max_connections = {}", service.max_connections)?;
-            if service.kind == ServiceKind::TimeSync {
-                let settings = &self.timesync;
-                writeln!(f, "mode = \"{}\"", settings.mode.name())?;
-                writeln!(
-                    f,
-                    "step_threshold = {}",
-                    settings.step_threshold.as_secs_f64()
-                )?;
-                writeln!(
-                    f,
-                    "probe_interval = {}",
-                    settings.probe_interval.as_secs_f64()
-                )?;
-                writeln!(
-                    f,
-                    "chrony_socket = \"{}\"",
-                    settings.chrony_socket.display()
-                )?;
-            }
             write!(f, "{}", service.options)?;
         }
         Ok(())
@@ -634,6 +496,15 @@ impl fmt::Display for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::timesync::Mode;
+
+    /// The `[timesync]` settings of a parsed config.
+    fn timesync_of(config: &Config) -> TimeSyncSettings {
+        match &config.services[1].options {
+            ServiceOptions::TimeSync(settings) => settings.clone(),
+            other => panic!("the second service has {other:?}, not time-sync settings"),
+        }
+    }
 
     fn parse_text(text: &str) -> Result<Config, ConfigError> {
         parse(text, Path::new("test.toml"))
@@ -663,8 +534,8 @@ mod tests {
                 ServiceKind::GuestInfo
             ]
         );
-        assert_eq!(config.timesync, TimeSyncSettings::default());
-        assert_eq!(config.timesync.mode, Mode::Adjust);
+        assert_eq!(timesync_of(&config), TimeSyncSettings::default());
+        assert_eq!(timesync_of(&config).mode, Mode::Adjust);
     }
 
     #[test]
@@ -675,7 +546,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            config.timesync,
+            timesync_of(&config),
             TimeSyncSettings {
                 mode: Mode::Chrony,
                 step_threshold: Duration::from_millis(500),
@@ -684,8 +555,11 @@ mod tests {
             }
         );
         let config = parse_text("[timesync]\nstep_threshold = 2\nprobe_interval = 0.25\n").unwrap();
-        assert_eq!(config.timesync.step_threshold, Duration::from_secs(2));
-        assert_eq!(config.timesync.probe_interval, Duration::from_millis(250));
+        assert_eq!(timesync_of(&config).step_threshold, Duration::from_secs(2));
+        assert_eq!(
+            timesync_of(&config).probe_interval,
+            Duration::from_millis(250)
+        );
         assert_eq!(parse_text(&config.to_string()).unwrap(), config);
     }
 
@@ -809,6 +683,38 @@ mod tests {
         assert!(error_text("redial_min = 5\nredial_max = 1\n").contains("redial_max"));
         let text = error_text("[heartbeat]\nmax_connections = 0\n");
         assert!(text.contains("heartbeat.max_connections"), "{text}");
+    }
+
+    #[test]
+    fn printed_strings_are_escaped_and_parse_back() {
+        let config = parse_text(
+            "[heartbeat]\nlisten = \"unix:/tmp/a\\\"b\\\\c.sock\"\nhealth = \"command\"\n\
+             health_command = [\"/bin/sh\", \"-c\", \"echo \\\"ok\\\" \\\\ done\\u0001\\t\"]\n\
+             [timesync]\nconnect = 'unix:C:\\x\\y'\nchrony_socket = \"/run/\\\"c\\\"\\n.sock\"\n\
+             [shutdown]\npoweroff = [\"/sbin/halt\", \"--why=\\\"host\\\"\"]\n\
+             [guestinfo]\nstate_dir = \"/var/lib/hv\\\"agent\\u007f\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.services[0].endpoint,
+            Endpoint::Listen(Address::Unix("/tmp/a\"b\\c.sock".into()))
+        );
+        assert_eq!(
+            config.services[3].options,
+            ServiceOptions::GuestInfo(GuestInfoConfig {
+                state_dir: "/var/lib/hv\"agent\u{7f}".into()
+            })
+        );
+        let printed = config.to_string();
+        assert!(
+            printed.contains(r#"listen = "unix:/tmp/a\"b\\c.sock""#),
+            "{printed}"
+        );
+        assert!(
+            printed.contains(r#"state_dir = "/var/lib/hv\"agent\u007F""#),
+            "{printed}"
+        );
+        assert_eq!(parse_text(&printed).unwrap(), config, "{printed}");
     }
 
     #[test]

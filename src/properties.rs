@@ -5,7 +5,8 @@
 //! - The stream decoder never panics, whatever the bytes and however they are cut into reads, and every
 //!   message it accepts re-encodes to exactly the bytes it came from.
 //! - Every body parser never panics, and what it accepts re-encodes exactly (`to_body(parse(b)) == b`).
-//! - The config parser never panics, and its error text names a line and column inside the text.
+//! - The config parser never panics, and its error text names a line and column inside the text; a config
+//!   it accepts prints (`hvagent check-config`) as text that parses to the same config.
 //! - The address parser never panics, and an accepted address displays as text that parses to the same
 //!   address.
 
@@ -129,11 +130,21 @@ pub fn check_kvp(body: &[u8]) {
     }
 }
 
-/// The config parser on any text: no panic; an error names a line inside the text.
+/// The config parser on any text: no panic; an error names a line inside the text; an accepted config
+/// displays as TOML that parses back to the same config.
 pub fn check_config(text: &str) {
     match crate::config::parse(text, Path::new("fuzz.toml")) {
         Ok(config) => {
-            let _ = config.to_string();
+            let shown = config.to_string();
+            match crate::config::parse(&shown, Path::new("shown.toml")) {
+                Ok(again) => assert_eq!(
+                    again, config,
+                    "{text:?} displays as {shown:?}, which parses to another config"
+                ),
+                Err(error) => {
+                    panic!("{text:?} displays as {shown:?}, which does not parse: {error}")
+                }
+            }
         }
         Err(crate::config::ConfigError::Invalid { line, .. }) => {
             assert!(

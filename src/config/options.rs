@@ -1,6 +1,6 @@
-//! Settings that only some services have: the shutdown commands, the heartbeat's health check and the
-//! guest-info state directory. Parsed from the same `[section]` as the service's connection keys; a key
-//! given in the wrong section is refused with the section it belongs to.
+//! Settings that only some services have: the shutdown commands, the heartbeat's health check, the time-sync
+//! mode and its bounds, and the guest-info state directory. Parsed from the same `[section]` as the service's
+//! connection keys; a key given in the wrong section is refused with the section it belongs to.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -9,7 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::{at, seconds_in_range, SpanError};
+use super::{at, seconds_in_range, toml_string, SpanError};
+use crate::service::timesync::Mode;
 use crate::service::ServiceKind;
 
 /// A command as the file spells it: one line split at whitespace, or an argv array.
@@ -31,6 +32,10 @@ pub(super) struct RawOptions {
     pub health_interval: Option<Spanned<f64>>,
     pub health_timeout: Option<Spanned<f64>>,
     pub state_dir: Option<Spanned<String>>,
+    pub mode: Option<Spanned<String>>,
+    pub step_threshold: Option<Spanned<toml::Value>>,
+    pub probe_interval: Option<Spanned<toml::Value>>,
+    pub chrony_socket: Option<Spanned<String>>,
 }
 
 /// What the shutdown service runs for each request (argv, no shell).
@@ -120,22 +125,53 @@ impl Default for GuestInfoConfig {
     }
 }
 
+/// Where chronyd's SOCK refclock listens by default (`refclock SOCK /run/chrony.hvagent.sock`).
+pub const DEFAULT_CHRONY_SOCKET: &str = "/run/chrony.hvagent.sock";
+/// Bounds of `probe_interval` when it is not 0 (off), seconds.
+const PROBE_INTERVAL_RANGE: (f64, f64) = (0.05, 3600.0);
+/// Bounds of `step_threshold`, seconds.
+const STEP_THRESHOLD_RANGE: (f64, f64) = (0.001, 86400.0);
+
+/// The `[timesync]` settings beyond the endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TimeSyncSettings {
+    /// adjust (step and steer the clock), monitor (measure only) or chrony (feed chronyd).
+    pub mode: Mode,
+    /// Offsets beyond this are stepped; smaller ones are steered.
+    pub step_threshold: Duration,
+    /// How often the agent probes the host (message version 4.1); zero turns probes off.
+    pub probe_interval: Duration,
+    /// chronyd's SOCK refclock socket, for mode chrony.
+    pub chrony_socket: PathBuf,
+}
+
+impl Default for TimeSyncSettings {
+    fn default() -> TimeSyncSettings {
+        TimeSyncSettings {
+            mode: Mode::Adjust,
+            step_threshold: Duration::from_secs(1),
+            probe_interval: Duration::from_secs(2),
+            chrony_socket: PathBuf::from(DEFAULT_CHRONY_SOCKET),
+        }
+    }
+}
+
 /// The settings a service has beyond its connection.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ServiceOptions {
     Heartbeat(HealthConfig),
+    TimeSync(TimeSyncSettings),
     Shutdown(ShutdownConfig),
     GuestInfo(GuestInfoConfig),
-    None,
 }
 
 impl ServiceOptions {
     pub fn default_for(kind: ServiceKind) -> ServiceOptions {
         match kind {
             ServiceKind::Heartbeat => ServiceOptions::Heartbeat(HealthConfig::default()),
+            ServiceKind::TimeSync => ServiceOptions::TimeSync(TimeSyncSettings::default()),
             ServiceKind::Shutdown => ServiceOptions::Shutdown(ShutdownConfig::default()),
             ServiceKind::GuestInfo => ServiceOptions::GuestInfo(GuestInfoConfig::default()),
-            ServiceKind::TimeSync => ServiceOptions::None,
         }
     }
 }
@@ -145,6 +181,7 @@ fn owner(key: &str) -> ServiceKind {
     match key {
         "poweroff" | "reboot" | "hibernate" => ServiceKind::Shutdown,
         "state_dir" => ServiceKind::GuestInfo,
+        "mode" | "step_threshold" | "probe_interval" | "chrony_socket" => ServiceKind::TimeSync,
         _ => ServiceKind::Heartbeat,
     }
 }
@@ -169,6 +206,7 @@ pub(super) fn apply(
             }
         }
         ServiceOptions::Heartbeat(health) => apply_health(&raw, health)?,
+        ServiceOptions::TimeSync(settings) => apply_timesync(&raw, settings)?,
         ServiceOptions::GuestInfo(guestinfo) => {
             if let Some(dir) = &raw.state_dir {
                 if !dir.get_ref().starts_with('/') {
@@ -183,7 +221,6 @@ pub(super) fn apply(
                 guestinfo.state_dir = PathBuf::from(dir.get_ref());
             }
         }
-        ServiceOptions::None => {}
     }
     Ok(())
 }
@@ -208,6 +245,19 @@ fn refuse_foreign(kind: ServiceKind, raw: &RawOptions) -> Result<(), SpanError> 
             raw.health_timeout.as_ref().map(Spanned::span),
         ),
         ("state_dir", raw.state_dir.as_ref().map(Spanned::span)),
+        ("mode", raw.mode.as_ref().map(Spanned::span)),
+        (
+            "step_threshold",
+            raw.step_threshold.as_ref().map(Spanned::span),
+        ),
+        (
+            "probe_interval",
+            raw.probe_interval.as_ref().map(Spanned::span),
+        ),
+        (
+            "chrony_socket",
+            raw.chrony_socket.as_ref().map(Spanned::span),
+        ),
     ];
     for (key, span) in spans {
         if let Some(span) = span {
@@ -260,6 +310,89 @@ fn apply_health(raw: &RawOptions, health: &mut HealthConfig) -> Result<(), SpanE
     Ok(())
 }
 
+/// The time-sync keys of `[timesync]`, validated.
+fn apply_timesync(raw: &RawOptions, settings: &mut TimeSyncSettings) -> Result<(), SpanError> {
+    if let Some(mode) = &raw.mode {
+        settings.mode = match mode.get_ref().as_str() {
+            "adjust" => Mode::Adjust,
+            "monitor" => Mode::Monitor,
+            "chrony" => Mode::Chrony,
+            other => {
+                return Err(at(
+                    mode,
+                    format!(
+                        "key 'timesync.mode': '{other}' is not a mode (adjust, monitor or chrony)"
+                    ),
+                ))
+            }
+        };
+    }
+    if let Some(value) = &raw.step_threshold {
+        let (low, high) = STEP_THRESHOLD_RANGE;
+        let seconds = seconds(value)
+            .filter(|seconds| (low..=high).contains(seconds))
+            .ok_or_else(|| {
+                at(
+                    value,
+                    format!(
+                        "key 'timesync.step_threshold': {} is not a number of seconds from {low} to {high}",
+                        describe(value.get_ref())
+                    ),
+                )
+            })?;
+        settings.step_threshold = Duration::from_secs_f64(seconds);
+    }
+    if let Some(value) = &raw.probe_interval {
+        let (low, high) = PROBE_INTERVAL_RANGE;
+        let seconds = seconds(value)
+            .filter(|seconds| *seconds == 0.0 || (low..=high).contains(seconds))
+            .ok_or_else(|| {
+                at(
+                    value,
+                    format!(
+                        "key 'timesync.probe_interval': {} is not 0 (probes off) or a number of seconds \
+                         from {low} to {high}",
+                        describe(value.get_ref())
+                    ),
+                )
+            })?;
+        settings.probe_interval = Duration::from_secs_f64(seconds);
+    }
+    if let Some(path) = &raw.chrony_socket {
+        if !path.get_ref().starts_with('/') {
+            return Err(at(
+                path,
+                format!(
+                    "key 'timesync.chrony_socket': '{}' is not an absolute path (chrony.conf's \
+                     'refclock SOCK PATH' names the same one)",
+                    path.get_ref()
+                ),
+            ));
+        }
+        settings.chrony_socket = PathBuf::from(path.get_ref());
+    }
+    Ok(())
+}
+
+/// A TOML value as a message shows it.
+fn describe(value: &toml::Value) -> String {
+    match value {
+        toml::Value::Integer(whole) => whole.to_string(),
+        toml::Value::Float(number) => number.to_string(),
+        toml::Value::String(text) => format!("'{text}'"),
+        other => format!("a {}", other.type_str()),
+    }
+}
+
+/// A TOML integer or float as seconds.
+fn seconds(value: &Spanned<toml::Value>) -> Option<f64> {
+    match value.get_ref() {
+        toml::Value::Integer(whole) => Some(*whole as f64),
+        toml::Value::Float(seconds) if seconds.is_finite() => Some(*seconds),
+        _ => None,
+    }
+}
+
 /// An argv from a command value. A line is split at whitespace with no quoting at all, so a line with
 /// quotes or backslashes is refused: an array says exactly which arguments are meant.
 fn command(value: &Spanned<CommandValue>, key: &str) -> Result<Vec<String>, SpanError> {
@@ -286,7 +419,7 @@ fn command(value: &Spanned<CommandValue>, key: &str) -> Result<Vec<String>, Span
 
 /// A TOML array of strings.
 fn toml_argv(argv: &[String]) -> String {
-    let items: Vec<String> = argv.iter().map(|arg| format!("{arg:?}")).collect();
+    let items: Vec<String> = argv.iter().map(|arg| toml_string(arg)).collect();
     format!("[{}]", items.join(", "))
 }
 
@@ -300,7 +433,7 @@ impl fmt::Display for ServiceOptions {
                 writeln!(f, "hibernate = {}", toml_argv(&shutdown.hibernate))
             }
             ServiceOptions::Heartbeat(health) => {
-                writeln!(f, "health = \"{}\"", health.mode.name())?;
+                writeln!(f, "health = {}", toml_string(health.mode.name()))?;
                 if !health.command.is_empty() {
                     writeln!(f, "health_command = {}", toml_argv(&health.command))?;
                 }
@@ -310,11 +443,28 @@ impl fmt::Display for ServiceOptions {
             ServiceOptions::GuestInfo(guestinfo) => {
                 writeln!(
                     f,
-                    "state_dir = {:?}",
-                    guestinfo.state_dir.display().to_string()
+                    "state_dir = {}",
+                    toml_string(&guestinfo.state_dir.display().to_string())
                 )
             }
-            ServiceOptions::None => Ok(()),
+            ServiceOptions::TimeSync(settings) => {
+                writeln!(f, "mode = {}", toml_string(settings.mode.name()))?;
+                writeln!(
+                    f,
+                    "step_threshold = {}",
+                    settings.step_threshold.as_secs_f64()
+                )?;
+                writeln!(
+                    f,
+                    "probe_interval = {}",
+                    settings.probe_interval.as_secs_f64()
+                )?;
+                writeln!(
+                    f,
+                    "chrony_socket = {}",
+                    toml_string(&settings.chrony_socket.display().to_string())
+                )
+            }
         }
     }
 }
@@ -398,6 +548,16 @@ mod tests {
         assert!(error.contains("[shutdown] section"), "{error}");
         let error = parse_text("[shutdown]\nstate_dir = \"/x\"\n").unwrap_err();
         assert!(error.contains("[guestinfo] section"), "{error}");
+        let error = parse_text("[heartbeat]\n\nmode = \"monitor\"\n").unwrap_err();
+        assert!(error.starts_with("t.toml:3:8: "), "{error}");
+        assert!(
+            error.contains("'heartbeat.mode': mode is a setting of the [timesync] section"),
+            "{error}"
+        );
+        let error = parse_text("[guestinfo]\nchrony_socket = \"/run/c\"\n").unwrap_err();
+        assert!(error.contains("[timesync] section"), "{error}");
+        let error = parse_text("[timesync]\nhealth_interval = 5\n").unwrap_err();
+        assert!(error.contains("[heartbeat] section"), "{error}");
     }
 
     #[test]
@@ -411,6 +571,23 @@ mod tests {
         );
         let error = parse_text("[guestinfo]\nstate_dir = \"var/lib\"\n").unwrap_err();
         assert!(error.contains("not an absolute path"), "{error}");
+    }
+
+    #[test]
+    fn timesync_settings_are_the_services_options() {
+        let config = parse_text("[timesync]\nmode = \"monitor\"\nprobe_interval = 0\n").unwrap();
+        assert_eq!(
+            options_of(&config, ServiceKind::TimeSync),
+            ServiceOptions::TimeSync(TimeSyncSettings {
+                mode: Mode::Monitor,
+                probe_interval: Duration::ZERO,
+                ..TimeSyncSettings::default()
+            })
+        );
+        assert_eq!(
+            options_of(&Config::default(), ServiceKind::TimeSync),
+            ServiceOptions::TimeSync(TimeSyncSettings::default())
+        );
     }
 
     #[test]

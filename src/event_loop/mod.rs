@@ -117,7 +117,7 @@ impl Agent {
             .enabled()
             .enumerate()
             .map(|(index, service)| {
-                let logic = services::logic_for(service, &config);
+                let logic = services::logic_for(service);
                 Service::new(service.clone(), logic, now, seed.wrapping_add(index as u64))
             })
             .collect();
@@ -395,16 +395,13 @@ impl Agent {
         }
         let mut old: Vec<Service> = std::mem::take(&mut self.services);
         for (index, wanted) in config.enabled().enumerate() {
-            let unchanged = |service: &Service| {
-                service.config == *wanted
-                    && services::same_settings(wanted.kind, &self.config, &config)
-            };
-            match old.iter().position(unchanged) {
+            // A service's whole settings (endpoint, limits and its own options) are its ServiceConfig.
+            match old.iter().position(|service| service.config == *wanted) {
                 Some(at) => self.services.push(old.swap_remove(at)),
                 None => {
                     info!("{}: settings changed, reopening", wanted.kind);
                     let seed = self.seed.wrapping_add(index as u64 + 1000);
-                    let logic = services::logic_for(wanted, &config);
+                    let logic = services::logic_for(wanted);
                     self.services
                         .push(Service::new(wanted.clone(), logic, now, seed));
                 }

@@ -8,9 +8,7 @@ use log::{debug, error, warn};
 use crate::clock::chrony::ChronySink;
 use crate::clock::system::{self, SystemClock};
 use crate::clock::OffsetSink;
-use crate::config::{
-    Config, HealthConfig, HealthMode, ServiceConfig, ServiceOptions, TimeSyncSettings,
-};
+use crate::config::{HealthConfig, HealthMode, ServiceConfig, ServiceOptions, TimeSyncSettings};
 use crate::service::guestinfo::GuestInfoLogic;
 use crate::service::health::{self, Checker, Health};
 use crate::service::heartbeat::HeartbeatLogic;
@@ -23,7 +21,7 @@ use crate::system::power::SystemPower;
 use crate::system::sysinfo::LiveSystem;
 
 /// The logic for one enabled service.
-pub(super) fn logic_for(service: &ServiceConfig, config: &Config) -> Box<dyn Logic> {
+pub(super) fn logic_for(service: &ServiceConfig) -> Box<dyn Logic> {
     match service.kind {
         ServiceKind::Heartbeat => match &service.options {
             ServiceOptions::Heartbeat(health) => {
@@ -41,7 +39,13 @@ pub(super) fn logic_for(service: &ServiceConfig, config: &Config) -> Box<dyn Log
                 Box::new(LiveSystem),
             ))
         }
-        ServiceKind::TimeSync => Box::new(timesync_logic(&config.timesync, Path::new("/proc"))),
+        ServiceKind::TimeSync => {
+            let settings = match &service.options {
+                ServiceOptions::TimeSync(settings) => settings.clone(),
+                _ => Default::default(),
+            };
+            Box::new(timesync_logic(&settings, Path::new("/proc")))
+        }
         ServiceKind::Shutdown => {
             let config = match &service.options {
                 ServiceOptions::Shutdown(config) => config.clone(),
@@ -49,14 +53,6 @@ pub(super) fn logic_for(service: &ServiceConfig, config: &Config) -> Box<dyn Log
             };
             Box::new(ShutdownLogic::new(config, Box::new(SystemPower::new())))
         }
-    }
-}
-
-/// Whether a service's own settings (beyond its endpoint) are the same in both configurations.
-pub(super) fn same_settings(kind: ServiceKind, old: &Config, new: &Config) -> bool {
-    match kind {
-        ServiceKind::TimeSync => old.timesync == new.timesync,
-        _ => true,
     }
 }
 
