@@ -73,7 +73,7 @@ fn timesync_logic(settings: &TimeSyncSettings, proc_root: &Path) -> TimeSyncLogi
             if !others.is_empty() {
                 warn!(
                     "timesync: {} also sets this clock, and two disciplines fight; set mode = \"chrony\" in \
-                     [timesync] and add 'refclock SOCK {} refid HV' to chrony.conf to make hvagent chronyd's \
+                     [timesync] and add 'refclock SOCK {} refid HV precision 1e-6' to chrony.conf to make hvagent chronyd's \
                      source, or disable {}",
                     others.join(" and "),
                     settings.chrony_socket.display(),
