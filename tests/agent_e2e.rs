@@ -463,3 +463,48 @@ fn timesync_costs_no_wake_ups_with_probes_off_and_one_round_per_probe_with_them_
         "{woken} wake-ups in 2 s with a probe every 0.5 s"
     );
 }
+
+#[test]
+fn sighup_reopens_only_the_service_whose_own_settings_changed() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let heartbeat = dir.path().join("hb.sock");
+    let timesync = dir.path().join("ts.sock");
+    let host = std::os::unix::net::UnixListener::bind(&timesync).unwrap();
+    let text_with = |probe_interval: &str| {
+        format!(
+            "[heartbeat]\nlisten = \"unix:{}\"\n[timesync]\nconnect = \"unix:{}\"\nmode = \"monitor\"\n\
+             probe_interval = {probe_interval}\n",
+            heartbeat.display(),
+            timesync.display()
+        )
+    };
+    let config = write_config(dir.path(), "a.toml", &text_with("0"));
+    let log = dir.path().join("agent.log");
+    let agent = start_agent(&config, Some(&log));
+    wait_for_path(&heartbeat);
+    let mut peer = common::Peer::connect(&heartbeat);
+    peer.negotiate_heartbeat();
+    peer.heartbeat(1);
+    let (mut first, _) = host.accept().unwrap();
+    first
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // Only a time-sync setting changes: that service is reopened, the heartbeat link is kept.
+    write_config(dir.path(), "a.toml", &text_with("5"));
+    agent.signal(libc::SIGHUP);
+    let mut buffer = [0u8; 64];
+    assert_eq!(
+        first.read(&mut buffer).unwrap(),
+        0,
+        "the old time-sync link is closed"
+    );
+    let (_second, _) = host.accept().unwrap();
+    peer.heartbeat(2);
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("timesync: settings changed, reopening"),
+        "{log}"
+    );
+    assert!(!log.contains("heartbeat: settings changed"), "{log}");
+}
