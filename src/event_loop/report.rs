@@ -57,40 +57,25 @@ fn service_status(service: &Service, clock: &WallClock) -> ServiceStatus {
         Endpoint::Connect(address) => ("connect", address),
         Endpoint::Listen(address) => ("listen", address),
     };
-    let (state, links): (ServiceState, Vec<&Link>) = match &service.role {
-        Role::Dialer(DialState::Waiting { retry_at }) => (
-            ServiceState::Dialling {
-                next_retry: clock.unix(*retry_at),
+    let state = match &service.role {
+        Role::Dialer(DialState::Waiting { retry_at }) => ServiceState::Dialling {
+            next_retry: clock.unix(*retry_at),
+            failures: service.failures,
+        },
+        Role::Dialer(DialState::Connecting { deadline, .. }) => ServiceState::Connecting {
+            deadline: clock.unix(*deadline),
+        },
+        Role::Dialer(DialState::Up(link)) => ServiceState::Connected {
+            since: clock.unix(link.since),
+        },
+        Role::Listener(listening) => match (listening.listener.is_some(), listening.retry_at) {
+            (false, Some(retry_at)) => ServiceState::ListenRetry {
+                next_retry: clock.unix(retry_at),
                 failures: service.failures,
             },
-            Vec::new(),
-        ),
-        Role::Dialer(DialState::Connecting { deadline, .. }) => (
-            ServiceState::Connecting {
-                deadline: clock.unix(*deadline),
+            _ => ServiceState::Listening {
+                peers: listening.links.len(),
             },
-            Vec::new(),
-        ),
-        Role::Dialer(DialState::Up(link)) => (
-            ServiceState::Connected {
-                since: clock.unix(link.since),
-            },
-            vec![&**link],
-        ),
-        Role::Listener(listening) => match (listening.listener.is_some(), listening.retry_at) {
-            (false, Some(retry_at)) => (
-                ServiceState::ListenRetry {
-                    next_retry: clock.unix(retry_at),
-                    failures: service.failures,
-                },
-                Vec::new(),
-            ),
-            _ => (
-                ServiceState::Listening {
-                    peers: listening.links.len(),
-                },
-                listening.links.iter().collect(),
-            ),
         },
     };
     ServiceStatus {
@@ -99,8 +84,8 @@ fn service_status(service: &Service, clock: &WallClock) -> ServiceStatus {
         address: address.to_string(),
         guid: address.service_id().map(|id| id.to_string()),
         state,
-        links: links
-            .into_iter()
+        links: service
+            .links()
             .map(|link| link_status(link, clock))
             .collect(),
         details: service

@@ -176,6 +176,28 @@ pub(super) enum Role {
     Listener(Listening),
 }
 
+impl Role {
+    /// The links that are up: a dialler's one, or a listener's.
+    pub(super) fn links(&self) -> impl Iterator<Item = &Link> {
+        let (one, many): (Option<&Link>, &[Link]) = match self {
+            Role::Dialer(DialState::Up(link)) => (Some(&**link), &[]),
+            Role::Dialer(_) => (None, &[]),
+            Role::Listener(listening) => (None, &listening.links),
+        };
+        one.into_iter().chain(many)
+    }
+
+    /// The links that are up, to act on.
+    pub(super) fn links_mut(&mut self) -> impl Iterator<Item = &mut Link> {
+        let (one, many): (Option<&mut Link>, &mut [Link]) = match self {
+            Role::Dialer(DialState::Up(link)) => (Some(&mut **link), &mut []),
+            Role::Dialer(_) => (None, &mut []),
+            Role::Listener(listening) => (None, &mut listening.links),
+        };
+        one.into_iter().chain(many)
+    }
+}
+
 /// One enabled service at run time.
 pub(super) struct Service {
     pub(super) config: ServiceConfig,
@@ -254,12 +276,8 @@ impl Service {
     }
 
     /// The links that are up.
-    pub(super) fn links_mut(&mut self) -> Vec<&mut Link> {
-        match &mut self.role {
-            Role::Dialer(DialState::Up(link)) => vec![&mut **link],
-            Role::Dialer(_) => Vec::new(),
-            Role::Listener(listening) => listening.links.iter_mut().collect(),
-        }
+    pub(super) fn links_mut(&mut self) -> impl Iterator<Item = &mut Link> {
+        self.role.links_mut()
     }
 
     /// Runs the logic's timers and sends what it wants sent on the links it names.
@@ -270,11 +288,7 @@ impl Service {
         let mut out = Vec::new();
         self.logic.on_timer(now, &mut out);
         for (id, mut message) in out {
-            if let Some(link) = self
-                .links_mut()
-                .into_iter()
-                .find(|link| link.channel.link() == id)
-            {
+            if let Some(link) = self.links_mut().find(|link| link.channel.link() == id) {
                 // A request carries the versions its link negotiated.
                 if let ChannelState::Ready {
                     framework,
@@ -290,12 +304,8 @@ impl Service {
     }
 
     /// The links that are up, for reading.
-    pub(super) fn links(&self) -> Vec<&Link> {
-        match &self.role {
-            Role::Dialer(DialState::Up(link)) => vec![&**link],
-            Role::Dialer(_) => Vec::new(),
-            Role::Listener(listening) => listening.links.iter().collect(),
-        }
+    pub(super) fn links(&self) -> impl Iterator<Item = &Link> {
+        self.role.links()
     }
 
     /// On the way out: answers the requests already waiting in the sockets, so a peer loses no answer to a
@@ -304,12 +314,7 @@ impl Service {
     pub(super) fn answer_waiting(&mut self, inbox: &mut Vec<Message>, replies: &mut Vec<Message>) {
         let name = self.config.kind.name();
         let logic = &mut *self.logic;
-        let links: Vec<&mut Link> = match &mut self.role {
-            Role::Dialer(DialState::Up(link)) => vec![&mut **link],
-            Role::Dialer(_) => Vec::new(),
-            Role::Listener(listening) => listening.links.iter_mut().collect(),
-        };
-        for link in links {
+        for link in self.role.links_mut() {
             for _ in 0..FINAL_READS {
                 if link.closed.is_some()
                     || link.service(name, logic, Instant::now(), inbox, replies) == 0

@@ -115,8 +115,7 @@ pub fn finish_connect(fd: BorrowedFd<'_>) -> Result<(), Errno> {
 /// Removes a stale Unix socket file left by an earlier run, but nothing that is not a socket.
 fn remove_stale_socket(path: &Path) -> Result<(), Errno> {
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)
-            .map_err(|error| Errno::from_raw(error.raw_os_error().unwrap_or(libc::EIO))),
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(io_errno),
         Ok(_) => Err(Errno::EEXIST),
         Err(_) => Ok(()),
     }
