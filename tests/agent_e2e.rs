@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    hvhost, start_agent, text, voluntary_switches, wait_for_path, write_config, Running, AGENT,
-    HOST,
+    hvagent, hvhost, start_agent, text, voluntary_switches, wait_for_path, write_config, Running,
+    AGENT, HOST,
 };
 
 #[test]
@@ -192,25 +192,15 @@ fn bad_config_stops_the_agent_with_status_2_naming_the_line() {
         "bad.toml",
         "log_level = \"info\"\n\n[heartbeat]\nconect = \"unix:/x\"\n",
     );
-    let output = no_vsock(&mut Command::new(AGENT))
-        .arg("--config")
-        .arg(&config)
-        .output()
-        .unwrap();
+    let config = config.to_str().unwrap();
+    let output = hvagent(&["--config", config]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = text(&output.stderr);
     assert!(stderr.contains("bad.toml:4:"), "{stderr}");
     assert!(stderr.contains("conect"), "{stderr}");
-    let output = no_vsock(&mut Command::new(AGENT))
-        .args(["check-config", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let output = hvagent(&["check-config", "--config", config]);
     assert_eq!(output.status.code(), Some(2));
-    let output = no_vsock(&mut Command::new(AGENT))
-        .args(["--config", "/nonexistent/hvagent.toml"])
-        .output()
-        .unwrap();
+    let output = hvagent(&["--config", "/nonexistent/hvagent.toml"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output.stderr).contains("/nonexistent/hvagent.toml"));
 }
@@ -223,11 +213,7 @@ fn check_config_prints_the_effective_config_with_guids() {
         "a.toml",
         "[heartbeat]\nconnect = \"vsock:host:2761\"\n",
     );
-    let output = no_vsock(&mut Command::new(AGENT))
-        .args(["check-config", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
+    let output = hvagent(&["check-config", "--config", config.to_str().unwrap()]);
     assert!(output.status.success());
     let stdout = text(&output.stdout);
     assert!(
@@ -240,25 +226,19 @@ fn check_config_prints_the_effective_config_with_guids() {
 
 #[test]
 fn guid_and_port_commands_print_the_known_vectors() {
-    let run = |args: &[&str]| {
-        no_vsock(&mut Command::new(AGENT))
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let output = run(&["guid", "2761"]);
+    let output = hvagent(&["guid", "2761"]);
     assert_eq!(
         text(&output.stdout),
         "00000ac9-facb-11e6-bd58-64006a7986d3\n"
     );
-    let output = run(&["guid", "0x48560001"]);
+    let output = hvagent(&["guid", "0x48560001"]);
     assert_eq!(
         text(&output.stdout),
         "48560001-facb-11e6-bd58-64006a7986d3\n"
     );
-    let output = run(&["port", "{48560001-FACB-11E6-BD58-64006A7986D3}"]);
+    let output = hvagent(&["port", "{48560001-FACB-11E6-BD58-64006A7986D3}"]);
     assert_eq!(text(&output.stdout), "1213595649\n");
-    let output = run(&["port", "999E53D4-3D5C-4C3E-8779-BED06EC056E1"]);
+    let output = hvagent(&["port", "999E53D4-3D5C-4C3E-8779-BED06EC056E1"]);
     assert_eq!(output.status.code(), Some(2));
     let stderr = text(&output.stderr);
     assert!(
@@ -269,8 +249,8 @@ fn guid_and_port_commands_print_the_known_vectors() {
         stderr.contains("<port>-facb-11e6-bd58-64006a7986d3"),
         "{stderr}"
     );
-    assert_eq!(run(&["guid", "banana"]).status.code(), Some(2));
-    assert_eq!(run(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(hvagent(&["guid", "banana"]).status.code(), Some(2));
+    assert_eq!(hvagent(&["frobnicate"]).status.code(), Some(2));
 }
 
 #[test]

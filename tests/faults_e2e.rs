@@ -30,6 +30,23 @@ fn listening_agent(dir: &Path, extra: &str, service_extra: &str) -> (Running, st
     (agent, socket)
 }
 
+/// A host listening on `dir/host.sock` and an agent whose heartbeat service dials it, with `extra`
+/// top-level keys; the agent logs to `dir/agent.log`.
+fn dialling_agent(dir: &Path, extra: &str) -> (Running, UnixListener) {
+    let socket = dir.join("host.sock");
+    let host = UnixListener::bind(&socket).unwrap();
+    let config = write_config(
+        dir,
+        "agent.toml",
+        &format!(
+            "{extra}\n[heartbeat]\nconnect = \"unix:{}\"\n",
+            socket.display()
+        ),
+    );
+    let agent = start_agent(&config, Some(&dir.join("agent.log")));
+    (agent, host)
+}
+
 /// Lets this test process hold a few thousand descriptors.
 fn raise_fd_limit() {
     let mut limit = libc::rlimit {
@@ -47,17 +64,7 @@ fn raise_fd_limit() {
 #[test]
 fn a_thousand_host_disconnects_mid_message_leave_fds_and_rss_where_they_started() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("host.sock");
-    let listener = UnixListener::bind(&socket).unwrap();
-    let config = write_config(
-        dir.path(),
-        "agent.toml",
-        &format!(
-            "redial_min = 0.001\nredial_max = 0.004\n[heartbeat]\nconnect = \"unix:{}\"\n",
-            socket.display()
-        ),
-    );
-    let agent = start_agent(&config, Some(&dir.path().join("agent.log")));
+    let (agent, listener) = dialling_agent(dir.path(), "redial_min = 0.001\nredial_max = 0.004");
     let half_heartbeat = encode(&heartbeat_request(7, 7));
     let one_round = |listener: &UnixListener| {
         let (stream, _) = listener.accept().unwrap();
@@ -146,17 +153,7 @@ fn half_a_header_then_nothing_is_dropped_after_the_idle_timeout_while_others_are
 #[test]
 fn a_stalled_host_alone_is_dropped_and_redialled_in_connect_mode() {
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("host.sock");
-    let listener = UnixListener::bind(&socket).unwrap();
-    let config = write_config(
-        dir.path(),
-        "agent.toml",
-        &format!(
-            "idle_timeout = 0.3\n[heartbeat]\nconnect = \"unix:{}\"\n",
-            socket.display()
-        ),
-    );
-    let _agent = start_agent(&config, None);
+    let (_agent, listener) = dialling_agent(dir.path(), "idle_timeout = 0.3");
     let (stream, _) = listener.accept().unwrap();
     let mut stalled = Peer::new(stream);
     stalled.negotiate_heartbeat();

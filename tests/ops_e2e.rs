@@ -2,12 +2,12 @@
 //! and `hvagent status` over the control socket. Unix sockets only.
 
 mod common;
-use common::{no_vsock, text, voluntary_switches, wait_for_path, Running, AGENT};
+use common::{hvagent, no_vsock, text, voluntary_switches, wait_for_path, Running, AGENT};
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// Writes a file; a config (`*.toml`) gets the default-on services it does not mention turned off.
@@ -41,13 +41,6 @@ fn start_agent(config: &Path, control: &Path, env: &[(&str, String)]) -> Running
         command.env(name, value);
     }
     Running(command.spawn().unwrap())
-}
-
-fn agent(args: &[&str]) -> Output {
-    no_vsock(&mut Command::new(AGENT))
-        .args(args)
-        .output()
-        .unwrap()
 }
 
 /// A datagram socket standing in for systemd's notify socket.
@@ -205,7 +198,7 @@ fn status_shows_each_service_its_state_versions_and_counters() {
         .unwrap();
     assert!(host.status.success(), "{}", text(&host.stderr));
     let control_arg = control.display().to_string();
-    let output = agent(&["status", "--control", &control_arg]);
+    let output = hvagent(&["status", "--control", &control_arg]);
     let stdout = text(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
     assert!(stdout.starts_with("hvagent "), "{stdout}");
@@ -224,7 +217,7 @@ fn status_shows_each_service_its_state_versions_and_counters() {
     let mut host =
         hvagent::host_peer::Client::new(stream.into(), hvagent::service::ServiceKind::Heartbeat);
     host.negotiate().unwrap();
-    let output = agent(&["status", "--json", "--control", &control_arg]);
+    let output = hvagent(&["status", "--json", "--control", &control_arg]);
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let service = &json["services"][0];
     assert_eq!(service["name"], "heartbeat");
@@ -239,7 +232,7 @@ fn status_shows_each_service_its_state_versions_and_counters() {
 fn status_without_an_agent_fails_with_a_hint() {
     let dir = tempfile::tempdir().unwrap();
     let control = dir.path().join("control.sock").display().to_string();
-    let output = agent(&["status", "--control", &control]);
+    let output = hvagent(&["status", "--control", &control]);
     assert_eq!(output.status.code(), Some(1));
     assert!(
         text(&output.stderr).contains("is hvagent running"),
@@ -250,7 +243,7 @@ fn status_without_an_agent_fails_with_a_hint() {
 
 #[test]
 fn options_a_command_does_not_take_are_usage_errors() {
-    let output = agent(&["status", "--config", "/x"]);
+    let output = hvagent(&["status", "--config", "/x"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output.stderr).contains("--config does not apply to 'status'"));
 }
@@ -261,7 +254,7 @@ fn host_setup_scripts_in_scripts_are_current() {
         ("powershell", "hvagent-host-setup.ps1"),
         ("reg", "hvagent-host-setup.reg"),
     ] {
-        let output = agent(&["host-setup", "--all", "--format", format]);
+        let output = hvagent(&["host-setup", "--all", "--format", format]);
         assert!(output.status.success(), "{}", text(&output.stderr));
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("scripts")
@@ -284,7 +277,7 @@ fn host_setup_follows_the_config_and_refuses_unknown_formats() {
         "[heartbeat]\nconnect = \"vsock:host:0x48560101\"\n",
     );
     let config = config.display().to_string();
-    let output = agent(&["host-setup", "--config", &config, "--format", "reg"]);
+    let output = hvagent(&["host-setup", "--config", &config, "--format", "reg"]);
     let stdout = text(&output.stdout);
     assert!(output.status.success(), "{}", text(&output.stderr));
     assert!(
@@ -292,7 +285,7 @@ fn host_setup_follows_the_config_and_refuses_unknown_formats() {
         "{stdout}"
     );
     assert!(!stdout.contains("48560001-facb"), "{stdout}");
-    let output = agent(&["host-setup", "--format", "bat"]);
+    let output = hvagent(&["host-setup", "--format", "bat"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output.stderr).contains("powershell or reg"));
 }
@@ -357,7 +350,7 @@ fn doctor_exits_1_with_fixes_on_a_machine_without_vsock_and_0_when_all_is_well()
         &format!("[heartbeat]\nconnect = \"unix:{}\"\n", host.display()),
     );
     let (root_arg, config_arg) = (root.display().to_string(), config.display().to_string());
-    let output = agent(&["doctor", "--root", &root_arg, "--config", &config_arg]);
+    let output = hvagent(&["doctor", "--root", &root_arg, "--config", &config_arg]);
     let stdout = text(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(
@@ -373,7 +366,7 @@ fn doctor_exits_1_with_fixes_on_a_machine_without_vsock_and_0_when_all_is_well()
     std::fs::write(root.join("proc/net/protocols"), "AF_VSOCK  1240\n").unwrap();
     std::fs::create_dir_all(root.join("sys/module/vmw_vsock_virtio_transport")).unwrap();
     let _listener = UnixListener::bind(&host).unwrap();
-    let output = agent(&["doctor", "--root", &root_arg, "--config", &config_arg]);
+    let output = hvagent(&["doctor", "--root", &root_arg, "--config", &config_arg]);
     let stdout = text(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{stdout}");
     assert!(

@@ -16,6 +16,14 @@ use hvagent::wire::{Decoder, IcVersion, Message, MessageType, Status};
 pub const AGENT: &str = env!("CARGO_BIN_EXE_hvagent");
 pub const HOST: &str = env!("CARGO_BIN_EXE_hvhost");
 
+/// Runs hvagent to the end with `args` (its commands other than `run`, or a config it must refuse).
+pub fn hvagent(args: &[&str]) -> std::process::Output {
+    no_vsock(&mut Command::new(AGENT))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
 /// Runs hvhost to the end with `args`.
 pub fn hvhost(args: &[&str]) -> std::process::Output {
     no_vsock(&mut Command::new(HOST))
