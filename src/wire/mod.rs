@@ -1,20 +1,25 @@
 //! Bytes ⇄ typed integration-service messages, and framing on a byte stream. No I/O, no clock.
 //!
-//! Every message on an hv_sock stream is the VMBus pipe header, the IC header and a body (hv-facts §2,
-//! Linux `include/linux/hyperv.h`). All fields are little-endian and packed:
+//! Every message on an hv_sock stream is the VMBus pipe header, the IC header and a body (docs/PROTOCOL.md §2;
+//! Linux `include/linux/hyperv.h` `struct vmbuspipe_hdr`, `struct icmsg_hdr`). All fields are little-endian
+//! and packed:
 //!
 //! ```text
 //!  0               4               8       10      12      14      16      18      20
 //!  +---------------+---------------+-------+-------+-------+-------+-------+-------+
-//!  | pipe flags    | pipe msgsize  | icverframe    |msgtype| icvermsg      |msgsize|
+//!  | pipe type     | pipe msgsize  | icverframe    |msgtype| icvermsg      |msgsize|
 //!  +---------------+---+---+-------+-------+-------+-------+-------+-------+-------+
 //!  | status        |tid|flg|rsvd   | body (icmsgsize bytes) ...
 //!  +---------------+---+---+-------+-------------------------------------------
 //!  20              24  25  26      28
 //! ```
 //!
-//! `pipe msgsize` counts the IC header and the body, so it must equal 20 + icmsgsize. Pipe flags are 0 when we
-//! send and kept (not checked) when we receive, so a parsed message re-encodes to its exact bytes.
+//! `pipe msgsize` counts the IC header and the body, so it must equal 20 + icmsgsize. `pipe type` is the VMBus
+//! pipe packet type (Linux calls the field `flags`): DATA = 1 is what openvmm's pipe writes and all its pipe
+//! reader accepts (`vm/devices/vmbus/vmbus_ring/src/lib.rs` PIPE_PACKET_TYPE_DATA, `vmbus_async/src/pipe.rs`),
+//! and what Linux's hv_utils sends back, since it answers in the host's own buffer. We send 1, and accept 1 or
+//! 0 (what hvagent sent before, and what a host built from Linux's struct alone may leave); any other value
+//! (PARTIAL 2, the GPA-direct types 3 and 4, or garbage) means the stream is not IC messages.
 
 pub mod heartbeat;
 pub mod kvp;
@@ -27,7 +32,7 @@ use std::fmt;
 /// Byte offsets of the header fields, from the start of a message.
 pub mod field {
     use std::ops::Range;
-    pub const PIPE_FLAGS: Range<usize> = 0..4;
+    pub const PIPE_TYPE: Range<usize> = 0..4;
     pub const PIPE_MSGSIZE: Range<usize> = 4..8;
     pub const FRAMEWORK_MAJOR: Range<usize> = 8..10;
     pub const FRAMEWORK_MINOR: Range<usize> = 10..12;
@@ -40,6 +45,14 @@ pub mod field {
     pub const ICFLAGS: usize = 25;
     pub const RESERVED: Range<usize> = 26..28;
     pub const BODY: usize = 28;
+}
+
+/// The VMBus pipe packet types a message may carry (see the module documentation).
+pub mod pipe_type {
+    /// PIPE_PACKET_TYPE_DATA: what we send.
+    pub const DATA: u32 = 1;
+    /// Accepted on receipt too: earlier hvagent peers and hosts written from Linux's struct send 0.
+    pub const LEGACY_ZERO: u32 = 0;
 }
 
 /// Length of `vmbuspipe_hdr`.
@@ -74,6 +87,8 @@ fn le_u64(bytes: &[u8], start: usize) -> u64 {
 /// Why bytes are not a valid message or body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WireError {
+    /// The pipe header's packet type is neither DATA (1) nor 0.
+    PipeType(u32),
     /// Pipe msgsize disagrees with the IC header's icmsgsize.
     LengthMismatch { msgsize: u32, icmsgsize: u16 },
     /// The message would exceed [`MAX_MESSAGE_LEN`].
@@ -95,6 +110,11 @@ pub enum WireError {
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            WireError::PipeType(value) => write!(
+                f,
+                "pipe header packet type {value:#x} is not 1 (VMBus pipe DATA) or 0; the peer does not \
+                 speak IC messages, or the stream is out of step"
+            ),
             WireError::LengthMismatch { msgsize, icmsgsize } => write!(
                 f,
                 "pipe header msgsize {msgsize} is not 20 + icmsgsize {icmsgsize}"
@@ -266,11 +286,11 @@ impl Default for MessageType {
     }
 }
 
-/// One whole message: pipe flags, IC header and body.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+/// One whole message: pipe packet type, IC header and body.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {
-    /// `vmbuspipe_hdr.flags`: 0 when we send, kept as received.
-    pub pipe_flags: u32,
+    /// `vmbuspipe_hdr.flags`, the pipe packet type: [`pipe_type::DATA`] when we send, kept as received.
+    pub pipe_type: u32,
     pub header: IcHeader,
     pub body: Vec<u8>,
 }
@@ -285,7 +305,7 @@ impl Message {
         body: Vec<u8>,
     ) -> Message {
         Message {
-            pipe_flags: 0,
+            pipe_type: pipe_type::DATA,
             header: IcHeader {
                 framework_version,
                 msgtype,
@@ -302,7 +322,7 @@ impl Message {
     /// The answer to this message: same type, versions and transaction id, TRANSACTION|RESPONSE.
     pub fn reply(&self, status: Status, body: Vec<u8>) -> Message {
         Message {
-            pipe_flags: 0,
+            pipe_type: pipe_type::DATA,
             header: IcHeader {
                 status,
                 flags: IcFlags(IcFlags::TRANSACTION | IcFlags::RESPONSE),
@@ -330,7 +350,7 @@ impl Message {
         let msgsize = (IC_HEADER_LEN + self.body.len()) as u32;
         let h = &self.header;
         out.reserve(len);
-        out.extend_from_slice(&self.pipe_flags.to_le_bytes());
+        out.extend_from_slice(&self.pipe_type.to_le_bytes());
         out.extend_from_slice(&msgsize.to_le_bytes());
         out.extend_from_slice(&h.framework_version.major.to_le_bytes());
         out.extend_from_slice(&h.framework_version.minor.to_le_bytes());
@@ -376,7 +396,7 @@ impl Message {
     /// Builds a message from a frame whose length [`frame_len`] has validated.
     fn from_frame(frame: &[u8]) -> Message {
         Message {
-            pipe_flags: le_u32(frame, field::PIPE_FLAGS),
+            pipe_type: le_u32(frame, field::PIPE_TYPE),
             header: IcHeader {
                 framework_version: IcVersion::new(
                     le_u16(frame, field::FRAMEWORK_MAJOR),
@@ -401,8 +421,15 @@ impl Message {
 }
 
 /// The length of the message at the start of `bytes`, once both headers are there (`Ok(None)` before), after
-/// checking that the two size fields agree and the message fits [`MAX_MESSAGE_LEN`].
+/// checking the pipe packet type, that the two size fields agree and that the message fits
+/// [`MAX_MESSAGE_LEN`]. The packet type is checked as soon as its four bytes are there.
 pub fn frame_len(bytes: &[u8]) -> Result<Option<usize>, WireError> {
+    if bytes.len() >= PIPE_HEADER_LEN / 2 {
+        let packet_type = le_u32(bytes, field::PIPE_TYPE);
+        if packet_type != pipe_type::DATA && packet_type != pipe_type::LEGACY_ZERO {
+            return Err(WireError::PipeType(packet_type));
+        }
+    }
     if bytes.len() < HEADER_LEN {
         return Ok(None);
     }

@@ -25,7 +25,7 @@ fn header_fields_sit_at_their_documented_offsets() {
     message.header.reserved = [0xAB, 0xCD];
     let bytes = message.to_bytes().unwrap();
     assert_eq!(bytes.len(), 28 + 16);
-    assert_eq!(&bytes[0..4], &[0, 0, 0, 0]);
+    assert_eq!(&bytes[0..4], &[1, 0, 0, 0], "pipe packet type DATA");
     assert_eq!(&bytes[4..8], &36u32.to_le_bytes());
     assert_eq!(&bytes[8..12], &[3, 0, 0, 0]);
     assert_eq!(&bytes[12..14], &[1, 0]);
@@ -37,6 +37,55 @@ fn header_fields_sit_at_their_documented_offsets() {
     assert_eq!(&bytes[26..28], &[0xAB, 0xCD]);
     assert_eq!(&bytes[28..36], &5u64.to_le_bytes());
     assert_eq!(Message::parse(&bytes).unwrap(), message);
+}
+
+#[test]
+fn every_message_we_build_carries_pipe_type_data() {
+    let request = heartbeat_request(1);
+    let mut legacy = request.clone();
+    legacy.pipe_type = pipe_type::LEGACY_ZERO;
+    for message in [
+        request.clone(),
+        request.reply(Status::OK, vec![]),
+        legacy.reply(Status::FAIL, vec![]),
+    ] {
+        assert_eq!(message.pipe_type, 1);
+        assert_eq!(&message.to_bytes().unwrap()[0..4], &1u32.to_le_bytes());
+    }
+}
+
+#[test]
+fn pipe_type_zero_and_one_are_accepted_and_kept() {
+    for packet_type in [0u32, 1] {
+        let mut bytes = heartbeat_request(3).to_bytes().unwrap();
+        bytes[0..4].copy_from_slice(&packet_type.to_le_bytes());
+        let message = Message::parse(&bytes).unwrap();
+        assert_eq!(message.pipe_type, packet_type);
+        assert_eq!(message.to_bytes().unwrap(), bytes);
+    }
+}
+
+#[test]
+fn decoder_refuses_other_pipe_types_as_soon_as_the_word_arrives() {
+    for packet_type in [2u32, 3, 4, 0x100, u32::MAX] {
+        let mut bytes = heartbeat_request(3).to_bytes().unwrap();
+        bytes[0..4].copy_from_slice(&packet_type.to_le_bytes());
+        assert_eq!(
+            Message::parse(&bytes),
+            Err(WireError::PipeType(packet_type))
+        );
+        let mut decoder = Decoder::new();
+        decoder.push(&bytes[..4]);
+        assert_eq!(
+            decoder.next_message(),
+            Err(WireError::PipeType(packet_type))
+        );
+    }
+    let text = WireError::PipeType(2).to_string();
+    assert!(
+        text.contains("0x2") && text.contains("VMBus pipe DATA"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -227,12 +276,12 @@ proptest! {
 
     #[test]
     fn header_fields_round_trip(
-        pipe_flags in any::<u32>(), fw in any::<(u16, u16)>(), msgtype in any::<u16>(),
+        pipe_type in 0u32..=1, fw in any::<(u16, u16)>(), msgtype in any::<u16>(),
         mv in any::<(u16, u16)>(), status in any::<u32>(), tid in any::<u8>(), flags in any::<u8>(),
         reserved in any::<[u8; 2]>(), body in proptest::collection::vec(any::<u8>(), 0..100),
     ) {
         let message = Message {
-            pipe_flags,
+            pipe_type,
             header: IcHeader {
                 framework_version: IcVersion::new(fw.0, fw.1),
                 msgtype: MessageType(msgtype),

@@ -39,6 +39,8 @@ HV_INVALIDARG = 0x80070057
 
 STATUS_NAMES = {HV_S_OK: "HV_S_OK", HV_E_FAIL: "HV_E_FAIL", HV_INVALIDARG: "HV_INVALIDARG"}
 
+PIPE_DATA = 1  # the pipe header's packet type (2.1): sent as 1; 0 accepted on receipt, anything else refused
+
 MAX_MSG = 16384  # whole message (2.2)
 MAX_PIPE_MSGSIZE = MAX_MSG - 8  # 16376
 MAX_BODY = MAX_MSG - 28  # 16356
@@ -61,33 +63,33 @@ def sname(status):
 
 
 class Msg:
-    __slots__ = ("pipe_flags", "msgsize", "frame", "type", "msgver", "icmsgsize", "status", "tid", "flags",
+    __slots__ = ("pipe_type", "msgsize", "frame", "type", "msgver", "icmsgsize", "status", "tid", "flags",
                  "reserved", "body", "raw")
 
     def __repr__(self):
-        return ("Msg(type=%d frame=%d.%d msgver=%d.%d status=%s tid=%d flags=0x%02x pipe_flags=%d rsvd=%d "
+        return ("Msg(type=%d frame=%d.%d msgver=%d.%d status=%s tid=%d flags=0x%02x pipe_type=%d rsvd=%d "
                 "body=%s)" % (self.type, self.frame[0], self.frame[1], self.msgver[0], self.msgver[1],
-                              sname(self.status), self.tid, self.flags, self.pipe_flags, self.reserved,
+                              sname(self.status), self.tid, self.flags, self.pipe_type, self.reserved,
                               self.body[:48].hex() + ("..." if len(self.body) > 48 else "")))
 
 
 def parse_header(b):
     m = Msg()
-    (m.pipe_flags, m.msgsize, fmaj, fmin, m.type, vmaj, vmin, m.icmsgsize, m.status, m.tid, m.flags,
+    (m.pipe_type, m.msgsize, fmaj, fmin, m.type, vmaj, vmin, m.icmsgsize, m.status, m.tid, m.flags,
      m.reserved) = HDR.unpack_from(b, 0)
     m.frame = (fmaj, fmin)
     m.msgver = (vmaj, vmin)
     return m
 
 
-def build(msgtype, body=b"", frame=(1, 0), msgver=(1, 0), tid=0, flags=REQ_FLAGS, status=0, pipe_flags=0,
+def build(msgtype, body=b"", frame=(1, 0), msgver=(1, 0), tid=0, flags=REQ_FLAGS, status=0, pipe_type=PIPE_DATA,
           reserved=0, msgsize=None, icmsgsize=None):
     """Build one message; msgsize/icmsgsize may be overridden to make deliberately bad framing."""
     if icmsgsize is None:
         icmsgsize = len(body)
     if msgsize is None:
         msgsize = 20 + icmsgsize
-    hdr = HDR.pack(pipe_flags, msgsize, frame[0], frame[1], msgtype, msgver[0], msgver[1], icmsgsize, status,
+    hdr = HDR.pack(pipe_type, msgsize, frame[0], frame[1], msgtype, msgver[0], msgver[1], icmsgsize, status,
                    tid, flags, reserved)
     return hdr + body
 
@@ -129,8 +131,8 @@ def verify_reply(req_raw, rep, status, body=None):
     req = parse_header(req_raw)
     req_body = req_raw[28:]
     errs = []
-    if rep.pipe_flags != 0:
-        errs.append("pipe flags %d != 0" % rep.pipe_flags)
+    if rep.pipe_type != PIPE_DATA:
+        errs.append("pipe packet type %d != 1 (DATA, 2.1)" % rep.pipe_type)
     if rep.msgsize != 20 + len(rep.body) or rep.icmsgsize != len(rep.body):
         errs.append("size fields msgsize=%d icmsgsize=%d for a %d-byte body" % (rep.msgsize, rep.icmsgsize,
                                                                                 len(rep.body)))
@@ -391,16 +393,16 @@ def run(name, fn, *args):
 # The checks
 
 DOC_NEGOTIATE_REQ = bytes.fromhex(
-    "00000000 2c000000 01000000 0000 01000000 1800 00000000 00 03 0000 0200020000000000 "
+    "01000000 2c000000 01000000 0000 01000000 1800 00000000 00 03 0000 0200020000000000 "
     "0100000003000000 0100000003000000".replace(" ", ""))
 DOC_NEGOTIATE_ANS = bytes.fromhex(
-    "00000000 24000000 01000000 0000 01000000 1000 00000000 00 05 0000 0100010000000000 03000000 03000000"
+    "01000000 24000000 01000000 0000 01000000 1000 00000000 00 05 0000 0100010000000000 03000000 03000000"
     .replace(" ", ""))
 DOC_HB_REQ = bytes.fromhex(
-    "00000000 24000000 03000000 0100 03000000 1000 00000000 01 03 0000 ff00000000000000 00000000 00000000"
+    "01000000 24000000 03000000 0100 03000000 1000 00000000 01 03 0000 ff00000000000000 00000000 00000000"
     .replace(" ", ""))
 DOC_HB_ANS = bytes.fromhex(
-    "00000000 24000000 03000000 0100 03000000 1000 00000000 01 05 0000 0001000000000000 00000000 00000000"
+    "01000000 24000000 03000000 0100 03000000 1000 00000000 01 05 0000 0001000000000000 00000000 00000000"
     .replace(" ", ""))
 
 
@@ -676,18 +678,20 @@ def c_heartbeat_lengths(ctx):
 
 
 def c_ignored_fields(ctx):
-    """2.3: pipe flags, reserved, request status and version fields are ignored and copied/zeroed."""
+    """2.1/2.3: pipe packet type 0 is accepted like 1; reserved, request status and version fields are ignored
+    and copied/zeroed; every reply carries packet type 1."""
     c = Conn.dial(ctx.listen_path, name="ign")
     try:
         req = build(NEGOTIATE, negotiate_body([(3, 0)], [(3, 0)]), frame=(7, 7), msgver=(0xFFFF, 1),
-                    pipe_flags=0xDEADBEEF, reserved=0xA5A5, status=HV_E_FAIL, tid=0x80)
+                    pipe_type=0, reserved=0xA5A5, status=HV_E_FAIL, tid=0x80)
         verify_reply(req, c.request(req), HV_S_OK, negotiate_body([(3, 0)], [(3, 0)]))
-        req = build(HEARTBEAT, hb_body(7), frame=(9, 1), msgver=(0, 0), pipe_flags=1, reserved=0xFFFF,
+        req = build(HEARTBEAT, hb_body(7), frame=(9, 1), msgver=(0, 0), pipe_type=1, reserved=0xFFFF,
                     status=0x12345678, flags=0xF3, tid=0xFE)  # 0xF3: other bits ignored, not RESPONSE
         verify_reply(req, c.request(req), HV_S_OK, hb_body(8))
     finally:
         c.close()
-    return "pipe flags/reserved/status/versions in requests ignored; versions copied; replies carry 0s"
+    return ("pipe type 0 and 1 accepted; reserved/status/versions in requests ignored; versions copied; "
+            "replies carry pipe type 1 and 0s elsewhere")
 
 
 def c_stream_framing(ctx):
@@ -758,6 +762,11 @@ def c_garbage_isolated(ctx):
         ("msgsize 0xFFFFFFFF", build(HEARTBEAT, msgsize=0xFFFFFFFF, icmsgsize=0xFFFF), True),
         ("bad sizes before negotiating", build(NEGOTIATE, icmsgsize=24, msgsize=20), False),
         ("random bytes", bytes((i * 37 + 11) & 0xFF for i in range(28)), True),
+        ("pipe packet type 2 (PARTIAL)", build(HEARTBEAT, hb, frame=(3, 0), msgver=(3, 0), pipe_type=2), True),
+        ("pipe packet type 0xDEADBEEF", build(HEARTBEAT, hb, frame=(3, 0), msgver=(3, 0), pipe_type=0xDEADBEEF),
+         True),
+        ("pipe packet type 3 before negotiating", build(NEGOTIATE, negotiate_body([(3, 0)], [(3, 0)]),
+                                                        pipe_type=3), False),
     ]
     details = []
     try:

@@ -20,7 +20,7 @@ TRANSACTION_REQUEST = 0x01 | 0x02
 def message(msgtype, tid, body, version=(3, 0)):
     ic = struct.pack("<HHHHHHIBBH", 3, 0, msgtype, version[0], version[1], len(body), 0, tid,
                      TRANSACTION_REQUEST, 0)
-    return struct.pack("<II", 0, 20 + len(body)) + ic + body
+    return struct.pack("<II", 1, 20 + len(body)) + ic + body  # pipe packet type DATA
 
 
 def negotiate():
