@@ -1,9 +1,9 @@
 //! The time-sync service: host samples in, guest probes out (message version 4.1), and the clock kept right
 //! through [`crate::clock`].
 //!
-//! - Host samples (TIMESYNC requests, flags SYNC or SAMPLE; `ictimesync_ref_data` for message version 4.0
-//!   and later, `ictimesync_data` before) are answered HV_S_OK with their own body when they carry
-//!   TRANSACTION. A sample's offset is `parenttime − receive time`, short of the truth by the one-way delay.
+//! - Host samples (TIMESYNC requests with the SYNC or SAMPLE bit; `ictimesync_ref_data` for message version
+//!   4.0 and later, `ictimesync_data` before) are answered HV_S_OK with their own body when they carry
+//!   TRANSACTION. The flags are bits: SYNC wins when both are set, reserved bits are ignored. A sample's offset is `parenttime − receive time`, short of the truth by the one-way delay.
 //! - Probes (only when 4.1 was negotiated and `probe_interval` is not zero): a TIMESYNC request with an
 //!   `ictimesync_data` body, flags PROBE, childtime = t1, every `probe_interval`, one at a time. The host's
 //!   answer carries parenttime (its time when answering) and roundtriptime (how long it held the probe); at
@@ -164,7 +164,7 @@ impl TimeSyncLogic {
             offset,
             delay: None,
         };
-        if flags == TimeSyncFlags::SYNC {
+        if flags.is_sync() {
             self.stats.syncs += 1;
             if self.sync(offset, now) {
                 return;
@@ -380,11 +380,22 @@ impl Logic for TimeSyncLogic {
         now: Instant,
     ) -> Result<Message, Refusal> {
         let (flags, parent_time) = parse_sample(&request.body, version)?;
-        match flags {
-            TimeSyncFlags::SYNC | TimeSyncFlags::SAMPLE => {
-                self.handle_sample(flags, parent_time, now)
-            }
-            other => debug!("timesync: host request with flags {} ignored", other.0),
+        if flags.reserved() != 0 {
+            debug!(
+                "timesync: host sample flags {:#04x} carry reserved bits {:#04x}; they are ignored",
+                flags.0,
+                flags.reserved()
+            );
+        }
+        // SYNC and SAMPLE are bits (Linux's adj_guesttime tests SYNC first): a host that sets both asks for
+        // a SYNC, and one that sets reserved bits beside either still gets it acted on.
+        if flags.is_sync() || flags.is_sample() {
+            self.handle_sample(flags, parent_time, now);
+        } else {
+            debug!(
+                "timesync: host request with flags {:#04x} (neither SYNC nor SAMPLE) ignored",
+                flags.0
+            );
         }
         Ok(request.reply(Status::OK, request.body.clone()))
     }

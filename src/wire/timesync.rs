@@ -21,17 +21,36 @@ use super::{le_u64, require_body, WireError};
 /// Ticks between 1601-01-01 and 1970-01-01.
 pub const UNIX_EPOCH_TICKS: u64 = 116_444_736_000_000_000;
 
-/// The `flags` value of a time-sync body (a value, not bits).
+/// The `flags` byte of a time-sync body. SYNC and SAMPLE are bits, as Linux's `adj_guesttime` tests them
+/// (`drivers/hv/hv_util.c`) and openvmm declares them (`hyperv_ic_protocol/src/timesync.rs`, `TimesyncFlags`
+/// bitfield: sync bit 0, sample bit 1, six reserved bits). Unknown bits are kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct TimeSyncFlags(pub u8);
 
 impl TimeSyncFlags {
-    /// A guest's probe (hvagent's 4.1 extension).
+    /// A guest's probe (hvagent's 4.1 extension): no bit set.
     pub const PROBE: TimeSyncFlags = TimeSyncFlags(0);
     /// A hard request to set the clock (boot, restore, resume).
     pub const SYNC: TimeSyncFlags = TimeSyncFlags(1);
     /// A routine sample, a hint.
     pub const SAMPLE: TimeSyncFlags = TimeSyncFlags(2);
+    /// The bits neither Linux nor openvmm gives a meaning.
+    pub const RESERVED_BITS: u8 = !(Self::SYNC.0 | Self::SAMPLE.0);
+
+    /// Whether the SYNC bit is set (whatever else is).
+    pub const fn is_sync(self) -> bool {
+        self.0 & Self::SYNC.0 != 0
+    }
+
+    /// Whether the SAMPLE bit is set (whatever else is).
+    pub const fn is_sample(self) -> bool {
+        self.0 & Self::SAMPLE.0 != 0
+    }
+
+    /// The reserved bits that are set.
+    pub const fn reserved(self) -> u8 {
+        self.0 & Self::RESERVED_BITS
+    }
 }
 
 /// `ictimesync_ref_data`: message version 4.0 and later.
@@ -160,6 +179,18 @@ mod tests {
             assert_eq!(parsed.to_body(), body);
         }
         assert!(TimeSyncData::parse(&[0; 24]).is_err());
+    }
+
+    #[test]
+    fn flags_are_bits() {
+        let both = TimeSyncFlags(0x03);
+        assert!(both.is_sync() && both.is_sample());
+        let sync_and_reserved = TimeSyncFlags(0x81);
+        assert!(sync_and_reserved.is_sync() && !sync_and_reserved.is_sample());
+        assert_eq!(sync_and_reserved.reserved(), 0x80);
+        let sample = TimeSyncFlags::SAMPLE;
+        assert!(!sample.is_sync() && sample.is_sample() && sample.reserved() == 0);
+        assert!(!TimeSyncFlags::PROBE.is_sync() && !TimeSyncFlags::PROBE.is_sample());
     }
 
     #[test]

@@ -379,6 +379,30 @@ fn a_sync_after_a_resume_steps_at_once() {
 }
 
 #[test]
+fn a_sync_bit_beside_sample_or_reserved_bits_still_steps() {
+    // Linux's adj_guesttime and openvmm's TimesyncFlags treat SYNC as a bit: 0x03 and 0x81 are SYNCs.
+    // A 4.0 host as openvmm is (no probes); the SYNC comes between two periodic samples, so only it can step.
+    for flags in [0x03u8, 0x81, 0xFF] {
+        let mut sim = Sim::new(Setup {
+            version: IcVersion::new(4, 0),
+            drift_ppm: 0.0,
+            ..Setup::default()
+        });
+        sim.run_until(MINUTE + 2 * SECOND);
+        sim.clock.jump(-30.0);
+        let at = sim.t;
+        sim.at(at, Happening::HostSample(TimeSyncFlags(flags), false));
+        sim.run_until(at + MS);
+        let steps = sim.clock.steps();
+        assert_eq!(steps.len(), 1, "flags {flags:#04x}: {steps:?}");
+        assert!(
+            (steps[0] - 30.0).abs() < 1e-3,
+            "flags {flags:#04x}: {steps:?}"
+        );
+    }
+}
+
+#[test]
 fn a_sync_a_few_milliseconds_off_steers_instead_of_stepping() {
     let mut sim = Sim::new(Setup::default());
     sim.run_until(5 * MINUTE);
@@ -626,6 +650,35 @@ fn host_samples_of_every_version_and_length_are_answered_with_their_body() {
         assert_eq!(reply.body, body);
         let offset = logic.stats.last_offset.unwrap();
         assert!((offset - 1.0).abs() < 1e-6, "{version}: {offset}");
+    }
+    // A reserved bit beside SAMPLE is still a sample; reserved bits alone are answered and ignored.
+    for (flags, counted) in [(0x82u8, true), (0x80, false), (0x00, false)] {
+        let before = logic.stats.samples;
+        logic.stats.last_offset = None;
+        let body = TimeSyncRef {
+            parent_time: parent,
+            flags: TimeSyncFlags(flags),
+            rest: vec![0; 5],
+            ..Default::default()
+        }
+        .to_body();
+        let request = Message::request(
+            MessageType::TIMESYNC,
+            IcVersion::new(3, 0),
+            IcVersion::new(4, 0),
+            10,
+            body.clone(),
+        );
+        let reply = logic
+            .request(LINK, &request, IcVersion::new(4, 0), now)
+            .unwrap();
+        assert_eq!((reply.header.status, reply.body), (Status::OK, body));
+        assert_eq!(
+            logic.stats.samples - before,
+            u64::from(counted),
+            "{flags:#04x}"
+        );
+        assert_eq!(logic.stats.last_offset.is_some(), counted, "{flags:#04x}");
     }
     let short = Message::request(
         MessageType::TIMESYNC,
