@@ -1,12 +1,19 @@
-//! The guest-info service (KVP exchange, hv-facts §2b): the host enumerates the guest's intrinsic values
-//! (the auto pool, read from the system at every request), and gets, sets and deletes pairs it stores in the
-//! guest (the external and guest pools). Pools are kept in memory and written through a [`PoolStore`] before
-//! a change is answered; a change that cannot be stored, or that would exceed the bounds, is answered with an
-//! error and changes nothing.
+//! The guest-info service (KVP exchange, docs/PROTOCOL.md §9): the host enumerates the guest's intrinsic
+//! values (the auto pool, 2, read from the system at every request), and gets, sets, deletes and enumerates
+//! pairs it stores in the guest: pools 0 (external), 1 (guest), 3 (auto-external, which openvmm's host
+//! exposes) and 4 (auto-internal), as Linux's hv_kvp_daemon keeps a file for every pool below
+//! KVP_POOL_COUNT. Pools are kept in memory and written through a [`PoolStore`] before a change is answered;
+//! a change that cannot be stored, or that would exceed the bounds, is answered with an error and changes
+//! nothing.
+//!
+//! Every stored pair is canonical ([`canonical_key`], [`canonical_value`]): a record openvmm's host parser
+//! rejects would fail its whole KVP channel, so a Set that could not be read back is refused with
+//! HV_INVALIDARG and a reason, and pairs loaded from disk that break the rules are dropped with a warning.
 //!
 //! Statuses follow Linux's hv_kvp_daemon where it has one: HV_S_CONT past the last item of an enumeration
-//! and for a key that is not there; HV_E_FAIL for a full pool, a key or value beyond the wire sizes, a pool
-//! that cannot be written, or a failed write; HV_ERROR_NOT_SUPPORTED for the IP-injection operations.
+//! and for a key that is not there; HV_E_FAIL for a full pool, a pool that cannot be written (the auto pool,
+//! unknown pools) or a failed write; HV_INVALIDARG for a key or value no host could read back;
+//! HV_ERROR_NOT_SUPPORTED for the IP-injection operations.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -15,15 +22,22 @@ use log::{info, warn};
 
 use super::logic::{LinkId, Logic, Refusal, StatusLine};
 use crate::wire::kvp::{
-    key_units, lossy, value_type, KvpBody, KvpMessage, Operation, Pool, ValueRecord,
+    canonical_key, canonical_value, key_units, lossy, KvpBody, KvpError, KvpMessage, Operation,
+    Pool, ValueRecord,
 };
 use crate::wire::{IcVersion, Message, Status};
 
 /// Most pairs one pool holds.
 pub const MAX_PAIRS: usize = 1024;
 
-/// The pools the host can write.
-pub const STORED_POOLS: [Pool; 2] = [Pool::EXTERNAL, Pool::GUEST];
+/// The pools the host can write: every pool of Linux's KVP_POOL_COUNT (5) but the auto pool, whose values
+/// are the guest's own.
+pub const STORED_POOLS: [Pool; 4] = [
+    Pool::EXTERNAL,
+    Pool::GUEST,
+    Pool::AUTO_EXTERNAL,
+    Pool::AUTO_INTERNAL,
+];
 
 /// One stored pair: the key as UTF-16 units (no terminator), the value's type and bytes as the host sent them.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -82,6 +96,22 @@ fn fail(why: impl std::fmt::Display) -> Refusal {
     Refusal::new(Status::FAIL, why)
 }
 
+fn invalid(why: KvpError) -> Refusal {
+    Refusal::new(Status::INVALID_ARG, why)
+}
+
+/// A pair in its canonical form, or why it has none.
+fn canonical_pair(pair: &Pair) -> Result<Pair, KvpError> {
+    let key_area = crate::wire::kvp::utf16_bytes(&pair.key);
+    let key = canonical_key(&key_area, key_area.len() as u32)?;
+    let (value_type, value) = canonical_value(pair.value_type, &pair.value)?;
+    Ok(Pair {
+        key,
+        value_type,
+        value,
+    })
+}
+
 impl GuestInfoLogic {
     /// Loads the stored pools; a pool that cannot be loaded starts empty (and says why).
     pub fn new(mut store: Box<dyn PoolStore>, info: Box<dyn SystemInfo>) -> GuestInfoLogic {
@@ -91,6 +121,21 @@ impl GuestInfoLogic {
                 warn!("guestinfo: the {} pool starts empty: {why}", pool.name());
                 Vec::new()
             });
+            let pairs = pairs
+                .iter()
+                .filter_map(|pair| match canonical_pair(pair) {
+                    Ok(canonical) => Some(canonical),
+                    Err(why) => {
+                        warn!(
+                            "guestinfo: {} pool: dropped the stored pair {}: {why}; no host could read it \
+                             back (the pool file is rewritten at the next change)",
+                            pool.name(),
+                            lossy(&pair.key).escape_debug()
+                        );
+                        None
+                    }
+                })
+                .collect();
             pools.insert(pool, pairs);
         }
         GuestInfoLogic {
@@ -148,16 +193,15 @@ impl GuestInfoLogic {
         }
     }
 
+    /// The answer record is rebuilt from the stored pair, so it is canonical whatever the request's key
+    /// area held beyond its key.
     fn get(&self, pool: Pool, record: &mut ValueRecord) -> Result<Status, Refusal> {
         let key = record.key().map_err(fail)?;
         if pool == Pool::AUTO {
             let name = lossy(&key);
             return Ok(match INTRINSIC_KEYS.iter().find(|k| **k == name) {
                 Some(key) => {
-                    let value = crate::wire::kvp::utf16_bytes(&crate::wire::kvp::utf16(
-                        &intrinsic(self.info.as_ref(), key),
-                    ));
-                    record.set_value(value_type::STRING, &value);
+                    *record = ValueRecord::string(key, &intrinsic(self.info.as_ref(), key));
                     Status::OK
                 }
                 None => Status::CONTINUE,
@@ -165,7 +209,7 @@ impl GuestInfoLogic {
         }
         match self.pairs(pool).iter().find(|pair| pair.key == key) {
             Some(pair) => {
-                record.set_value(pair.value_type, &pair.value);
+                *record = ValueRecord::new(pair.value_type, &pair.key, &pair.value);
                 Ok(Status::OK)
             }
             None => Ok(Status::CONTINUE),
@@ -173,19 +217,26 @@ impl GuestInfoLogic {
     }
 
     fn stored_pool(&self, pool: Pool) -> Result<Vec<Pair>, Refusal> {
+        if pool == Pool::AUTO {
+            return Err(fail(
+                "the auto pool (2) holds the guest's intrinsic values, read from the system at every \
+                 request; a host cannot set or delete them",
+            ));
+        }
         self.pools
             .get(&pool)
             .cloned()
-            .ok_or_else(|| fail(format!("the {pool} pool cannot be written")))
+            .ok_or_else(|| fail(format!("there is no pool {} (pools are 0 to 4)", pool.0)))
     }
 
     fn set(&mut self, pool: Pool, record: &ValueRecord) -> Result<Status, Refusal> {
-        let key = record.key().map_err(fail)?;
-        let value = record.value().map_err(fail)?.to_vec();
+        let key = canonical_key(&record.key_area, record.key_size).map_err(invalid)?;
+        let value = record.value().map_err(invalid)?;
+        let (value_type, value) = canonical_value(record.value_type, value).map_err(invalid)?;
         let mut pairs = self.stored_pool(pool)?;
         let pair = Pair {
             key,
-            value_type: record.value_type,
+            value_type,
             value,
         };
         match pairs.iter().position(|old| old.key == pair.key) {
@@ -253,11 +304,11 @@ impl Logic for GuestInfoLogic {
             ("kvp requests", self.served.to_string()),
             (
                 "kvp pairs",
-                format!(
-                    "external {}, guest {}",
-                    self.pairs(Pool::EXTERNAL).len(),
-                    self.pairs(Pool::GUEST).len()
-                ),
+                STORED_POOLS
+                    .iter()
+                    .map(|&pool| format!("{} {}", pool.name(), self.pairs(pool).len()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             ),
         ]
     }

@@ -133,6 +133,23 @@ pub enum KvpError {
     KeySize(u32),
     ValueSize(u32),
     EmptyKey,
+    /// No NUL within key_size: the key would come back as another one (cut, or with a NUL added).
+    KeyNotTerminated,
+    /// The key's units are not valid UTF-16 (an unpaired surrogate).
+    KeyNotUtf16,
+    /// A value type a host cannot read back.
+    ValueType(u32),
+    /// A DWORD or QWORD whose value_size is not 4 or 8.
+    NumberSize {
+        value_type: u32,
+        size: u32,
+    },
+    /// A string whose value_size is odd.
+    StringSize(u32),
+    /// A string filling all 2048 bytes with no NUL: there is no room for the terminator.
+    StringNotTerminated,
+    /// A string that is not valid UTF-16.
+    StringNotUtf16,
 }
 
 impl fmt::Display for KvpError {
@@ -146,6 +163,28 @@ impl fmt::Display for KvpError {
                 write!(f, "value_size {size} exceeds {MAX_VALUE_SIZE} bytes")
             }
             KvpError::EmptyKey => f.write_str("the key is empty"),
+            KvpError::KeyNotTerminated => f.write_str(
+                "the key has no UTF-16 NUL within key_size (a key is at most 255 units and its NUL)",
+            ),
+            KvpError::KeyNotUtf16 => f.write_str("the key is not valid UTF-16 (an unpaired surrogate)"),
+            KvpError::ValueType(value_type) => write!(
+                f,
+                "value_type {value_type} is none of REG_SZ 1, REG_EXPAND_SZ 2, REG_DWORD 4, REG_QWORD 11 \
+                 (or Linux's REG_U64 8)"
+            ),
+            KvpError::NumberSize { value_type, size } => write!(
+                f,
+                "value_size {size} does not fit value_type {value_type} (a DWORD is 4 bytes, a QWORD 8)"
+            ),
+            KvpError::StringSize(size) => {
+                write!(f, "value_size {size} of a string is not an even number of bytes")
+            }
+            KvpError::StringNotTerminated => f.write_str(
+                "the string fills all 2048 bytes without a UTF-16 NUL; at most 1023 units fit with it",
+            ),
+            KvpError::StringNotUtf16 => {
+                f.write_str("the string value is not valid UTF-16 (an unpaired surrogate)")
+            }
         }
     }
 }
@@ -153,7 +192,8 @@ impl fmt::Display for KvpError {
 impl std::error::Error for KvpError {}
 
 /// The UTF-16 code units of a key area holding `key_size` bytes: up to the first NUL, or all of them when
-/// the terminator is missing. Unpaired surrogates are kept as they are: a key is compared unit by unit.
+/// the terminator is missing. Lenient, for looking keys up (GET, DELETE): a key stored through
+/// [`canonical_key`] always has its terminator, so one without cannot match a different stored key.
 pub fn key_units(area: &[u8], key_size: u32) -> Result<Vec<u16>, KvpError> {
     let size = key_size as usize;
     if size == 0 || size % 2 != 0 || size > MAX_KEY_SIZE || size > area.len() {
@@ -168,6 +208,61 @@ pub fn key_units(area: &[u8], key_size: u32) -> Result<Vec<u16>, KvpError> {
         return Err(KvpError::EmptyKey);
     }
     Ok(units)
+}
+
+/// The key of a record the guest will store: the units before the first NUL, which must lie within
+/// key_size, and valid UTF-16. These are the rules of openvmm's host parser (`vm/devices/hyperv_ic/src/kvp.rs`,
+/// `parse_str`: even size, a NUL at the end, `String::from_utf16`), which fails its whole KVP channel on a
+/// record it cannot read; a record built from a canonical key always passes them.
+pub fn canonical_key(area: &[u8], key_size: u32) -> Result<Vec<u16>, KvpError> {
+    let units = key_units(area, key_size)?;
+    if units.len() == key_size as usize / 2 {
+        return Err(KvpError::KeyNotTerminated);
+    }
+    if char::decode_utf16(units.iter().copied()).any(|unit| unit.is_err()) {
+        return Err(KvpError::KeyNotUtf16);
+    }
+    Ok(units)
+}
+
+/// A value the guest will store, as (value_type, bytes) that openvmm's `parse_enumerate_response` reads:
+/// a DWORD of 4 bytes, a QWORD of 8 (Linux's REG_U64 8 is stored as REG_QWORD 11, the number Windows and
+/// openvmm know), or a REG_SZ / REG_EXPAND_SZ string of valid UTF-16 ending in exactly one NUL. A string
+/// is cut at its first NUL; one sent without a NUL (Linux's hv_kvp.c does not require it) gets one added when
+/// it fits.
+pub fn canonical_value(value_type: u32, bytes: &[u8]) -> Result<(u32, Vec<u8>), KvpError> {
+    if bytes.len() > MAX_VALUE_SIZE {
+        return Err(KvpError::ValueSize(bytes.len() as u32));
+    }
+    let size = bytes.len() as u32;
+    match value_type {
+        value_type::DWORD if size == 4 => Ok((value_type, bytes.to_vec())),
+        value_type::QWORD | value_type::LINUX_U64 if size == 8 => {
+            Ok((value_type::QWORD, bytes.to_vec()))
+        }
+        value_type::DWORD | value_type::QWORD | value_type::LINUX_U64 => {
+            Err(KvpError::NumberSize { value_type, size })
+        }
+        value_type::STRING | value_type::EXPAND_STRING => {
+            if size % 2 != 0 {
+                return Err(KvpError::StringSize(size));
+            }
+            let all: Vec<u16> = bytes
+                .chunks_exact(2)
+                .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+                .collect();
+            let text = match all.iter().position(|&unit| unit == 0) {
+                Some(end) => &all[..end],
+                None if all.len() < MAX_VALUE_SIZE / 2 => &all[..],
+                None => return Err(KvpError::StringNotTerminated),
+            };
+            if char::decode_utf16(text.iter().copied()).any(|unit| unit.is_err()) {
+                return Err(KvpError::StringNotUtf16);
+            }
+            Ok((value_type, utf16_bytes(text)))
+        }
+        other => Err(KvpError::ValueType(other)),
+    }
 }
 
 /// A key as UTF-16 units without a terminator, from text.
@@ -227,10 +322,18 @@ impl ValueRecord {
         }
     }
 
-    /// A REG_SZ record: key and value as NUL-terminated UTF-16LE, as the host expects (hv_kvp.c).
+    /// A REG_SZ record: key and value as NUL-terminated UTF-16LE, as the host expects (hv_kvp.c). The value
+    /// is cut at a NUL and to 1023 units, never inside a surrogate pair, so the record stays valid UTF-16.
     pub fn string(key: &str, value: &str) -> ValueRecord {
-        let mut units = utf16(value);
-        units.truncate(MAX_VALUE_SIZE / 2 - 1);
+        let value = value.split('\0').next().unwrap_or_default();
+        let mut units = Vec::with_capacity(value.len().min(MAX_VALUE_SIZE / 2));
+        for c in value.chars() {
+            if units.len() + c.len_utf16() > MAX_VALUE_SIZE / 2 - 1 {
+                break;
+            }
+            let mut pair = [0u16; 2];
+            units.extend_from_slice(c.encode_utf16(&mut pair));
+        }
         ValueRecord::new(value_type::STRING, &utf16(key), &utf16_bytes(&units))
     }
 

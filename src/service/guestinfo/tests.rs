@@ -3,7 +3,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use super::*;
-use crate::wire::kvp::{utf16, utf16_bytes, MAX_KEY_SIZE, MAX_VALUE_SIZE};
+use crate::wire::kvp::{utf16, utf16_bytes, value_type, MAX_KEY_SIZE, MAX_VALUE_SIZE};
 use crate::wire::MessageType;
 
 /// Pools in memory; `fail` makes every save fail.
@@ -183,9 +183,10 @@ fn set_get_enumerate_delete_on_the_stored_pools() {
         );
         assert_eq!(logic.pairs(pool).len(), 1);
     }
-    // The pools are separate, and saved.
-    assert_eq!(store.saved.borrow()[&0].len(), 1);
-    assert_eq!(store.saved.borrow()[&1].len(), 1);
+    // The pools are separate, and saved: 0, 1, 3 and 4 alike.
+    for pool in [0u8, 1, 3, 4] {
+        assert_eq!(store.saved.borrow()[&pool].len(), 1, "pool {pool}");
+    }
 }
 
 #[test]
@@ -214,11 +215,13 @@ fn pools_are_reloaded_at_start() {
 }
 
 #[test]
-fn the_auto_pools_cannot_be_written() {
+fn only_the_auto_pool_and_unknown_pools_cannot_be_written() {
     let store = MemStore::default();
     let mut logic = logic(&store);
-    for pool in [Pool::AUTO, Pool::AUTO_EXTERNAL, Pool(9)] {
+    for pool in [Pool::AUTO, Pool(5), Pool(9)] {
         let refusal = send(&mut logic, &set(pool, "k", "v")).unwrap_err();
+        assert_eq!(refusal.status, Status::FAIL, "{pool}");
+        let refusal = send(&mut logic, &delete(pool, "OSName")).unwrap_err();
         assert_eq!(refusal.status, Status::FAIL, "{pool}");
         assert_eq!(
             send(&mut logic, &enumerate(pool, 0)).unwrap().0,
@@ -229,11 +232,20 @@ fn the_auto_pools_cannot_be_written() {
             }
         );
     }
+    let refusal = send(&mut logic, &set(Pool::AUTO, "OSName", "Windows")).unwrap_err();
+    assert!(refusal.why.contains("intrinsic"), "{}", refusal.why);
     assert_eq!(*store.saves.borrow(), 0);
-    // GET on the auto pool finds the intrinsic values by name.
+    // GET on the auto pool finds the intrinsic values by name, unchanged by the refused Set.
     let (status, answer) = send(&mut logic, &get(Pool::AUTO, "OSName")).unwrap();
     assert_eq!(status, Status::OK);
     assert_eq!(shown(&answer).1, "fake OSName");
+    // openvmm's host writes pool 3 (AUTO_EXTERNAL): accepted like pools 0 and 1.
+    assert_eq!(
+        send(&mut logic, &set(Pool::AUTO_EXTERNAL, "k", "v"))
+            .unwrap()
+            .0,
+        Status::OK
+    );
 }
 
 #[test]
@@ -266,6 +278,11 @@ fn a_full_pool_refuses_new_keys_and_changes_nothing() {
     );
 }
 
+/// A SET of `record` on the external pool.
+fn set_record(record: ValueRecord) -> KvpMessage {
+    KvpMessage::new(Operation::SET, Pool::EXTERNAL, KvpBody::Value(record))
+}
+
 #[test]
 fn sizes_beyond_the_wire_bounds_are_refused_and_change_nothing() {
     let store = MemStore::default();
@@ -284,48 +301,199 @@ fn sizes_beyond_the_wire_bounds_are_refused_and_change_nothing() {
     record.key_area = vec![0; MAX_KEY_SIZE];
     cases.push(record);
     for record in cases {
-        let message = KvpMessage::new(
-            Operation::SET,
-            Pool::EXTERNAL,
-            KvpBody::Value(record.clone()),
-        );
-        let refusal = send(&mut logic, &message).unwrap_err();
-        assert_eq!(refusal.status, Status::FAIL, "{record:?}");
+        let refusal = send(&mut logic, &set_record(record.clone())).unwrap_err();
+        assert_eq!(refusal.status, Status::INVALID_ARG, "{record:?}");
     }
     assert!(logic.pairs(Pool::EXTERNAL).is_empty());
     assert_eq!(*store.saves.borrow(), 0);
-    // The largest sizes the wire allows are fine.
-    let key: Vec<u16> = vec![0x4B; MAX_KEY_SIZE / 2];
-    let mut record = ValueRecord::new(value_type::STRING, &key, &vec![7; MAX_VALUE_SIZE]);
-    record.key_area = key.iter().flat_map(|u| u.to_le_bytes()).collect();
-    record.key_size = MAX_KEY_SIZE as u32;
-    let message = KvpMessage::new(Operation::SET, Pool::EXTERNAL, KvpBody::Value(record));
-    assert_eq!(send(&mut logic, &message).unwrap().0, Status::OK);
-    assert_eq!(logic.pairs(Pool::EXTERNAL)[0].key.len(), 256);
+    // The largest a host can read back: 255 key units and their NUL, 1023 value units and theirs.
+    let key = vec![0x4B; MAX_KEY_SIZE / 2 - 1];
+    let value = string_value(&"v".repeat(MAX_VALUE_SIZE / 2 - 1));
+    let record = ValueRecord::new(value_type::STRING, &key, &value);
+    assert_eq!((record.key_size, record.value_size), (512, 2048));
+    assert_eq!(send(&mut logic, &set_record(record)).unwrap().0, Status::OK);
+    assert_eq!(logic.pairs(Pool::EXTERNAL)[0].key.len(), 255);
     assert_eq!(logic.pairs(Pool::EXTERNAL)[0].value.len(), MAX_VALUE_SIZE);
 }
 
 #[test]
-fn keys_with_unpaired_surrogates_or_no_terminator_are_distinct_keys() {
+fn records_no_host_could_read_back_are_refused_with_invalidarg_and_a_reason() {
     let store = MemStore::default();
     let mut logic = logic(&store);
-    let surrogate = vec![0x41, 0xD800];
-    let record = ValueRecord::new(value_type::STRING, &surrogate, &string_value("lone"));
-    let message = KvpMessage::new(Operation::SET, Pool::GUEST, KvpBody::Value(record));
-    assert_eq!(send(&mut logic, &message).unwrap().0, Status::OK);
-    // "A" alone is another key.
-    assert_eq!(
-        send(&mut logic, &get(Pool::GUEST, "A")).unwrap().0,
-        Status::CONTINUE
+    let mut cases: Vec<(&str, ValueRecord)> = Vec::new();
+    // 256 key units and no NUL: stored, it would come back cut or as another key.
+    let mut record = ValueRecord::new(value_type::STRING, &utf16("k"), &string_value("v"));
+    record.key_area = [0x4B, 0].repeat(MAX_KEY_SIZE / 2);
+    record.key_size = MAX_KEY_SIZE as u32;
+    cases.push(("NUL within key_size", record));
+    let mut record = ValueRecord::new(value_type::STRING, &[0x41, 0xD800], &string_value("v"));
+    record.key_size = 6;
+    cases.push(("UTF-16", record));
+    for value_type in [0u32, 3, 7, 12, u32::MAX] {
+        cases.push((
+            "value_type",
+            ValueRecord::new(value_type, &utf16("k"), b"abcd"),
+        ));
+    }
+    cases.push((
+        "DWORD",
+        ValueRecord::new(value_type::DWORD, &utf16("k"), &[1, 2, 3]),
+    ));
+    cases.push((
+        "QWORD",
+        ValueRecord::new(value_type::QWORD, &utf16("k"), &[1; 4]),
+    ));
+    cases.push((
+        "even",
+        ValueRecord::new(value_type::STRING, &utf16("k"), b"abc"),
+    ));
+    cases.push((
+        "2048",
+        ValueRecord::new(value_type::STRING, &utf16("k"), &[0x41; 2048]),
+    ));
+    let lone = [0x41, 0, 0x00, 0xD8, 0, 0];
+    cases.push((
+        "UTF-16",
+        ValueRecord::new(value_type::EXPAND_STRING, &utf16("k"), &lone),
+    ));
+    for (reason, record) in cases {
+        let refusal = send(&mut logic, &set_record(record.clone())).unwrap_err();
+        assert_eq!(refusal.status, Status::INVALID_ARG, "{record:?}");
+        assert!(refusal.why.contains(reason), "{reason}: {}", refusal.why);
+    }
+    assert!(logic.pairs(Pool::EXTERNAL).is_empty());
+    assert_eq!(*store.saves.borrow(), 0);
+}
+
+#[test]
+fn accepted_values_are_stored_in_the_form_a_host_reads_back() {
+    let store = MemStore::default();
+    let mut logic = logic(&store);
+    // (key, type sent, bytes sent, type kept, bytes kept)
+    type Case = (&'static str, u32, Vec<u8>, u32, Vec<u8>);
+    let cases: [Case; 5] = [
+        // A string without its NUL gets one; one with bytes after its NUL is cut there.
+        (
+            "no-nul",
+            1,
+            utf16_bytes(&utf16("ab"))[..4].to_vec(),
+            1,
+            string_value("ab"),
+        ),
+        (
+            "cut",
+            2,
+            [string_value("ab"), string_value("zz")].concat(),
+            2,
+            string_value("ab"),
+        ),
+        ("empty", 1, Vec::new(), 1, string_value("")),
+        // Linux's REG_U64 (8) is kept as REG_QWORD (11), the number openvmm and Windows read.
+        (
+            "u64",
+            8,
+            7u64.to_le_bytes().to_vec(),
+            11,
+            7u64.to_le_bytes().to_vec(),
+        ),
+        (
+            "dword",
+            4,
+            9u32.to_le_bytes().to_vec(),
+            4,
+            9u32.to_le_bytes().to_vec(),
+        ),
+    ];
+    for (key, sent_type, sent, kept_type, kept) in &cases {
+        let record = ValueRecord::new(*sent_type, &utf16(key), sent);
+        assert_eq!(
+            send(&mut logic, &set_record(record)).unwrap().0,
+            Status::OK,
+            "{key}"
+        );
+        let (_, answer) = send(&mut logic, &get(Pool::EXTERNAL, key)).unwrap();
+        let record = answer.record().unwrap();
+        assert_eq!(
+            (record.value_type, record.value().unwrap()),
+            (*kept_type, &kept[..]),
+            "{key}"
+        );
+        assert_eq!(record.key_size as usize, 2 * (key.len() + 1), "{key}");
+    }
+    // Every enumerated record passes the checks openvmm's host makes before it accepts one.
+    for index in 0..cases.len() as u32 {
+        let (status, answer) = send(&mut logic, &enumerate(Pool::EXTERNAL, index)).unwrap();
+        assert_eq!(status, Status::OK);
+        let record = answer.record().unwrap();
+        assert!(crate::wire::kvp::canonical_key(&record.key_area, record.key_size).is_ok());
+        let value = record.value().unwrap();
+        assert_eq!(
+            crate::wire::kvp::canonical_value(record.value_type, value),
+            Ok((record.value_type, value.to_vec()))
+        );
+    }
+}
+
+#[test]
+fn stored_pairs_no_host_could_read_are_dropped_at_start() {
+    let store = MemStore::default();
+    store.saved.borrow_mut().insert(
+        0,
+        vec![
+            Pair {
+                key: utf16("good"),
+                value_type: value_type::STRING,
+                value: string_value("yes"),
+            },
+            Pair {
+                key: utf16("bad-type"),
+                value_type: 3,
+                value: vec![1, 2],
+            },
+            Pair {
+                key: vec![0x41, 0xDC00],
+                value_type: value_type::STRING,
+                value: string_value("lone surrogate key"),
+            },
+            Pair {
+                key: utf16("unterminated"),
+                value_type: value_type::STRING,
+                value: utf16_bytes(&utf16("x"))[..2].to_vec(),
+            },
+        ],
     );
-    // A key without its terminator names the same key as with one.
-    let mut record = ValueRecord::new(value_type::STRING, &surrogate, &[]);
+    let logic = logic(&store);
+    let keys: Vec<String> = logic
+        .pairs(Pool::EXTERNAL)
+        .iter()
+        .map(|pair| lossy(&pair.key))
+        .collect();
+    assert_eq!(keys, ["good", "unterminated"]);
+    assert_eq!(logic.pairs(Pool::EXTERNAL)[1].value, string_value("x"));
+}
+
+#[test]
+fn a_key_without_its_terminator_finds_the_same_stored_key() {
+    let store = MemStore::default();
+    let mut logic = logic(&store);
+    send(&mut logic, &set(Pool::GUEST, "AB", "found")).unwrap();
+    // GET and DELETE look keys up leniently: "AB" with key_size 4 (no NUL) is "AB".
+    let mut record = ValueRecord::new(value_type::STRING, &utf16("AB"), &[]);
     record.key_size = 4;
     let message = KvpMessage::new(Operation::GET, Pool::GUEST, KvpBody::Value(record));
     let (status, answer) = send(&mut logic, &message).unwrap();
     assert_eq!(status, Status::OK);
-    assert_eq!(shown(&answer).1, "lone");
-    assert_eq!(logic.pairs(Pool::GUEST)[0].key, surrogate);
+    assert_eq!(shown(&answer).1, "found");
+    assert_eq!(
+        answer.record().unwrap().key_size,
+        6,
+        "the answer's key is canonical"
+    );
+    // "A" is another key.
+    assert_eq!(
+        send(&mut logic, &get(Pool::GUEST, "A")).unwrap().0,
+        Status::CONTINUE
+    );
 }
 
 #[test]
@@ -372,4 +540,50 @@ fn ip_operations_and_short_bodies_are_refused() {
         .request(1, &request, IcVersion::new(5, 0), Instant::now())
         .unwrap_err();
     assert_eq!(refusal.status, Status::INVALID_ARG);
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+    /// Whatever a host sets, everything enumerated afterwards is a record openvmm's host parser accepts.
+    #[test]
+    fn every_enumerated_record_is_one_a_host_can_read(
+        sets in proptest::collection::vec(
+            (0u32..13, proptest::collection::vec(proptest::prelude::any::<u16>(), 0..260),
+             proptest::option::of(0u32..600),
+             proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2100)),
+            1..8,
+        ),
+    ) {
+        let store = MemStore::default();
+        let mut logic = logic(&store);
+        let mut accepted = 0;
+        for (value_type, key, key_size, value) in sets {
+            let mut record = ValueRecord::new(value_type, &key, &value);
+            record.key_area = key.iter().flat_map(|unit| unit.to_le_bytes()).collect();
+            record.key_area.resize(MAX_KEY_SIZE, 0);
+            // Mostly the size the key's units and a NUL take, sometimes any size at all.
+            record.key_size = key_size.unwrap_or(2 * key.len() as u32 + 2);
+            if send(&mut logic, &set_record(record)).is_ok() {
+                accepted += 1;
+            }
+        }
+        for index in 0.. {
+            let (status, answer) = send(&mut logic, &enumerate(Pool::EXTERNAL, index)).unwrap();
+            if status != Status::OK {
+                proptest::prop_assert_eq!(status, Status::CONTINUE);
+                proptest::prop_assert!(index <= accepted);
+                break;
+            }
+            let record = answer.record().unwrap();
+            proptest::prop_assert!(
+                crate::wire::kvp::canonical_key(&record.key_area, record.key_size).is_ok()
+            );
+            let value = record.value().unwrap();
+            proptest::prop_assert_eq!(
+                crate::wire::kvp::canonical_value(record.value_type, value),
+                Ok((record.value_type, value.to_vec()))
+            );
+        }
+    }
 }

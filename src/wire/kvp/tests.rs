@@ -142,6 +142,50 @@ fn long_strings_are_cut_to_fit_with_their_terminator() {
     assert_eq!(&record.value().unwrap()[MAX_VALUE_SIZE - 2..], &[0, 0]);
 }
 
+#[test]
+fn long_strings_are_never_cut_inside_a_surrogate_pair_or_after_a_nul() {
+    // 1022 units of 'x' then an emoji (two units): the pair does not fit beside the NUL, so it is left out.
+    let text = format!("{}\u{1F600}", "x".repeat(MAX_VALUE_SIZE / 2 - 2));
+    let record = ValueRecord::string("k", &text);
+    let value = record.value().unwrap();
+    assert_eq!(value.len(), MAX_VALUE_SIZE - 2);
+    assert_eq!(
+        canonical_value(value_type::STRING, value),
+        Ok((value_type::STRING, value.to_vec()))
+    );
+    let record = ValueRecord::string("k", "before\0after");
+    assert_eq!(
+        display_value(record.value_type, record.value().unwrap()),
+        "before"
+    );
+    assert_eq!(record.value_size, 14);
+}
+
+#[test]
+fn canonical_rules_are_openvmms_record_checks() {
+    let key = utf16_bytes(&utf16("key"));
+    assert_eq!(canonical_key(&key, 8), Ok(utf16("key")));
+    assert_eq!(canonical_key(&key, 6), Err(KvpError::KeyNotTerminated));
+    assert_eq!(
+        canonical_key(&utf16_bytes(&[0xD800]), 4),
+        Err(KvpError::KeyNotUtf16)
+    );
+    assert_eq!(canonical_value(1, &[0x41, 0]), Ok((1, vec![0x41, 0, 0, 0])));
+    assert_eq!(canonical_value(1, &[0x41]), Err(KvpError::StringSize(1)));
+    assert_eq!(canonical_value(5, &[0; 4]), Err(KvpError::ValueType(5)));
+    assert_eq!(
+        canonical_value(value_type::DWORD, &[0; 8]),
+        Err(KvpError::NumberSize {
+            value_type: 4,
+            size: 8
+        })
+    );
+    assert_eq!(
+        canonical_value(value_type::LINUX_U64, &[1; 8]),
+        Ok((11, vec![1; 8]))
+    );
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(500))]
 
