@@ -27,6 +27,7 @@ pub(super) struct RawOptions {
     pub poweroff: Option<Spanned<CommandValue>>,
     pub reboot: Option<Spanned<CommandValue>>,
     pub hibernate: Option<Spanned<CommandValue>>,
+    pub force_after: Option<Spanned<toml::Value>>,
     pub health: Option<Spanned<String>>,
     pub health_command: Option<Spanned<CommandValue>>,
     pub health_interval: Option<Spanned<f64>>,
@@ -44,7 +45,15 @@ pub struct ShutdownConfig {
     pub poweroff: Vec<String>,
     pub reboot: Vec<String>,
     pub hibernate: Vec<String>,
+    /// How long a forced power-off or reboot may take its orderly course before `systemctl … --force`;
+    /// zero never escalates.
+    pub force_after: Duration,
 }
+
+/// The default `force_after`: five minutes, well beyond systemd's default stop time-outs of 90 s.
+pub const DEFAULT_FORCE_AFTER: Duration = Duration::from_secs(300);
+/// The longest `force_after`, seconds.
+const FORCE_AFTER_MAX: f64 = 86_400.0;
 
 /// The built-in shutdown commands; with these and no systemd as PID 1 the agent falls back to reboot(2).
 pub fn default_command(verb: &str) -> Vec<String> {
@@ -57,6 +66,7 @@ impl Default for ShutdownConfig {
             poweroff: default_command("poweroff"),
             reboot: default_command("reboot"),
             hibernate: default_command("hibernate"),
+            force_after: DEFAULT_FORCE_AFTER,
         }
     }
 }
@@ -179,7 +189,7 @@ impl ServiceOptions {
 /// Which section a service-specific key belongs to.
 fn owner(key: &str) -> ServiceKind {
     match key {
-        "poweroff" | "reboot" | "hibernate" => ServiceKind::Shutdown,
+        "poweroff" | "reboot" | "hibernate" | "force_after" => ServiceKind::Shutdown,
         "state_dir" => ServiceKind::GuestInfo,
         "mode" | "step_threshold" | "probe_interval" | "chrony_socket" => ServiceKind::TimeSync,
         _ => ServiceKind::Heartbeat,
@@ -203,6 +213,21 @@ pub(super) fn apply(
                 if let Some(value) = value {
                     *slot = command(value, &format!("shutdown.{key}"))?;
                 }
+            }
+            if let Some(value) = &raw.force_after {
+                let seconds = seconds(value)
+                    .filter(|seconds| (0.0..=FORCE_AFTER_MAX).contains(seconds))
+                    .ok_or_else(|| {
+                        at(
+                            value,
+                            format!(
+                                "key 'shutdown.force_after': {} is not 0 (never force) or a number of \
+                                 seconds up to {FORCE_AFTER_MAX}",
+                                describe(value.get_ref())
+                            ),
+                        )
+                    })?;
+                shutdown.force_after = Duration::from_secs_f64(seconds);
             }
         }
         ServiceOptions::Heartbeat(health) => apply_health(&raw, health)?,
@@ -231,6 +256,7 @@ fn refuse_foreign(kind: ServiceKind, raw: &RawOptions) -> Result<(), SpanError> 
         ("poweroff", raw.poweroff.as_ref().map(Spanned::span)),
         ("reboot", raw.reboot.as_ref().map(Spanned::span)),
         ("hibernate", raw.hibernate.as_ref().map(Spanned::span)),
+        ("force_after", raw.force_after.as_ref().map(Spanned::span)),
         ("health", raw.health.as_ref().map(Spanned::span)),
         (
             "health_command",
@@ -430,7 +456,8 @@ impl fmt::Display for ServiceOptions {
             ServiceOptions::Shutdown(shutdown) => {
                 writeln!(f, "poweroff = {}", toml_argv(&shutdown.poweroff))?;
                 writeln!(f, "reboot = {}", toml_argv(&shutdown.reboot))?;
-                writeln!(f, "hibernate = {}", toml_argv(&shutdown.hibernate))
+                writeln!(f, "hibernate = {}", toml_argv(&shutdown.hibernate))?;
+                writeln!(f, "force_after = {}", shutdown.force_after.as_secs_f64())
             }
             ServiceOptions::Heartbeat(health) => {
                 writeln!(f, "health = {}", toml_string(health.mode.name()))?;

@@ -2,20 +2,24 @@
 //! (hv-facts §2). The action goes through [`Power`], so tests use a fake that records what was asked and the
 //! real one (`crate::system::power`) never runs in unit tests.
 //!
-//! What runs: the configured command of the action, argv without a shell. With `force`, `--force` is added
-//! when the program is `systemctl` (poweroff and reboot; systemctl has no forced hibernate); any command gets
-//! the request in its environment (HVAGENT_SHUTDOWN_ACTION, _FORCE, _REASON, _MESSAGE), which is how a custom
-//! command learns about force. When the configured command is the built-in `systemctl …` and systemd is not
-//! PID 1, the agent falls back to sync(2) and reboot(2) with the matching command (power off, restart,
-//! software suspend), which is always forced: nothing stops the services first.
+//! What runs: the configured command of the action, argv without a shell. A forced request is still an
+//! orderly shutdown, as Linux's hv_utils treats flags 0 and 1 alike (`drivers/hv/hv_util.c`,
+//! `shutdown_onchannelcallback`: both `orderly_poweroff`): FORCE means "applications may not veto", so
+//! `--ignore-inhibitors` is added when the program is `systemctl`, never `--force`, which skips stopping the
+//! services and can lose data. If the system is still up `force_after` after a forced power-off or reboot
+//! began, the agent escalates to `systemctl … --force` (logged at warn). Any command gets the request in its
+//! environment (HVAGENT_SHUTDOWN_ACTION, _FORCE, _REASON, _MESSAGE), which is how a custom command learns
+//! about force; custom commands are not escalated. When the configured command is the built-in
+//! `systemctl …` and systemd is not PID 1, the agent falls back to sync(2) and reboot(2) with the matching
+//! command (power off, restart, software suspend), which is always forced: nothing stops the services first.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 
 use super::logic::{LinkId, Logic, Refusal, StatusLine};
 use crate::config::{default_command, ShutdownConfig};
-use crate::wire::shutdown::{flags, ShutdownRequest};
+use crate::wire::shutdown::{flags, ShutdownRequest, DISPLAY_MESSAGE_LEN};
 use crate::wire::{IcVersion, Message, Status};
 
 /// What the host asked for.
@@ -39,10 +43,12 @@ impl PowerAction {
 /// How an action is carried out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Plan {
-    /// Run argv (no shell) with these extra environment variables, without waiting for it.
+    /// Run argv (no shell) with these extra environment variables, without waiting for it; if the system
+    /// is still up `force_after` later, run `escalation` (same environment) when there is one.
     Command {
         argv: Vec<String>,
         env: Vec<(&'static str, String)>,
+        escalation: Option<Vec<String>>,
     },
     /// sync(2), then reboot(2) with the action's command.
     Syscall(PowerAction),
@@ -76,11 +82,13 @@ pub fn decode_flags(value: u32) -> Option<(PowerAction, bool)> {
     Some((action, force))
 }
 
-/// The display message as text: UTF-16LE when it looks like it (a host writes Windows strings), bytes
-/// otherwise; cut at the first NUL, invalid sequences replaced, control characters escaped.
+/// The display message as text: at most its 2048 bytes, UTF-16LE when it looks like it (a host writes
+/// Windows strings), bytes otherwise; cut at the first NUL, invalid sequences replaced (never an error). It
+/// comes from the host and is untrusted: escape it ([`str::escape_debug`]) wherever it is shown.
 pub fn display_text(bytes: &[u8]) -> String {
+    let bytes = &bytes[..bytes.len().min(DISPLAY_MESSAGE_LEN)];
     let looks_utf16 = bytes.len() >= 2 && bytes[0] != 0 && bytes[1] == 0;
-    let text = if looks_utf16 {
+    if looks_utf16 {
         let units: Vec<u16> = bytes
             .chunks_exact(2)
             .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
@@ -90,16 +98,13 @@ pub fn display_text(bytes: &[u8]) -> String {
     } else {
         let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
         String::from_utf8_lossy(&bytes[..end]).into_owned()
-    };
-    text.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
+    }
+}
+
+/// Whether a program is systemctl, to which the agent adds its own options.
+fn is_systemctl(argv: &[String]) -> bool {
+    argv.first()
+        .is_some_and(|program| program.rsplit('/').next() == Some("systemctl"))
 }
 
 /// Decides what a request means: the action and how to carry it out, or the refusal to answer with.
@@ -133,11 +138,13 @@ pub fn plan(
         return Ok((action, Plan::Syscall(action)));
     }
     let mut argv = configured.clone();
-    let is_systemctl = argv
-        .first()
-        .is_some_and(|program| program.rsplit('/').next() == Some("systemctl"));
-    if force && is_systemctl && action != PowerAction::Hibernate {
-        argv.push("--force".to_string());
+    let mut escalation = None;
+    if force && is_systemctl(&argv) {
+        // A hibernation resumes into a running system, so "still up later" says nothing about it.
+        if action != PowerAction::Hibernate && !config.force_after.is_zero() {
+            escalation = Some([argv.as_slice(), &["--force".to_string()]].concat());
+        }
+        argv.push("--ignore-inhibitors".to_string());
     }
     let env = vec![
         ("HVAGENT_SHUTDOWN_ACTION", action.name().to_string()),
@@ -151,7 +158,22 @@ pub fn plan(
             display_text(&request.display_message),
         ),
     ];
-    Ok((action, Plan::Command { argv, env }))
+    Ok((
+        action,
+        Plan::Command {
+            argv,
+            env,
+            escalation,
+        },
+    ))
+}
+
+/// A forced shutdown to escalate if the system is still up at `at`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Escalation {
+    at: Instant,
+    argv: Vec<String>,
+    env: Vec<(&'static str, String)>,
 }
 
 /// Where the service stands.
@@ -173,14 +195,16 @@ pub struct ShutdownLogic {
     check_at: Option<Instant>,
     /// When to call reboot(2), for the fallback.
     reboot_at: Option<(Instant, PowerAction)>,
+    /// The `--force` run of a forced request, while its orderly command is under way.
+    escalation: Option<Escalation>,
 }
 
 /// How long the reboot(2) fallback waits after the answer was handed to the socket, so that it leaves the
 /// guest before the power goes (a vsock transport sends from a kernel worker, after write(2) returned).
-pub const SYSCALL_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
+pub const SYSCALL_GRACE: Duration = Duration::from_millis(500);
 
 /// How often a running shutdown command is looked at; only while one runs.
-const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 impl ShutdownLogic {
     pub fn new(config: ShutdownConfig, power: Box<dyn Power>) -> ShutdownLogic {
@@ -190,16 +214,26 @@ impl ShutdownLogic {
             phase: Phase::Idle,
             check_at: None,
             reboot_at: None,
+            escalation: None,
         }
     }
 
     fn run(&mut self, action: PowerAction, plan: Plan, now: Instant) {
         match plan {
-            Plan::Command { argv, env } => match self.power.spawn(&argv, &env) {
+            Plan::Command {
+                argv,
+                env,
+                escalation,
+            } => match self.power.spawn(&argv, &env) {
                 Ok(()) => {
                     info!("shutdown: {} started: {}", action.name(), argv.join(" "));
                     self.phase = Phase::InProgress(action);
                     self.check_at = Some(now + CHECK_EVERY);
+                    self.escalation = escalation.map(|argv| Escalation {
+                        at: now + self.config.force_after,
+                        argv,
+                        env,
+                    });
                 }
                 Err(why) => {
                     error!(
@@ -220,6 +254,24 @@ impl ShutdownLogic {
                 self.phase = Phase::InProgress(action);
                 self.reboot_at = Some((now + SYSCALL_GRACE, action));
             }
+        }
+    }
+
+    /// The forced request's orderly shutdown has not brought the system down in `force_after`.
+    fn escalate(&mut self, now: Instant) {
+        let Some(escalation) = self.escalation.take() else {
+            return;
+        };
+        warn!(
+            "shutdown: the system is still up {} s after a forced request's orderly shutdown began; \
+             escalating: {}",
+            self.config.force_after.as_secs_f64(),
+            escalation.argv.join(" ")
+        );
+        match self.power.spawn(&escalation.argv, &escalation.env) {
+            // Watched like the first command: its failure is logged and lets a new request run.
+            Ok(()) => self.check_at = Some(now + CHECK_EVERY),
+            Err(why) => error!("shutdown: cannot run {}: {why}", escalation.argv.join(" ")),
         }
     }
 
@@ -250,7 +302,7 @@ impl Logic for ShutdownLogic {
             body.flags,
             body.reason_code,
             body.timeout_seconds,
-            display_text(&body.display_message)
+            display_text(&body.display_message).escape_debug()
         );
         if let Phase::Queued(action, _) | Phase::InProgress(action) = &self.phase {
             info!(
@@ -272,10 +324,14 @@ impl Logic for ShutdownLogic {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        match (self.check_at, self.reboot_at) {
-            (Some(check), Some((reboot, _))) => Some(check.min(reboot)),
-            (check, reboot) => check.or(reboot.map(|(at, _)| at)),
-        }
+        [
+            self.check_at,
+            self.reboot_at.map(|(at, _)| at),
+            self.escalation.as_ref().map(|escalation| escalation.at),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     fn on_timer(&mut self, now: Instant, _out: &mut Vec<(LinkId, Message)>) {
@@ -284,6 +340,13 @@ impl Logic for ShutdownLogic {
                 self.reboot(action);
             }
             return;
+        }
+        if self
+            .escalation
+            .as_ref()
+            .is_some_and(|escalation| escalation.at <= now)
+        {
+            self.escalate(now);
         }
         if self.check_at.map_or(true, |at| at > now) {
             return;
@@ -297,6 +360,7 @@ impl Logic for ShutdownLogic {
             Some(Err(why)) => {
                 warn!("shutdown: the command failed: {why}; a new request will be carried out");
                 self.check_at = None;
+                self.escalation = None;
                 self.phase = Phase::Idle;
             }
         }

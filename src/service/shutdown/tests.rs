@@ -1,6 +1,8 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
+use std::time::Duration;
+
 use super::*;
 use crate::wire::{MessageType, Status};
 
@@ -79,6 +81,7 @@ fn fake_config() -> ShutdownConfig {
         poweroff: vec!["/bin/fake-off".into()],
         reboot: vec!["/usr/bin/systemctl".into(), "reboot".into()],
         hibernate: vec!["/bin/fake-hibernate".into(), "now".into()],
+        force_after: Duration::from_secs(300),
     }
 }
 
@@ -117,7 +120,10 @@ fn every_flag_value_maps_to_its_action_or_a_refusal() {
         (0, Some(&["/bin/fake-off"])),
         (1, Some(&["/bin/fake-off"])),
         (2, Some(&["/usr/bin/systemctl", "reboot"])),
-        (3, Some(&["/usr/bin/systemctl", "reboot", "--force"])),
+        (
+            3,
+            Some(&["/usr/bin/systemctl", "reboot", "--ignore-inhibitors"]),
+        ),
         (4, Some(&["/bin/fake-hibernate", "now"])),
         (5, Some(&["/bin/fake-hibernate", "now"])),
         (6, None),
@@ -197,11 +203,18 @@ fn reboot_syscall_only_with_the_default_command_and_no_systemd() {
         assert_eq!(*fake.calls.borrow(), [Call::Reboot(action)]);
         assert_eq!(logic.deadline(), None);
     }
-    // Defaults with systemd: systemctl, with --force when asked.
-    let fake = FakePower::new(true);
-    let mut logic = ShutdownLogic::new(ShutdownConfig::default(), Box::new(fake.clone()));
-    let (_, calls) = exchange(&mut logic, &fake, 1);
-    assert_eq!(argv(&calls[0]), ["systemctl", "poweroff", "--force"]);
+    // Defaults with systemd: systemctl, ignoring inhibitors when forced (never --force at first).
+    for (flags, wanted) in [
+        (0, &["systemctl", "poweroff"][..]),
+        (1, &["systemctl", "poweroff", "--ignore-inhibitors"]),
+        (3, &["systemctl", "reboot", "--ignore-inhibitors"]),
+        (5, &["systemctl", "hibernate", "--ignore-inhibitors"]),
+    ] {
+        let fake = FakePower::new(true);
+        let mut logic = ShutdownLogic::new(ShutdownConfig::default(), Box::new(fake.clone()));
+        let (_, calls) = exchange(&mut logic, &fake, flags);
+        assert_eq!(argv(&calls[0]), wanted, "flags {flags}");
+    }
     // A configured command without systemd: the command, never the syscall.
     let fake = FakePower::new(false);
     let mut logic = ShutdownLogic::new(fake_config(), Box::new(fake.clone()));
@@ -269,6 +282,89 @@ fn a_body_without_flags_is_refused_as_invalid() {
     assert!(fake.calls.borrow().is_empty());
 }
 
+/// Runs the timer at every deadline up to `until`; the calls made.
+fn run_timers(logic: &mut ShutdownLogic, fake: &FakePower, until: Instant) -> Vec<Call> {
+    while let Some(at) = logic.deadline().filter(|at| *at <= until) {
+        logic.on_timer(at, &mut Vec::new());
+    }
+    fake.calls.borrow_mut().drain(..).collect()
+}
+
+#[test]
+fn a_forced_request_escalates_to_force_only_if_the_system_is_still_up_after_force_after() {
+    let start = Instant::now();
+    for (flags, escalated) in [
+        (1u32, Some(&["systemctl", "poweroff", "--force"][..])),
+        (3, Some(&["systemctl", "reboot", "--force"])),
+        // Not forced, or a hibernation (it resumes into a running system): never escalated.
+        (0, None),
+        (2, None),
+        (5, None),
+    ] {
+        let fake = FakePower::new(true);
+        let mut logic = ShutdownLogic::new(ShutdownConfig::default(), Box::new(fake.clone()));
+        logic
+            .request(1, &request(flags, b""), IcVersion::new(3, 2), start)
+            .unwrap();
+        logic.after_send(start);
+        let first = fake.calls.borrow_mut().drain(..).collect::<Vec<_>>();
+        assert_eq!(first.len(), 1);
+        // systemctl returns at once: the job is queued.
+        *fake.exit.borrow_mut() = Some(Ok(()));
+        let before = run_timers(&mut logic, &fake, start + Duration::from_secs(299));
+        assert!(before.is_empty(), "flags {flags}: {before:?}");
+        let after = run_timers(&mut logic, &fake, start + Duration::from_secs(301));
+        match escalated {
+            Some(wanted) => {
+                assert_eq!(after.len(), 1, "flags {flags}: {after:?}");
+                assert_eq!(argv(&after[0]), wanted, "flags {flags}");
+                let Call::Spawn(_, env) = &after[0] else {
+                    unreachable!()
+                };
+                assert!(env.contains(&("HVAGENT_SHUTDOWN_FORCE", "1".to_string())));
+            }
+            None => {
+                assert!(after.is_empty(), "flags {flags}: {after:?}");
+                assert_eq!(logic.deadline(), None, "flags {flags}: no timer left");
+            }
+        }
+    }
+}
+
+#[test]
+fn force_after_zero_custom_commands_and_failed_commands_never_escalate() {
+    let start = Instant::now();
+    let never = ShutdownConfig {
+        force_after: Duration::ZERO,
+        ..ShutdownConfig::default()
+    };
+    // force_after 0; a custom poweroff command (it learns of force from HVAGENT_SHUTDOWN_FORCE).
+    for config in [never, fake_config()] {
+        let fake = FakePower::new(true);
+        let mut logic = ShutdownLogic::new(config, Box::new(fake.clone()));
+        logic
+            .request(1, &request(1, b""), IcVersion::new(3, 2), start)
+            .unwrap();
+        logic.after_send(start);
+        fake.calls.borrow_mut().clear();
+        *fake.exit.borrow_mut() = Some(Ok(()));
+        let calls = run_timers(&mut logic, &fake, start + Duration::from_secs(86_400));
+        assert!(calls.is_empty(), "{calls:?}");
+    }
+    // The orderly command failed: nothing is under way, so nothing is forced; a new request may run.
+    let fake = FakePower::new(true);
+    let mut logic = ShutdownLogic::new(ShutdownConfig::default(), Box::new(fake.clone()));
+    logic
+        .request(1, &request(3, b""), IcVersion::new(3, 2), start)
+        .unwrap();
+    logic.after_send(start);
+    fake.calls.borrow_mut().clear();
+    *fake.exit.borrow_mut() = Some(Err("exit status 1".to_string()));
+    let calls = run_timers(&mut logic, &fake, start + Duration::from_secs(86_400));
+    assert!(calls.is_empty(), "{calls:?}");
+    assert_eq!(logic.status(start)[0].1, "idle");
+}
+
 #[test]
 fn display_messages_are_decoded_and_never_trusted() {
     assert_eq!(
@@ -282,10 +378,22 @@ fn display_messages_are_decoded_and_never_trusted() {
         .collect();
     assert_eq!(display_text(&utf16), "Host reboot");
     assert_eq!(display_text(b"bad \xc3\x28 utf8"), "bad \u{fffd}( utf8");
+    // Decoded as sent; escaped wherever it is shown (the log uses escape_debug).
+    let hostile = "line\nbreak\x1b[31m \u{202e}txt.exe \u{2028}next";
+    assert_eq!(display_text(hostile.as_bytes()), hostile);
     assert_eq!(
-        display_text(b"line\nbreak\x1b[31m"),
-        "line\\nbreak\\u{1b}[31m"
+        display_text(hostile.as_bytes()).escape_debug().to_string(),
+        "line\\nbreak\\u{1b}[31m \\u{202e}txt.exe \\u{2028}next"
     );
     assert_eq!(display_text(b""), "");
     assert_eq!(display_text(&[0; 2048]), "");
+    // At most the 2048 bytes of the field: whatever follows in a longer body is not part of the message.
+    let long = [vec![b'a'; 2048], b"beyond".to_vec()].concat();
+    assert_eq!(display_text(&long), "a".repeat(2048));
+    let long_utf16: Vec<u8> = "b"
+        .repeat(1100)
+        .encode_utf16()
+        .flat_map(u16::to_le_bytes)
+        .collect();
+    assert_eq!(display_text(&long_utf16), "b".repeat(1024));
 }
