@@ -22,7 +22,7 @@ all: build
 build:
 	$(CARGO) build --release --bins
 
-# Every test: format and clippy, unit and end-to-end tests, the independent host written from docs/PROTOCOL.md,
+# Every test: format and clippy, unit and end-to-end tests, the two independent hosts (tests/interop),
 # the systemd unit and packages, and the real-vsock VM test (which explains itself and skips when it cannot run, unless
 # HVAGENT_REQUIRE_VM=1).
 test: lint unit-test interop-test packaging-test vm-test
@@ -34,9 +34,12 @@ lint:
 unit-test:
 	$(CARGO) test
 
+# Two independent hosts: spec_host.py written from docs/PROTOCOL.md, openvmm_host.py from the public openvmm and
+# Linux sources alone (openvmm's host devices: their headers, flags, body sizes, version lists and parsers).
 interop-test:
 	$(CARGO) build --bins
 	python3 tests/interop/spec_host.py target/debug/hvagent
+	python3 tests/interop/openvmm_host.py target/debug/hvagent
 
 # The unit's exposure score and `systemd-analyze verify`, the install tree and the .deb's contents.
 packaging-test: build
