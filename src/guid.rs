@@ -1,5 +1,5 @@
 //! Service addressing: the hv_sock GUID template `<port>-facb-11e6-bd58-64006a7986d3` and the vsock port it
-//! carries (hv-facts §1, Linux `net/vmw_vsock/hyperv_transport.c`).
+//! carries (docs/PROTOCOL.md §1.2, Linux `net/vmw_vsock/hyperv_transport.c`).
 //!
 //! On Hyper-V every AF_VSOCK endpoint is a service GUID whose Data1 is the port and whose Data2..Data4 equal
 //! the template. The kernel only compares bytes 4..16 of the 16-byte memory layout, so any u32 is a port, and a

@@ -1,4 +1,4 @@
-//! What a Windows Hyper-V host needs before a guest's hv_sock services can be reached (hv-facts §1): each
+//! What a Windows Hyper-V host needs before a guest's hv_sock services can be reached (docs/PROTOCOL.md §1.4): each
 //! service GUID registered under `GuestCommunicationServices` with an `ElementName`, as a PowerShell script
 //! (safe to run twice: it creates or updates) or a .reg file, with comments saying where the host service
 //! binds or connects. Text only; `hvagent host-setup` prints it.

@@ -1,4 +1,4 @@
-//! chronyd's SOCK refclock (chrony `refclock_sock.c`, hv-facts §3): one datagram per offset, sent to the
+//! chronyd's SOCK refclock (chrony `refclock_sock.c`, docs/PROTOCOL.md §7.5): one datagram per offset, sent to the
 //! Unix datagram socket that chronyd binds for `refclock SOCK PATH`.
 //!
 //! The datagram, in native byte order (40 bytes on 64-bit Linux):

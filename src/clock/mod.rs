@@ -6,7 +6,7 @@
 //! - [`sim`]: a simulated clock with its own frequency error, for tests; it never touches the real clock.
 //! - [`system`]: the one file that reads and changes the real clock (`clock_gettime`, `clock_settime`,
 //!   `adjtimex`), checks CAP_SYS_TIME and looks for other time daemons.
-//! - [`chrony`]: the SOCK refclock datagram for chronyd (hv-facts §3) and the socket that sends it.
+//! - [`chrony`]: the SOCK refclock datagram for chronyd (docs/PROTOCOL.md §7.5) and the socket that sends it.
 //!
 //! Offsets are `true time − guest time` in seconds: positive means the guest clock is behind.
 

@@ -1,10 +1,10 @@
 //! One state machine per integration-service channel: (message, now) in, replies and events out. No I/O.
 //!
 //! A connection is one service channel, as one VMBus channel is on Hyper-V. The host speaks first with a
-//! NEGOTIATE request; the channel answers it with the versions it chose (hv-facts §2) and from then on serves
+//! NEGOTIATE request; the channel answers it with the versions it chose (docs/PROTOCOL.md §4) and from then on serves
 //! its own message type. Requests of another type, and any request before a successful negotiation, are
 //! answered with HV_E_FAIL. A message without the RESPONSE flag is a request: it is answered only when it
-//! carries TRANSACTION, and processed silently otherwise (hv-facts §2b).
+//! carries TRANSACTION, and processed silently otherwise (docs/PROTOCOL.md §5.1).
 
 pub mod guestinfo;
 pub mod health;

@@ -1,5 +1,5 @@
 //! The shutdown service: decode the request, answer it, and only after the answer is sent run the action
-//! (hv-facts §2). The action goes through [`Power`], so tests use a fake that records what was asked and the
+//! (docs/PROTOCOL.md §8.2). The action goes through [`Power`], so tests use a fake that records what was asked and the
 //! real one (`crate::system::power`) never runs in unit tests.
 //!
 //! What runs: the configured command of the action, argv without a shell. A forced request is still an
@@ -70,7 +70,7 @@ pub trait Power {
     fn reboot_now(&mut self, action: PowerAction) -> String;
 }
 
-/// The action a flags value asks for, and whether it is forced; None for a value hv-facts §2 does not list.
+/// The action a flags value asks for, and whether it is forced; None for a value docs/PROTOCOL.md §8.1 does not list.
 pub fn decode_flags(value: u32) -> Option<(PowerAction, bool)> {
     let force = value & flags::FORCE != 0;
     let action = match value & !flags::FORCE {

@@ -3,7 +3,7 @@
 //!
 //! On vsock a non-blocking connect returns EINPROGRESS and completes as POLLOUT (failure read with
 //! SO_ERROR); where nothing listens it ends in ETIMEDOUT after SO_VM_SOCKETS_CONNECT_TIMEOUT, never
-//! ECONNREFUSED (hv-facts §1).
+//! ECONNREFUSED (docs/PROTOCOL.md §1.5).
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};

@@ -1,5 +1,5 @@
 //! The heartbeat body (Linux `struct heartbeat_msg_data`; OpenVMM's heartbeat with application state;
-//! hv-facts §2 and §2b).
+//! docs/PROTOCOL.md §6.1; openvmm `hyperv_ic_protocol/src/heartbeat.rs`).
 //!
 //! ```text
 //!  0                               8               12

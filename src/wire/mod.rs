@@ -62,7 +62,7 @@ pub const IC_HEADER_LEN: usize = 20;
 /// Length of both headers: where the body starts (the kernel's ICMSG_HDR).
 pub const HEADER_LEN: usize = PIPE_HEADER_LEN + IC_HEADER_LEN;
 /// Largest whole message (both headers and body) we accept or send. A Hyper-V host bounds its IC messages
-/// at 13,312 bytes (hv-facts §2b), and one hv_sock packet carries at most 16 KiB.
+/// at 13,312 bytes (openvmm `hyperv_ic_protocol` MAX_MESSAGE_SIZE), and one hv_sock packet carries at most 16 KiB.
 pub const MAX_MESSAGE_LEN: usize = 16 * 1024;
 
 /// A little-endian u16 at `range`; callers have checked the length.
@@ -229,7 +229,7 @@ impl IcFlags {
         self.0 & bits == bits
     }
 
-    /// A message is a response when it says so; anything else is a request (hv-facts §2b).
+    /// A message is a response when it says so; anything else is a request (docs/PROTOCOL.md §5.1).
     pub const fn is_response(self) -> bool {
         self.contains(Self::RESPONSE)
     }

@@ -1,4 +1,4 @@
-//! The version-negotiation body (`struct icmsg_negotiate`, Linux `include/linux/hyperv.h`; hv-facts §2) and
+//! The version-negotiation body (`struct icmsg_negotiate`, Linux `include/linux/hyperv.h`; docs/PROTOCOL.md §4.2) and
 //! the guest's choice of versions (Linux `vmbus_prep_negotiate_resp`).
 //!
 //! ```text

@@ -1,4 +1,4 @@
-//! The shutdown body (Linux `struct shutdown_msg_data`; hv-facts §2, §2b).
+//! The shutdown body (Linux `struct shutdown_msg_data`; docs/PROTOCOL.md §8.1; openvmm `hyperv_ic_protocol/src/shutdown.rs`).
 //!
 //! ```text
 //!  0               4               8               12

@@ -1,4 +1,5 @@
-//! The time-sync bodies (Linux `struct ictimesync_ref_data` and `struct ictimesync_data`; hv-facts §2, §2b).
+//! The time-sync bodies (Linux `struct ictimesync_ref_data` and `struct ictimesync_data`; docs/PROTOCOL.md
+//! §7.1; openvmm `hyperv_ic_protocol/src/timesync.rs`).
 //!
 //! Message version 4.0 and later, `ictimesync_ref_data` (22 bytes in Linux, 24 from a Microsoft host):
 //! ```text

@@ -16,7 +16,7 @@ GUID_PORT=$((0x48560101)) # a port of its own, so that only the GUID can have na
 ECHO_PORT=20000
 REDIAL_LIMIT_S=30
 
-# guid_of PORT: the hv_sock service GUID of PORT (hv-facts.md §1).
+# guid_of PORT: the hv_sock service GUID of PORT (docs/PROTOCOL.md §1.2).
 guid_of() { printf '%08x-facb-11e6-bd58-64006a7986d3' "$1"; }
 
 # -------------------------------------------------------------------------------------- helpers
