@@ -1,6 +1,7 @@
 //! Application health for the heartbeat: which check to run, how its outcome maps to the application state
-//! a Hyper-V host shows (docs/PROTOCOL.md §6.4; openvmm `hyperv_ic_protocol/src/heartbeat.rs`), and when a check is due. The check itself runs as a child process
-//! behind [`Checker`] (the real one is `crate::system::health`); tests use fakes.
+//! a Hyper-V host shows (docs/PROTOCOL.md §6.4; openvmm `hyperv_ic_protocol/src/heartbeat.rs`), and when a
+//! check is due. The check itself runs as a child process behind [`Checker`] (the real one is
+//! `crate::system::health`); tests use fakes.
 //!
 //! A reply never waits for a check: it carries the last known state. A check starts only after a heartbeat
 //! was answered and the state is older than the interval, so health costs no wake-ups of its own; a check

@@ -3,7 +3,8 @@
 //!
 //! - Host samples (TIMESYNC requests with the SYNC or SAMPLE bit; `ictimesync_ref_data` for message version
 //!   4.0 and later, `ictimesync_data` before) are answered HV_S_OK with their own body when they carry
-//!   TRANSACTION. The flags are bits: SYNC wins when both are set, reserved bits are ignored. A sample's offset is `parenttime − receive time`, short of the truth by the one-way delay.
+//!   TRANSACTION. The flags are bits: SYNC wins when both are set, reserved bits are ignored. A sample's
+//!   offset is `parenttime − receive time`, short of the truth by the one-way delay.
 //! - Probes (only when 4.1 was negotiated and `probe_interval` is not zero): a TIMESYNC request with an
 //!   `ictimesync_data` body, flags PROBE, childtime = t1, every `probe_interval`, one at a time. The host's
 //!   answer carries parenttime (its time when answering) and roundtriptime (how long it held the probe); at

@@ -1,7 +1,8 @@
 //! The key-value exchange (KVP) body: Linux's `struct hv_kvp_msg` (include/uapi/linux/hyperv.h), which
 //! drivers/hv/hv_kvp.c reads straight from the VMBus receive buffer after the IC header and writes back in
 //! place as the answer. The same packed struct is used on the host wire and (with UTF-8 strings) between the
-//! kernel and hv_kvp_daemon; on the wire keys and string values are UTF-16LE. docs/PROTOCOL.md §9; openvmm `hyperv_ic_protocol/src/kvp.rs`.
+//! kernel and hv_kvp_daemon; on the wire keys and string values are UTF-16LE. docs/PROTOCOL.md §9; openvmm
+//! `hyperv_ic_protocol/src/kvp.rs`.
 //!
 //! ```text
 //!  body offset
