@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """openvmm_host.py: play Microsoft openvmm's host side of the Hyper-V integration services against hvagent.
 
-Run:   python3 tests/interop/openvmm_host.py target/debug/hvagent [--keep]
+Run:   python3 tests/interop/openvmm_host.py target/debug/hvagent [--keep] [--dump]
 
 The script starts hvagent a few times with a generated config in a temp dir (Unix sockets only; every service
 in connect mode, so this script listens and the agent dials, as on Hyper-V), sends time-sync, shutdown, KVP
 and heartbeat messages exactly as openvmm's host devices build them, and checks every reply with openvmm's
 parsing rules. It prints one PASS/FAIL line per check, the agent's log tail after a failure, and finally
-"openvmm-interop: N passed, M failed"; the exit status is 1 on any failure. --keep keeps the temp dir.
+"openvmm-interop: N passed, M failed"; the exit status is 1 on any failure. --keep keeps the temp dir;
+--dump prints, field by field, the first answer of each message type the agent sends.
 Safety: time sync runs in mode "monitor" with probe_interval 0, the shutdown commands only write env files.
 
 Written only from public sources (no hvagent protocol code or docs):
@@ -173,6 +174,27 @@ class Channel:
             data += chunk
         return data
 
+    dumped = set()   # (session, message type) pairs already printed by --dump
+
+    def dump(self, ptype, payload):
+        """--dump: the pipe header, the IC header field by field, and the body (its first 48 bytes)."""
+        if len(payload) < IC_HDR.size:
+            return
+        h = Hdr(*IC_HDR.unpack_from(payload))
+        if (self.name, h.type) in Channel.dumped:
+            return
+        Channel.dumped.add((self.name, h.type))
+        raw = PIPE_HDR.pack(ptype, len(payload)) + payload
+        fields = [("pipe packet type", 0, 4), ("pipe len", 4, 8), ("framework version", 8, 12),
+                  ("message type", 12, 14), ("message version", 14, 18), ("message_size", 18, 20),
+                  ("status", 20, 24), ("transaction_id", 24, 25), ("flags", 25, 26), ("reserved", 26, 28)]
+        body = payload[IC_HDR.size:]
+        print(f"DUMP {self.name}: agent -> host, message type {h.type}, {len(raw)} bytes")
+        for label, a, b in fields:
+            print(f"DUMP   {a:4d}  {raw[a:b].hex(' '):<24} {label}")
+        more = f" ... ({len(body)} bytes)" if len(body) > 48 else ""
+        print(f"DUMP   {28:4d}  {body[:48].hex(' ')}{more}")
+
     def recv_packet(self, timeout=REPLY_TIMEOUT):
         # PipeReader::try_read_message: anything but PIPE_PACKET_TYPE_DATA is InvalidPipePacketType (recorded for
         # the pipe check, see the docstring); a payload longer than the receive buffer is PacketTooLarge.
@@ -184,7 +206,10 @@ class Channel:
         if length > min(MAX_MESSAGE_SIZE, MAXIMUM_PIPE_PACKET_SIZE):
             self.broken = f"pipe packet of {length} bytes (type {ptype:#x}): openvmm PacketTooLarge"
             raise ProtocolError(self.broken)
-        return self._read_exact(length, deadline)
+        payload = self._read_exact(length, deadline)
+        if DUMP:
+            self.dump(ptype, payload)
+        return payload
 
     def read_message(self):
         # IcPipe::read_message: header present, transaction_id 0, TRANSACTION and RESPONSE set, body of
@@ -814,8 +839,11 @@ def timesync_heartbeat_scenario(ctx):
     agent.stop()
 
 
+DUMP = "--dump" in sys.argv
+
+
 def main():
-    args = [a for a in sys.argv[1:] if a != "--keep"]
+    args = [a for a in sys.argv[1:] if a not in ("--keep", "--dump")]
     if len(args) != 1:
         sys.exit(__doc__.split("\n\n")[1])
     binary = os.path.abspath(args[0])
