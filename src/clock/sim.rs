@@ -20,6 +20,8 @@ struct State {
     drift: f64,
     /// The commanded correction, ppm.
     frequency_ppm: f64,
+    /// Every correction commanded, in order.
+    frequency_history: Vec<f64>,
     steps: Vec<f64>,
     writable: bool,
 }
@@ -36,6 +38,7 @@ impl SimClock {
             error_ns: error_s * 1e9,
             drift: drift_ppm * 1e-6,
             frequency_ppm: 0.0,
+            frequency_history: Vec::new(),
             steps: Vec::new(),
             writable: true,
         })))
@@ -74,6 +77,16 @@ impl SimClock {
         self.0.borrow().frequency_ppm
     }
 
+    /// Every frequency correction commanded so far, ppm.
+    pub fn frequency_history(&self) -> Vec<f64> {
+        self.0.borrow().frequency_history.clone()
+    }
+
+    /// Sets the correction in force as another program (a previous run, chronyd) left it, ppm.
+    pub fn leave_frequency(&self, ppm: f64) {
+        self.0.borrow_mut().frequency_ppm = ppm.clamp(-MAX_FREQUENCY_PPM, MAX_FREQUENCY_PPM);
+    }
+
     /// Makes every change fail with EPERM, as for an agent without CAP_SYS_TIME.
     pub fn deny_changes(&self) {
         self.0.borrow_mut().writable = false;
@@ -108,7 +121,10 @@ impl Clock for SimClock {
 
     fn set_frequency_ppm(&mut self, ppm: f64) -> Result<(), ClockError> {
         self.writable()?;
-        self.0.borrow_mut().frequency_ppm = ppm.clamp(-MAX_FREQUENCY_PPM, MAX_FREQUENCY_PPM);
+        let mut state = self.0.borrow_mut();
+        state.frequency_ppm = ppm.clamp(-MAX_FREQUENCY_PPM, MAX_FREQUENCY_PPM);
+        let ppm = state.frequency_ppm;
+        state.frequency_history.push(ppm);
         Ok(())
     }
 }

@@ -393,13 +393,29 @@ impl Agent {
         if std::env::var_os("RUST_LOG").is_none() {
             log::set_max_level(config.log_level);
         }
-        let mut old: Vec<Service> = std::mem::take(&mut self.services);
+        // A service's whole settings (endpoint, limits and its own options) are its ServiceConfig. The ones
+        // that changed or went close before their successors open, so that what a closing service puts back
+        // (time sync's frequency correction) is in place when the new one reads it.
+        let (mut kept, gone): (Vec<Service>, Vec<Service>) = std::mem::take(&mut self.services)
+            .into_iter()
+            .partition(|service| config.enabled().any(|wanted| *wanted == service.config));
+        let mut reopened = Vec::new();
+        for service in &gone {
+            if config.enabled().any(|wanted| wanted.kind == service.config.kind) {
+                info!("{}: settings changed, reopening", service.name());
+                reopened.push(service.config.kind);
+            } else {
+                info!("{}: no longer configured, closing", service.name());
+            }
+        }
+        drop(gone);
         for (index, wanted) in config.enabled().enumerate() {
-            // A service's whole settings (endpoint, limits and its own options) are its ServiceConfig.
-            match old.iter().position(|service| service.config == *wanted) {
-                Some(at) => self.services.push(old.swap_remove(at)),
+            match kept.iter().position(|service| service.config == *wanted) {
+                Some(at) => self.services.push(kept.swap_remove(at)),
                 None => {
-                    info!("{}: settings changed, reopening", wanted.kind);
+                    if !reopened.contains(&wanted.kind) {
+                        info!("{}: now configured, opening", wanted.kind);
+                    }
                     let seed = self.seed.wrapping_add(index as u64 + 1000);
                     let logic = services::logic_for(wanted);
                     self.services
@@ -407,10 +423,6 @@ impl Agent {
                 }
             }
         }
-        for service in &old {
-            info!("{}: no longer configured, closing", service.name());
-        }
-        drop(old);
         self.config = config;
         info!("hvagent: configuration reloaded");
     }

@@ -9,8 +9,17 @@
 //!   `ictimesync_data` body, flags PROBE, childtime = t1, every `probe_interval`, one at a time. The host's
 //!   answer carries parenttime (its time when answering) and roundtriptime (how long it held the probe); at
 //!   t4: delay = t4 − t1 − roundtriptime, offset = parenttime + delay / 2 − t4.
-//! - Mode `adjust` steps on SYNC and beyond `step_threshold`, and steers otherwise; `monitor` only measures;
-//!   `chrony` sends each fresh best offset to chronyd's SOCK refclock and changes nothing.
+//! - Mode `adjust` steps beyond `step_threshold` and steers otherwise; `monitor` only measures; `chrony` sends
+//!   each fresh best offset to chronyd's SOCK refclock and changes nothing.
+//! - A SYNC is short of the truth by a one-way delay it cannot know, and right after a (re)connect that delay
+//!   can be 40-150 ms on an emulated transport. So a SYNC within `step_threshold` is never stepped on its own
+//!   offset: with probes (4.1) the step waits for the next probe answer, which measures the delay, and is
+//!   taken only if that answer is more than [`SYNC_MIN_STEP`] off; without probes the SYNC is a sample, and
+//!   samples steer only once two agree. A SYNC beyond `step_threshold` is stepped at once, corrected by half
+//!   the smallest probe round trip known, and a probe then takes out what the delay left.
+//! - The kernel frequency correction found at start is put back when the service ends (SIGTERM, SIGINT, a
+//!   fatal error, a reload that turns time sync off or changes it), as chronyd does, so a stopped agent
+//!   never leaves the clock slewing; a correction pegged at ±500 ppm is not trusted at start.
 //!
 //! Idle cost: with probes off the service has no timer; with probes on, one wake-up per probe interval.
 
@@ -21,7 +30,9 @@ use log::{debug, error, info, warn};
 use super::logic::{LinkId, Logic, Refusal, StatusLine};
 use crate::clock::discipline::{Discipline, Outcome};
 use crate::clock::filter::{Filter, Kind, Measurement, Verdict};
-use crate::clock::{format_delay, format_offset, Clock, ClockError, OffsetSink, NANOS};
+use crate::clock::{
+    format_delay, format_offset, Clock, ClockError, OffsetSink, MAX_FREQUENCY_PPM, NANOS,
+};
 use crate::wire::timesync::{
     ticks_to_unix_nanos, unix_nanos_to_ticks, TimeSyncData, TimeSyncFlags, TimeSyncRef,
 };
@@ -29,9 +40,18 @@ use crate::wire::{IcVersion, Message, MessageType, Status};
 
 /// The message version that adds guest probes (hvagent's extension).
 pub const PROBE_VERSION: IcVersion = IcVersion::new(4, 1);
-/// A SYNC steps the clock only when it is off by more than this (seconds); smaller offsets are steered, so
-/// that a reconnect never steps the clock by a (possibly slow, one-way) delay's worth.
+/// A SYNC within `step_threshold` leads to a step only when the next probe answer, whose delay is measured,
+/// finds the clock more than this far off (seconds); smaller offsets are steered.
 pub const SYNC_MIN_STEP: f64 = 10e-3;
+/// The most doubt (half the probe's delay, seconds) a probe may carry to step for a pending SYNC.
+pub const SYNC_STEP_PRECISION: f64 = 1e-3;
+/// The discipline acts on a filter only once it holds this many results: the first after a connect may be
+/// late by far more than the later ones (40-150 ms seen on an emulated transport), and with a second one to
+/// choose from the filter picks the better.
+const MIN_RESULTS_TO_ACT: usize = 2;
+/// A frequency correction this close to the kernel's ±500 ppm limit, found at start, is a slew someone left
+/// running (an agent killed mid-slew), not a calibration: the discipline starts from zero instead.
+const PEGGED_PPM: f64 = MAX_FREQUENCY_PPM - 0.01;
 /// Host samples steer the clock only when no probe was answered for this many probe intervals.
 const PROBE_STALE_INTERVALS: u32 = 4;
 /// The most often the routine summary is logged at info.
@@ -98,6 +118,10 @@ pub struct TimeSyncLogic {
     in_flight: Option<InFlight>,
     next_transaction: u8,
     last_probe_answer: Option<Instant>,
+    /// A SYNC whose step waits for the next probe answer (4.1): the probe measures the delay it could not.
+    sync_pending: bool,
+    /// The frequency correction (ppm) to put back when the service ends; none outside mode adjust.
+    restore_ppm: Option<f64>,
     stats: Stats,
 }
 
@@ -110,10 +134,23 @@ impl TimeSyncLogic {
         clock: Box<dyn Clock>,
         sink: Option<Box<dyn OffsetSink>>,
     ) -> TimeSyncLogic {
-        let frequency = match mode {
-            Mode::Adjust => clock.frequency_ppm().unwrap_or(0.0),
-            Mode::Monitor | Mode::Chrony => 0.0,
+        let found = match mode {
+            Mode::Adjust => clock.frequency_ppm().ok(),
+            Mode::Monitor | Mode::Chrony => None,
         };
+        let trusted = found.map(|ppm| {
+            if ppm.abs() >= PEGGED_PPM {
+                warn!(
+                    "timesync: the clock's frequency correction is {ppm:+.3} ppm, pegged at the kernel's limit: \
+                     a slew left running (an agent killed mid-slew?), not a calibration; starting from 0 ppm \
+                     and leaving 0 ppm behind at exit"
+                );
+                0.0
+            } else {
+                ppm
+            }
+        });
+        let frequency = trusted.unwrap_or(0.0);
         TimeSyncLogic {
             mode,
             probe_interval: (!probe_interval.is_zero()).then_some(probe_interval),
@@ -127,6 +164,8 @@ impl TimeSyncLogic {
             in_flight: None,
             next_transaction: 1,
             last_probe_answer: None,
+            sync_pending: false,
+            restore_ppm: trusted,
             stats: Stats::default(),
         }
     }
@@ -183,15 +222,24 @@ impl TimeSyncLogic {
         self.filtered(Kind::Samples, verdict, now);
     }
 
-    /// A SYNC: the host asks for the clock to be set (boot, restore, resume). True when it stepped the clock;
-    /// otherwise the SYNC counts as a sample.
+    /// A SYNC: the host asks for the clock to be set (boot, restore, resume). True when it needs nothing more:
+    /// it stepped the clock, or its step waits for a probe; otherwise the SYNC counts as a sample.
     fn sync(&mut self, offset: f64, now: Instant) -> bool {
         info!(
             "timesync: SYNC from the host, offset {}",
             format_offset(offset)
         );
-        if self.mode != Mode::Adjust || offset.abs() <= SYNC_MIN_STEP {
+        if self.mode != Mode::Adjust {
             return false;
+        }
+        // Probes answer on a 4.1 link: the next answer measures what the SYNC's delay hid.
+        let probing = self.probe_link.is_some();
+        self.sync_pending = probing;
+        if offset.abs() <= self.discipline.step_threshold() {
+            if probing {
+                debug!("timesync: the SYNC's step, if any, waits for the next probe, which measures the delay");
+            }
+            return probing;
         }
         self.probes.clear();
         self.samples.clear();
@@ -223,6 +271,7 @@ impl TimeSyncLogic {
         let (Some(best), Some(latest)) = (filter.best(&correction), filter.latest()) else {
             return;
         };
+        let results = filter.len();
         self.maybe_summarise(best.offset, now);
         match self.mode {
             Mode::Monitor => {}
@@ -232,6 +281,9 @@ impl TimeSyncLogic {
                         sink.send(latest.guest_ns, latest.offset);
                     }
                 }
+            }
+            Mode::Adjust if results < MIN_RESULTS_TO_ACT => {
+                debug!("timesync: a first result after a connect does not move the clock; waiting for another");
             }
             Mode::Adjust => {
                 let result = self.discipline.update(&mut *self.clock, best.offset, now);
@@ -347,6 +399,22 @@ impl TimeSyncLogic {
             format_offset(offset),
             format_delay(delay)
         );
+        // A pending SYNC is settled by the first probe precise enough to act on: one off by more than
+        // SYNC_MIN_STEP with at most SYNC_STEP_PRECISION of doubt steps, one off by less whatever its delay
+        // hides settles it with no step; a slow one (the first after a connect often is) waits for the next.
+        if self.sync_pending && self.mode == Mode::Adjust {
+            if offset.abs() > SYNC_MIN_STEP && delay / 2.0 <= SYNC_STEP_PRECISION {
+                self.sync_pending = false;
+                self.probes.clear();
+                self.samples.clear();
+                let result = self.discipline.step(&mut *self.clock, offset, now);
+                self.applied(result, "SYNC, its delay measured by a probe");
+                return;
+            }
+            if offset.abs() + delay / 2.0 <= SYNC_MIN_STEP {
+                self.sync_pending = false;
+            }
+        }
         let measurement = Measurement {
             at: now,
             guest_ns: t4,
@@ -357,6 +425,28 @@ impl TimeSyncLogic {
             .probes
             .add(measurement, &self.discipline.correction_at(now));
         self.filtered(Kind::Probes, verdict, now);
+    }
+}
+
+impl Drop for TimeSyncLogic {
+    /// Puts back the frequency correction found at start, so that a stopped agent leaves no slew running.
+    fn drop(&mut self) {
+        let Some(ppm) = self.restore_ppm else {
+            return;
+        };
+        if self.mode != Mode::Adjust {
+            return; // it fell back to monitoring: it could not change the clock
+        }
+        match self.clock.set_frequency_ppm(ppm) {
+            Ok(()) => info!(
+                "timesync: stopping; the clock's frequency correction is back at {ppm:+.3} ppm, as found at \
+                 start (it was {:+.3} ppm)",
+                self.discipline.command_ppm()
+            ),
+            Err(error) => warn!(
+                "timesync: stopping; cannot put the frequency correction back at {ppm:+.3} ppm: {error}"
+            ),
+        }
     }
 }
 
@@ -438,6 +528,7 @@ impl Logic for TimeSyncLogic {
         if self.probe_link == Some(link) {
             self.probe_link = None;
             self.next_probe = None;
+            self.sync_pending = false;
         }
         if self.in_flight.is_some_and(|sent| sent.link == link) {
             self.in_flight = None;

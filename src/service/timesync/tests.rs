@@ -79,6 +79,8 @@ struct Setup {
     sync_first: bool,
     sample_every: Duration,
     seed: u64,
+    /// Extra delay (ms) of the first host → guest message: a SYNC that arrives late after a (re)connect.
+    first_to_guest_ms: f64,
 }
 
 impl Default for Setup {
@@ -93,6 +95,7 @@ impl Default for Setup {
             sync_first: true,
             sample_every: Duration::from_secs(5),
             seed: 1,
+            first_to_guest_ms: 0.0,
         }
     }
 }
@@ -119,6 +122,8 @@ struct Sim {
     samples_answered: u64,
     /// The latest arrival time scheduled each way (to host, to guest).
     last_arrival: [i128; 2],
+    /// Added once, to the first message towards the guest (ns).
+    first_to_guest_extra: i128,
 }
 
 impl Sim {
@@ -149,6 +154,7 @@ impl Sim {
             errors: Vec::new(),
             samples_answered: 0,
             last_arrival: [0; 2],
+            first_to_guest_extra: (setup.first_to_guest_ms * 1e6) as i128,
         };
         sim.negotiate(setup.version);
         // A host that sends no SYNC sends its first SAMPLE after one interval, so a probe comes first.
@@ -205,7 +211,11 @@ impl Sim {
     /// arrives before what was sent earlier the same way.
     fn send(&mut self, way: Way, after: i128, message: Message) {
         let index = usize::from(way == Way::ToGuest);
-        let at = (self.t + after + self.delay(way)).max(self.last_arrival[index]);
+        let mut extra = 0;
+        if way == Way::ToGuest {
+            extra = std::mem::take(&mut self.first_to_guest_extra);
+        }
+        let at = (self.t + after + extra + self.delay(way)).max(self.last_arrival[index]);
         self.last_arrival[index] = at;
         self.at(at, Happening::Deliver(way, message));
     }
@@ -400,6 +410,94 @@ fn a_sync_bit_beside_sample_or_reserved_bits_still_steps() {
             "flags {flags:#04x}: {steps:?}"
         );
     }
+}
+
+/// The largest |frequency correction| (ppm) the guest clock was set to over the run.
+fn peak_ppm(sim: &Sim) -> f64 {
+    sim.clock
+        .frequency_history()
+        .iter()
+        .fold(0.0f64, |peak, ppm| peak.max(ppm.abs()))
+}
+
+#[test]
+fn a_restart_with_the_clock_right_never_makes_it_worse_whatever_the_sync_delay() {
+    // An agent restarted with the guest clock 0.4-15 ms from the host's; the SYNC after connecting arrives
+    // 40-150 ms late (a slow emulated transport), later messages in 20-200 us. Probing (4.1) and sample-only
+    // (4.0, openvmm) hosts alike: the error never grows by more than 1 ms, and a step is taken only where a
+    // probe measured an error beyond 10 ms.
+    for version in [PROBE_VERSION, IcVersion::new(4, 0)] {
+        for (error, late_ms) in [
+            (0.4e-3, 40.0),
+            (-0.4e-3, 150.0),
+            (15e-3, 150.0),
+            (-15e-3, 40.0),
+            (0.0, 100.0),
+        ] {
+            let mut sim = Sim::new(Setup {
+                error,
+                drift_ppm: 0.0,
+                version,
+                first_to_guest_ms: late_ms,
+                ..Setup::default()
+            });
+            sim.run_until(3 * MINUTE);
+            let what = format!(
+                "{version} host, clock {:+.1} ms off, SYNC {late_ms} ms late",
+                error * 1e3
+            );
+            let (_, _, max) = sim.report(&what, 0.0, 180.0);
+            assert!(
+                max <= error.abs() * 1e6 + 1000.0,
+                "{what}: error reached {max} us (steps {:?})",
+                sim.clock.steps()
+            );
+            let steps = sim.clock.steps();
+            if version == PROBE_VERSION && error.abs() > SYNC_MIN_STEP {
+                assert_eq!(steps.len(), 1, "{what}: {steps:?}");
+                assert!((steps[0] + error).abs() < 1e-3, "{what}: {steps:?}");
+            } else {
+                assert!(steps.is_empty(), "{what}: {steps:?}");
+            }
+            let (_, _, late_max) = sim.report(&what, 150.0, 180.0);
+            assert!(
+                late_max < 1000.0,
+                "{what}: still {late_max} us off after 150 s"
+            );
+            if error.abs() < 1e-3 {
+                assert!(
+                    peak_ppm(&sim) < 400.0,
+                    "{what}: frequency reached {} ppm",
+                    peak_ppm(&sim)
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_late_sync_far_off_steps_and_a_probe_then_takes_out_the_delay() {
+    // A resume 30 s behind, with the SYNC 120 ms late: the SYNC steps at once (it cannot know its delay),
+    // and the first probe, which measures the delay, steps the 120 ms it left, so nothing is slewed for
+    // minutes at the ±500 ppm limit.
+    let mut sim = Sim::new(Setup {
+        error: -30.0,
+        drift_ppm: 0.0,
+        first_to_guest_ms: 120.0,
+        ..Setup::default()
+    });
+    sim.run_until(10 * SECOND);
+    let steps = sim.clock.steps();
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert!((steps[0] - 29.88).abs() < 2e-3, "{steps:?}");
+    assert!((steps[1] - 0.12).abs() < 2e-3, "{steps:?}");
+    let (_, _, max) = sim.report("30 s behind, SYNC 120 ms late", 5.0, 10.0);
+    assert!(max < 500.0, "{max} us");
+    assert!(
+        peak_ppm(&sim) < 400.0,
+        "frequency reached {} ppm",
+        peak_ppm(&sim)
+    );
 }
 
 #[test]
@@ -691,4 +789,97 @@ fn host_samples_of_every_version_and_length_are_answered_with_their_body() {
         .request(LINK, &short, IcVersion::new(3, 0), now)
         .unwrap_err();
     assert_eq!(refusal.status, Status::INVALID_ARG);
+}
+
+/// A TIMESYNC 4.0 sample request carrying `parent`.
+fn sample_request(parent: u64) -> Message {
+    let body = TimeSyncRef {
+        parent_time: parent,
+        flags: TimeSyncFlags::SAMPLE,
+        rest: vec![0; 5],
+        ..Default::default()
+    }
+    .to_body();
+    Message::request(
+        MessageType::TIMESYNC,
+        IcVersion::new(3, 0),
+        IcVersion::new(4, 0),
+        0,
+        body,
+    )
+}
+
+/// A logic in `mode` on `clock` (probes off) that has been fed three host samples 50 ms ahead of it, so that
+/// it is slewing at the ±500 ppm limit.
+fn slewing_logic(mode: Mode, clock: &SimClock) -> TimeSyncLogic {
+    let mut logic = TimeSyncLogic::new(
+        mode,
+        Duration::from_secs(1),
+        Duration::ZERO,
+        Box::new(clock.clone()),
+        None,
+    );
+    let start = Instant::now();
+    for n in 0..3u64 {
+        clock.advance(5 * SECOND);
+        let parent = unix_nanos_to_ticks(clock.true_ns() + 50 * MS);
+        let now = start + Duration::from_secs(5 * (n + 1));
+        logic
+            .request(LINK, &sample_request(parent), IcVersion::new(4, 0), now)
+            .unwrap();
+    }
+    logic
+}
+
+#[test]
+fn a_stopped_service_puts_back_the_frequency_it_found_at_start() {
+    let clock = SimClock::new(EPOCH_NS, 0.0, 0.0);
+    clock.leave_frequency(12.5);
+    let logic = slewing_logic(Mode::Adjust, &clock);
+    assert_eq!(clock.commanded_ppm(), 500.0, "the 50 ms are being slewed");
+    drop(logic);
+    assert_eq!(
+        clock.commanded_ppm(),
+        12.5,
+        "back as found, as chronyd leaves it"
+    );
+    // Monitor mode never changed the clock, and leaves it alone on the way out too.
+    let clock = SimClock::new(EPOCH_NS, 0.0, 0.0);
+    clock.leave_frequency(-3.0);
+    drop(slewing_logic(Mode::Monitor, &clock));
+    assert_eq!(clock.commanded_ppm(), -3.0);
+    assert!(clock.frequency_history().is_empty());
+}
+
+#[test]
+fn a_frequency_pegged_at_the_limit_is_not_trusted_at_start() {
+    for pegged in [500.0, -500.0] {
+        let clock = SimClock::new(EPOCH_NS, 0.0, 0.0);
+        clock.leave_frequency(pegged);
+        let logic = TimeSyncLogic::new(
+            Mode::Adjust,
+            Duration::from_secs(1),
+            Duration::ZERO,
+            Box::new(clock.clone()),
+            None,
+        );
+        assert_eq!(logic.discipline.base_ppm(), 0.0, "{pegged}: not adopted");
+        drop(logic);
+        assert_eq!(
+            clock.commanded_ppm(),
+            0.0,
+            "{pegged}: not left behind either"
+        );
+    }
+    // Just inside the limit is a calibration like any other.
+    let clock = SimClock::new(EPOCH_NS, 0.0, 0.0);
+    clock.leave_frequency(499.0);
+    let logic = TimeSyncLogic::new(
+        Mode::Adjust,
+        Duration::from_secs(1),
+        Duration::ZERO,
+        Box::new(clock.clone()),
+        None,
+    );
+    assert_eq!(logic.discipline.base_ppm(), 499.0);
 }
