@@ -194,6 +194,16 @@ struct RawConfig {
     guestinfo: Option<RawService>,
 }
 
+/// The keys every service section takes, before its own (`options::keys_of`).
+const CONNECTION_KEYS: [&str; 5] = [
+    "enabled",
+    "connect",
+    "listen",
+    "allow_any_cid",
+    "max_connections",
+];
+
+/// Every key of any section; `options` refuses the keys of another section by name.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawService {
@@ -243,13 +253,14 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     };
     let raw: RawConfig = toml::from_str(text).map_err(|error| {
         let span = error.span().unwrap_or(0..0);
-        let key = key_at(text, span.start)
-            .map(|key| format!("key '{key}': "))
-            .unwrap_or_default();
-        located(
-            span,
-            format!("{key}{}", error.message().trim_end().replace('\n', " ")),
-        )
+        let key = key_at(text, span.start);
+        let message = error.message().trim_end().replace('\n', " ");
+        let message = key
+            .as_deref()
+            .and_then(|key| unknown_service_key(key, &message))
+            .unwrap_or(message);
+        let key = key.map(|key| format!("key '{key}': ")).unwrap_or_default();
+        located(span, format!("{key}{message}"))
     })?;
     validate(raw).map_err(|error| located(error.span, error.message))
 }
@@ -438,6 +449,22 @@ fn key_at(text: &str, offset: usize) -> Option<String> {
     })
 }
 
+/// serde refuses an unknown key of a service section listing the keys of every section (`RawService` has
+/// them all); this says which keys `dotted`'s own section takes. `None` for any other message.
+fn unknown_service_key(dotted: &str, message: &str) -> Option<String> {
+    let name = message.strip_prefix("unknown field `")?.split('`').next()?;
+    let section = dotted.split('.').next()?;
+    let kind = SERVICES.into_iter().find(|kind| kind.name() == section)?;
+    let keys: Vec<&str> = CONNECTION_KEYS
+        .into_iter()
+        .chain(options::keys_of(kind))
+        .collect();
+    Some(format!(
+        "unknown key '{name}'; [{kind}] takes {}",
+        keys.join(", ")
+    ))
+}
+
 /// `text` as a TOML basic string: quoted, with `\`, `"` and every control character escaped, so whatever a
 /// path or argument holds, the printed config parses back to the same string.
 fn toml_string(text: &str) -> String {
@@ -613,6 +640,46 @@ mod tests {
         assert!(text.starts_with("test.toml:3:1: "), "{text}");
         assert!(text.contains("conect"), "{text}");
         assert!(text.contains("connect"), "{text}");
+    }
+
+    #[test]
+    fn unknown_key_lists_only_the_keys_of_its_own_section() {
+        let text = error_text("[heartbeat]\nenabled = true\n[guestinfo]\n\nstat_dir = \"/x\"\n");
+        assert!(text.starts_with("test.toml:5:1: "), "{text}");
+        assert!(text.contains("key 'guestinfo.stat_dir'"), "{text}");
+        let keys = [
+            "enabled",
+            "connect",
+            "listen",
+            "allow_any_cid",
+            "max_connections",
+            "state_dir",
+        ];
+        for key in keys {
+            assert!(text.contains(key), "{key} missing: {text}");
+        }
+        assert!(!text.contains("poweroff"), "{text}");
+        assert!(!text.contains("chrony_socket"), "{text}");
+        let text = error_text("[shutdown]\nforce = 1\n");
+        assert!(text.contains("force_after"), "{text}");
+        assert!(!text.contains("state_dir"), "{text}");
+    }
+
+    #[test]
+    fn the_keys_messages_list_are_every_key_a_section_accepts() {
+        let Err(error) = toml::from_str::<RawConfig>("[heartbeat]\nx = 1\n") else {
+            panic!("an unknown key parsed");
+        };
+        // serde's own list: "unknown field `x`, expected one of `enabled`, `connect`, ..."
+        let mut accepted: Vec<&str> = error.message().split('`').skip(3).step_by(2).collect();
+        let mut listed: Vec<&str> = SERVICES
+            .into_iter()
+            .flat_map(options::keys_of)
+            .chain(CONNECTION_KEYS)
+            .collect();
+        accepted.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(listed, accepted);
     }
 
     #[test]

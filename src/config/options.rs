@@ -186,14 +186,35 @@ impl ServiceOptions {
     }
 }
 
-/// Which section a service-specific key belongs to.
-fn owner(key: &str) -> ServiceKind {
-    match key {
-        "poweroff" | "reboot" | "hibernate" | "force_after" => ServiceKind::Shutdown,
-        "state_dir" => ServiceKind::GuestInfo,
-        "mode" | "step_threshold" | "probe_interval" | "chrony_socket" => ServiceKind::TimeSync,
-        _ => ServiceKind::Heartbeat,
-    }
+/// Every service-specific key and the section it belongs to, in the order messages list them.
+const KEYS: [(&str, ServiceKind); 13] = [
+    ("health", ServiceKind::Heartbeat),
+    ("health_command", ServiceKind::Heartbeat),
+    ("health_interval", ServiceKind::Heartbeat),
+    ("health_timeout", ServiceKind::Heartbeat),
+    ("mode", ServiceKind::TimeSync),
+    ("step_threshold", ServiceKind::TimeSync),
+    ("probe_interval", ServiceKind::TimeSync),
+    ("chrony_socket", ServiceKind::TimeSync),
+    ("poweroff", ServiceKind::Shutdown),
+    ("reboot", ServiceKind::Shutdown),
+    ("hibernate", ServiceKind::Shutdown),
+    ("force_after", ServiceKind::Shutdown),
+    ("state_dir", ServiceKind::GuestInfo),
+];
+
+/// Which section a service-specific key belongs to; `None` for any other key.
+fn owner(key: &str) -> Option<ServiceKind> {
+    KEYS.iter()
+        .find(|(name, _)| *name == key)
+        .map(|&(_, kind)| kind)
+}
+
+/// The service-specific keys of `kind`'s section.
+pub(super) fn keys_of(kind: ServiceKind) -> impl Iterator<Item = &'static str> {
+    KEYS.into_iter()
+        .filter(move |&(_, owner)| owner == kind)
+        .map(|(name, _)| name)
 }
 
 /// Applies the service-specific keys of `kind`'s section to `options`.
@@ -286,13 +307,12 @@ fn refuse_foreign(kind: ServiceKind, raw: &RawOptions) -> Result<(), SpanError> 
         ),
     ];
     for (key, span) in spans {
-        if let Some(span) = span {
-            if owner(key) != kind {
+        if let (Some(span), Some(owner)) = (span, owner(key)) {
+            if owner != kind {
                 return Err(SpanError {
                     span,
                     message: format!(
-                        "key '{kind}.{key}': {key} is a setting of the [{}] section",
-                        owner(key)
+                        "key '{kind}.{key}': {key} is a setting of the [{owner}] section"
                     ),
                 });
             }
