@@ -82,7 +82,8 @@ bench-hostscale:
 # default config (never over one already there), the man pages and the docs.
 install: build
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(UNITDIR) \
-		$(DESTDIR)$(MODULESLOADDIR) $(DESTDIR)$(SYSCONFDIR)/hvagent $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5
+		$(DESTDIR)$(MODULESLOADDIR) $(DESTDIR)$(SYSCONFDIR)/hvagent $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 \
+		$(DESTDIR)$(MANDIR)/man1
 	install -m 0755 target/release/hvagent $(DESTDIR)$(SBINDIR)/hvagent
 	install -m 0755 target/release/hvhost $(DESTDIR)$(BINDIR)/hvhost
 	sed 's|^ExecStart=/usr/sbin/hvagent|ExecStart=$(SBINDIR)/hvagent|' systemd/hvagent.service >$(DESTDIR)$(UNITDIR)/hvagent.service
@@ -92,6 +93,7 @@ install: build
 		install -m 0644 etc/hvagent.toml $(DESTDIR)$(SYSCONFDIR)/hvagent/hvagent.toml
 	install -m 0644 docs/hvagent.8 $(DESTDIR)$(MANDIR)/man8/hvagent.8
 	install -m 0644 docs/hvagent.toml.5 $(DESTDIR)$(MANDIR)/man5/hvagent.toml.5
+	install -m 0644 docs/hvhost.1 $(DESTDIR)$(MANDIR)/man1/hvhost.1
 	install -m 0644 README.md docs/PROTOCOL.md scripts/hvagent-host-setup.ps1 scripts/hvagent-host-setup.reg \
 		$(DESTDIR)$(DOCDIR)/
 
@@ -99,7 +101,7 @@ install: build
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/hvagent $(DESTDIR)$(BINDIR)/hvhost $(DESTDIR)$(UNITDIR)/hvagent.service \
 		$(DESTDIR)$(MODULESLOADDIR)/hvagent.conf $(DESTDIR)$(MANDIR)/man8/hvagent.8 \
-		$(DESTDIR)$(MANDIR)/man5/hvagent.toml.5
+		$(DESTDIR)$(MANDIR)/man5/hvagent.toml.5 $(DESTDIR)$(MANDIR)/man1/hvhost.1
 	rm -rf $(DESTDIR)$(DOCDIR)
 
 # target/debian/hvagent_VERSION_ARCH.deb, built with dpkg-deb from a `make install` tree.

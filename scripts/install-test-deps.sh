@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the system tools the tests need (systemd-analyze, dpkg-deb, man; python3 for the interop test), when
-# they are missing and we are root with apt-get. Idempotent: with everything present it asks nothing of the network.
+# Installs the system tools the tests need (systemd-analyze, dpkg-deb, man, lintian; python3 for the interop
+# test), when they are missing and we are root with apt-get. Idempotent: with everything present it asks nothing of the network.
 # The VM test provisions its own packages (tests/vm/provision.sh).
 set -euo pipefail
 
@@ -8,6 +8,7 @@ missing=()
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v dpkg-deb >/dev/null || missing+=(dpkg)
 command -v man >/dev/null || missing+=(man-db)
+command -v lintian >/dev/null || missing+=(lintian)
 command -v python3 >/dev/null || missing+=(python3)
 [ ${#missing[@]} = 0 ] && exit 0
 

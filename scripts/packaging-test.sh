@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# packaging-test: the systemd unit's exposure score and `systemd-analyze verify`, the man pages (groff -ww),
-# the `make install` tree (the commented default config, uninstall), and the Debian package's contents, control
-# fields, modes, conffile and maintainer scripts. Needs a release build (`make packaging-test` makes one).
-# Builds nothing into the real root and starts nothing.
+# packaging-test: the systemd unit's exposure score and `systemd-analyze verify`, the man pages (groff -ww,
+# hvhost(1) against `hvhost --help`), the `make install` tree (the commented default config, uninstall), and the
+# Debian package's contents, control fields, modes, conffile and maintainer scripts, and lintian on it (no error,
+# no warning). Needs a release build (`make packaging-test` makes one). Builds nothing into the real root and
+# starts nothing.
 #
 # Output: one "PASS name" or "FAIL name: why" line per check (SKIP where a tool is missing), then
 # "packaging-test: N passed, M failed". Exit status 0 when none failed.
@@ -84,7 +85,8 @@ check_install_tree() {
         usr/local/sbin/hvagent:755 usr/local/bin/hvhost:755 usr/local/lib/systemd/system/hvagent.service:644 \
         usr/local/lib/modules-load.d/hvagent.conf:644 etc/hvagent/hvagent.toml:644 \
         usr/local/share/man/man8/hvagent.8:644 usr/local/share/man/man5/hvagent.toml.5:644 \
-        usr/local/share/doc/hvagent/README.md:644 usr/local/share/doc/hvagent/hvagent-host-setup.reg:644
+        usr/local/share/man/man1/hvhost.1:644 usr/local/share/doc/hvagent/README.md:644 \
+        usr/local/share/doc/hvagent/hvagent-host-setup.reg:644
     if grep -qx 'ExecStart=/usr/local/sbin/hvagent run' "$tree/usr/local/lib/systemd/system/hvagent.service"; then
         pass install_points_the_unit_at_the_installed_binary
     else
@@ -119,14 +121,31 @@ check_install_tree() {
     check_modes install_honours_prefix_usr "$tree" "${USR_FILES[@]}" usr/share/man/man8/hvagent.8:644
 }
 
+MAN_PAGES=(docs/hvagent.8 docs/hvagent.toml.5 docs/hvhost.1)
+
 check_man_pages() {
+    check_hvhost_man_page
     have groff || { skip man_pages_format_without_warnings "groff is missing"; return; }
     local out
-    if out=$(groff -man -ww -z docs/hvagent.8 docs/hvagent.toml.5 2>&1) && [ -z "$out" ]; then
+    if out=$(groff -man -ww -z "${MAN_PAGES[@]}" 2>&1) && [ -z "$out" ]; then
         pass man_pages_format_without_warnings
     else
         fail man_pages_format_without_warnings "$out"
     fi
+}
+
+# hvhost(1) names every command, kvp operation and option that `hvhost --help` shows.
+check_hvhost_man_page() {
+    local name=hvhost_man_page_documents_every_command_and_option
+    [ -f docs/hvhost.1 ] || { fail "$name" "docs/hvhost.1 is missing"; return; }
+    local usage word missing=()
+    usage=$(target/release/hvhost --help)
+    for word in serve heartbeat shutdown kvp enumerate get set delete \
+        $(grep -o -- '--[a-z][a-z-]*' <<<"$usage" | sort -u); do
+        # roff spells a '-' of an option \-
+        grep -qF -- "${word//-/\\-}" docs/hvhost.1 || missing+=("$word")
+    done
+    if [ ${#missing[@]} = 0 ]; then pass "$name"; else fail "$name" "not in docs/hvhost.1: ${missing[*]}"; fi
 }
 
 check_deb() {
@@ -145,6 +164,7 @@ check_deb() {
     else
         fail deb_control_fields "$info"
     fi
+    check_description "$deb"
     local control=$work/control
     dpkg-deb -e "$deb" "$control"
     if [ "$(cat "$control/conffiles")" = /etc/hvagent/hvagent.toml ]; then
@@ -160,13 +180,39 @@ check_deb() {
     dpkg-deb -x "$deb" "$root"
     check_modes deb_installs_every_file_with_its_mode "$root" "${USR_FILES[@]}" \
         usr/share/man/man8/hvagent.8.gz:644 usr/share/man/man5/hvagent.toml.5.gz:644 \
-        usr/share/doc/hvagent/copyright:644
+        usr/share/man/man1/hvhost.1.gz:644 usr/share/doc/hvagent/copyright:644 \
+        usr/share/doc/hvagent/changelog.gz:644
     if "$root/usr/sbin/hvagent" --version | grep -q '^hvagent '; then
         pass deb_binary_runs
     else
         fail deb_binary_runs "$root/usr/sbin/hvagent --version failed"
     fi
     check_postinst "$control/postinst"
+    check_lintian "$deb"
+}
+
+# The Description names each of the four services (the words may wrap across its lines).
+check_description() {
+    local name=deb_description_names_every_service description service missing=()
+    description=$(dpkg-deb -f "$1" Description | tr -s ' \n' '  ')
+    for service in heartbeat "time sync" shutdown "guest info"; do
+        grep -qi -- "$service" <<<"$description" || missing+=("'$service'")
+    done
+    if [ ${#missing[@]} = 0 ]; then pass "$name"; else fail "$name" "no ${missing[*]} in: $description"; fi
+}
+
+# lintian with its default profile: any error or warning fails (info and pedantic tags are not shown).
+check_lintian() {
+    local name=deb_is_lintian_clean
+    have lintian || { skip "$name" "lintian is missing (scripts/install-test-deps.sh installs it)"; return; }
+    local out status=0
+    # Tags go to stdout; stderr has only lintian's own complaints (such as running as root).
+    out=$(lintian --fail-on error,warning "$1" 2>"$work/lintian.log") || status=$?
+    if [ "$status" = 0 ] && ! grep -q '^[EW]: ' <<<"$out"; then
+        pass "$name"
+    else
+        fail "$name" "exit status $status; $(tr '\n' ';' <<<"$out") $(tr '\n' ';' <"$work/lintian.log")"
+    fi
 }
 
 # Runs postinst with stand-ins for every tool it may call (PATH holds nothing else), recording the calls.
@@ -196,6 +242,17 @@ check_postinst() {
         pass postinst_without_helpers_leaves_enablement_alone_on_upgrade
     else
         fail postinst_without_helpers_leaves_enablement_alone_on_upgrade "calls: $(tr '\n' ';' <"$log")"
+    fi
+    # Enabling and starting are the helpers' (init-system-helpers is essential); without them postinst
+    # succeeds, says nothing and calls systemctl for nothing but daemon-reload.
+    : >"$log"
+    local name=postinst_without_helpers_succeeds_quietly_and_leaves_systemctl_alone errors
+    if ! errors=$(PATH=$fake /bin/sh "$1" configure 2>&1 >/dev/null) || [ -n "$errors" ]; then
+        fail "$name" "postinst failed or complained: $errors"
+    elif grep -v '^systemctl --system daemon-reload$' "$log" | grep -q '^systemctl'; then
+        fail "$name" "calls: $(tr '\n' ';' <"$log")"
+    else
+        pass "$name"
     fi
 }
 
