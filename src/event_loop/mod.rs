@@ -401,7 +401,10 @@ impl Agent {
             .partition(|service| config.enabled().any(|wanted| *wanted == service.config));
         let mut reopened = Vec::new();
         for service in &gone {
-            if config.enabled().any(|wanted| wanted.kind == service.config.kind) {
+            if config
+                .enabled()
+                .any(|wanted| wanted.kind == service.config.kind)
+            {
                 info!("{}: settings changed, reopening", service.name());
                 reopened.push(service.config.kind);
             } else {
