@@ -11,6 +11,8 @@ VHOST_PID=
 GUEST_SEQ=0
 GUEST_OUT=
 GUEST_WEDGED=
+# Where the guest's answers to `guest` commands arrive: the busybox guest's console, the image's ttyS1.
+GUEST_ANSWERS=
 declare -A BG_PIDS=()
 
 now() { date +%s.%N; }
@@ -110,41 +112,67 @@ start_vm() {
     build_initramfs || return 1
     local kernel
     kernel=$(find "$KERNEL_DIR/boot" -name 'vmlinuz-*' -print -quit)
-    mkfifo "$RUN/ctl.in" "$RUN/ctl.out"
     : >"$RUN/console.log"
+    GUEST_ANSWERS=$RUN/console.log
+    start_vhost || return 1
+    say "starting QEMU (TCG)"
+    start_qemu "$RUN/console.log" 512M -kernel "$kernel" -initrd "$RUN/initrd.gz" \
+        -append 'console=ttyS0 quiet panic=-1'
+    wait_guest_ready "$RUN/console.log"
+}
 
-    say "starting vhost-device-vsock and QEMU (TCG)"
+# start_vhost: vhost-device-vsock for a new guest, on RUN/vhost.sock and RUN/vsock.uds (after stopping
+# the one of an earlier guest and removing its sockets).
+start_vhost() {
+    stop_pid "$VHOST_PID"
+    rm -f "$RUN/vhost.sock" "$RUN"/vsock.uds*
+    say "starting vhost-device-vsock"
     RUST_LOG=warn "$VHOST_BIN" --guest-cid "$GUEST_CID" --socket "$RUN/vhost.sock" \
-        --uds-path "$RUN/vsock.uds" >"$RUN/vhost.log" 2>&1 &
+        --uds-path "$RUN/vsock.uds" >>"$RUN/vhost.log" 2>&1 &
     VHOST_PID=$!
     wait_until 15 test -S "$RUN/vhost.sock" || {
         say "vhost-device-vsock did not create its socket: $(tail -n 3 "$RUN/vhost.log")"
         return 1
     }
-    # ttyS0: the console, into a file. ttyS1: the command channel, from the FIFO RUN/ctl.in.
-    timeout "$QEMU_LIMIT" qemu-system-x86_64 -accel tcg -m 512M -smp 1 -nodefaults -no-user-config \
-        -display none -object memory-backend-memfd,id=mem,size=512M,share=on -numa node,memdev=mem \
+}
+
+# start_qemu CONSOLE MEMORY QEMU-ARGS...: QEMU (TCG) with the vsock device; ttyS0, the console, into the
+# file CONSOLE; ttyS1, the command channel, from the FIFO RUN/ctl.in (fd 7) and into RUN/ctl.out.
+start_qemu() {
+    local console=$1 memory=$2
+    shift 2
+    rm -f "$RUN/ctl.in" "$RUN/ctl.out"
+    mkfifo "$RUN/ctl.in" "$RUN/ctl.out"
+    GUEST_WEDGED=
+    timeout "$QEMU_LIMIT" qemu-system-x86_64 -accel tcg -m "$memory" -smp 1 -nodefaults -no-user-config \
+        -display none -object memory-backend-memfd,id=mem,size="$memory",share=on -numa node,memdev=mem \
         -chardev socket,id=vhost,path="$RUN/vhost.sock" -device vhost-user-vsock-pci,chardev=vhost \
-        -serial "file:$RUN/console.log" -chardev pipe,id=ctl,path="$RUN/ctl" -serial chardev:ctl \
-        -kernel "$kernel" -initrd "$RUN/initrd.gz" -append 'console=ttyS0 quiet panic=-1' \
-        -no-reboot >"$RUN/qemu.log" 2>&1 &
+        -serial "file:$console" -chardev pipe,id=ctl,path="$RUN/ctl" -serial chardev:ctl \
+        "$@" -no-reboot >>"$RUN/qemu.log" 2>&1 &
     QEMU_PID=$!
     exec 7<>"$RUN/ctl.in"
+}
+
+# wait_guest_ready CONSOLE: wait for the guest's "HVTEST ready" line in GUEST_ANSWERS, then print it and
+# the guest's warnings on CONSOLE. Sets BOOT_SECONDS.
+wait_guest_ready() {
     local start
     start=$(now)
     if ! wait_console '^HVTEST ready' "$BOOT_TIMEOUT"; then
-        tail -n 20 "$RUN/console.log" "$RUN/qemu.log" 2>/dev/null | sed 's/^/    | /'
+        tail -n 20 "$1" "$RUN/qemu.log" 2>/dev/null | sed 's/^/    | /'
         return 1
     fi
-    say "guest ready after $(elapsed "$start") s: $(grep -a '^HVTEST ready' "$RUN/console.log" | tr -d '\r')"
-    grep -a '^HVTEST warning' "$RUN/console.log" | sed 's/^/    | /' || true
+    BOOT_SECONDS=$(elapsed "$start")
+    say "guest ready after $BOOT_SECONDS s: $(grep -a '^HVTEST ready' "$GUEST_ANSWERS" | tr -d '\r')"
+    grep -a '^HVTEST warning' "$1" | sed 's/^/    | /' || true
 }
 
 stop_vm() {
     vm_alive || return 0
     echo quit >&7 || true
-    if ! wait_until 30 eval '! vm_alive'; then
-        say "the guest did not power off within 30 s; killing QEMU"
+    if ! wait_until 60 eval '! vm_alive'; then
+        say "the guest did not power off within 60 s; killing QEMU"
+        stop_pid "$QEMU_PID"
     fi
 }
 
@@ -170,10 +198,10 @@ cleanup() {
     fi
 }
 
-# wait_console PATTERN SECONDS: wait for a console line matching PATTERN (grep basic regexp).
+# wait_console PATTERN SECONDS: wait for a line of GUEST_ANSWERS matching PATTERN (grep basic regexp).
 wait_console() {
     local deadline=$((SECONDS + $2))
-    until grep -aq -- "$1" "$RUN/console.log"; do
+    until grep -aq -- "$1" "$GUEST_ANSWERS"; do
         vm_alive || { say "QEMU has exited"; return 1; }
         [ "$SECONDS" -lt "$deadline" ] || return 1
         sleep 0.1
@@ -197,8 +225,8 @@ guest() {
         GUEST_OUT="no answer from the guest within $1 s to: $2"
         return 124
     fi
-    GUEST_OUT=$(grep -a "^@$id " "$RUN/console.log" | tr -d '\r' | sed "s/^@$id //") || true
-    status=$(grep -a "^@$id/end rc=" "$RUN/console.log" | tr -d '\r' | sed 's/.* rc=//')
+    GUEST_OUT=$(grep -a "^@$id " "$GUEST_ANSWERS" | tr -d '\r' | sed "s/^@$id //") || true
+    status=$(grep -a "^@$id/end rc=" "$GUEST_ANSWERS" | tr -d '\r' | sed 's/.* rc=//')
     return "$status"
 }
 
@@ -207,7 +235,9 @@ guest_value() { sed -n "s/^$1=//p" <<<"$GUEST_OUT" | tail -n 1; }
 
 # ------------------------------------------------------------------- host-side background programs
 
-# Each one runs as: a wrapper subshell (BG_PIDS[NAME]) -> timeout 600 -> the program. The wrapper keeps
+BG_LIMIT=600 # seconds
+
+# Each one runs as: a wrapper subshell (BG_PIDS[NAME]) -> timeout BG_LIMIT -> the program. The wrapper keeps
 # the program's exit status in RUN/NAME.rc and swallows the shell's "Killed" notices.
 
 # bg_start NAME COMMAND...: start COMMAND (with a time limit) into RUN/NAME.out and RUN/NAME.err.
@@ -216,7 +246,7 @@ bg_start() {
     shift
     rm -f "$RUN/$name.rc"
     (
-        timeout 600 "$@" >"$RUN/$name.out" 2>"$RUN/$name.err"
+        timeout "$BG_LIMIT" "$@" >"$RUN/$name.out" 2>"$RUN/$name.err"
         echo $? >"$RUN/$name.rc"
     ) 2>/dev/null &
     BG_PIDS[$name]=$!

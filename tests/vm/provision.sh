@@ -123,6 +123,7 @@ provision() {
     ensure_packages
     ensure_kernel
     ensure_vhost_device_vsock
+    if [ -n "${WANT_IMAGE:-}" ]; then ensure_image; fi
     exec 8>&-
-    say "cache $CACHE: kernel $(basename "$KERNEL_DIR"), vhost-device-vsock $VHOST_VERSION"
+    say "cache $CACHE: kernel $(basename "$KERNEL_DIR"), vhost-device-vsock $VHOST_VERSION${WANT_IMAGE:+, systemd image $(basename "$IMAGE_DIR")}"
 }

@@ -1,0 +1,324 @@
+# The vm-test scenarios on the systemd image (sourced by scripts/vm-test.sh; the image: tests/vm/image.sh).
+# Like tests/vm/scenarios.sh: one function per scenario, scenario_NAME for "NAME", ending in `pass FIGURE`
+# or `fail REASON`; guest halves through `guest SECONDS COMMAND` (bash, with tests/vm/image/guest-lib.sh),
+# host halves hvhost on vhost-device-vsock's Unix sockets. The agent here is the installed package, run by
+# systemd as hvagent.service with tests/vm/image/hvagent.toml. To add a scenario, write its function
+# (starting with `sd_begin || return`) and add its name to IMAGE_SCENARIOS.
+# shellcheck shell=bash
+
+# sd-poweroff powers the guest off, so it stays last.
+IMAGE_SCENARIOS="sd-ready sd-status-doctor sd-health sd-clock-step sd-restart-clock sd-stop-frequency
+    sd-guestinfo sd-reload sd-watchdog sd-upgrade sd-poweroff"
+GUESTINFO_PORT=$((0x48560002))
+IMAGE_CLOCK_LIMIT_US=10000  # a stepped clock must come back within 10 ms of the host's
+RESTART_SLACK_US=1000       # defect 1: restarting may add at most 1 ms to the clock's error
+FREQ_BEFORE=                # the kernel's frequency (adjtimex, raw) before the agent first started
+
+# ----------------------------------------------------------------------------------- the session
+
+# The host's peers for the whole session: hvhost serve for the heartbeat (whose lines show the application
+# state) and for time sync (whose probe lines measure the guest clock).
+image_hosts_start() {
+    bg_running sd-hb || serve_start sd-hb "$HEARTBEAT_PORT" --interval 0.5 || return
+    bg_running sd-ts || serve_start sd-ts "$TIMESYNC_PORT" --service timesync --sample-interval 1
+}
+
+# Every scenario starts here: a failed one before it may have stopped the host's peers (stop_leftovers).
+sd_begin() {
+    image_hosts_start || return
+    guest 60 "[ \"\$(prop hvagent ActiveState)\" = active ] || { systemctl reset-failed hvagent; systemctl start hvagent; }" ||
+        fail "hvagent.service is not active and did not start: $GUEST_OUT"
+}
+
+# show PROPERTY...: hvagent.service's properties into GUEST_OUT as PROPERTY=VALUE lines.
+show() {
+    local args=() p
+    for p in "$@"; do args+=(-p "$p"); done
+    guest 20 "systemctl show ${args[*]} hvagent" || fail "systemctl show: $GUEST_OUT"
+}
+
+# After the VM boots: the NIC, the drop-ins, the package (the unit starts on install, as a user would see
+# it), then the test configuration and a restart. Reads the kernel's frequency before the agent ever ran.
+image_session_setup() {
+    local start
+    guest 20 "net_up $IMAGE_IPV4 && freq_raw" ||
+        { say "guest setup failed: $GUEST_OUT"; return 1; }
+    FREQ_BEFORE=$(guest_value freq)
+    image_hosts_start || { say "$RESULT"; return 1; }
+    start=$(now)
+    if ! guest 180 "setup_agent && install_package </dev/null"; then
+        say "dpkg -i in the guest failed: $(tail -n 5 <<<"$GUEST_OUT")"
+        return 1
+    fi
+    say "dpkg -i of $(basename "$DEB") in the guest took $(elapsed "$start") s"
+    guest 60 "cp \$PAYLOAD/hvagent.toml /etc/hvagent/hvagent.toml && systemctl restart hvagent" ||
+        { say "restarting hvagent with the test configuration failed: $GUEST_OUT"; return 1; }
+}
+
+# ----------------------------------------------------------------------------------------- helpers
+
+# last_state: the application state of hvhost's last heartbeat.
+last_state() { grep '^heartbeat ' "$RUN/sd-hb.out" | tail -n 1 | grep -o 'state=[a-z]*' | cut -d= -f2; }
+
+# wait_state STATE SECONDS: until hvhost's heartbeats show STATE.
+wait_state() { wait_until "$2" eval "[ \"\$(last_state)\" = $1 ]"; }
+
+# probes_since LINE: the host_minus_guest_us figures of sd-ts's probes after its output's line LINE.
+probes_since() {
+    tail -n +"$(($1 + 1))" "$RUN/sd-ts.out" | grep '^probe ' | grep -o 'host_minus_guest_us=[-0-9.]*' |
+        cut -d= -f2
+}
+
+# median_abs: the median of the absolute values of the numbers on stdin (empty when there are none).
+median_abs() {
+    awk '{ printf "%.1f\n", ($1 < 0) ? -$1 : $1 }' | sort -g | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'
+}
+
+# below VALUE LIMIT: VALUE is a number less than LIMIT.
+below() { awk -v v="$1" -v l="$2" 'BEGIN { exit !(v != "" && v + 0 < l + 0) }'; }
+
+# ts_lines: how many lines sd-ts has printed; ts_last_connect: the line of its last "connected".
+ts_lines() { wc -l <"$RUN/sd-ts.out"; }
+ts_last_connect() { grep -n '^connected' "$RUN/sd-ts.out" | tail -n 1 | cut -d: -f1; }
+
+# wait_probes LINE N SECONDS: until sd-ts has printed N probes after LINE.
+wait_probes() { wait_until "$3" eval "[ \"\$(probes_since $1 | wc -l)\" -ge $2 ]"; }
+
+# clock_error_us: the guest clock's error now, as the median |host - guest| of sd-ts's last 5 probes
+# (waits for 5 fresh ones).
+clock_error_us() {
+    local from
+    from=$(ts_lines)
+    wait_probes "$from" 5 30 || return 1
+    probes_since "$from" | head -n 5 | median_abs
+}
+
+# agent_journal: the end of the agent's journal, as diagnostics.
+agent_journal() {
+    if guest 20 "journalctl -u hvagent -o cat --no-pager | tail -n ${1:-10}"; then
+        diag "hvagent journal (guest):"$'\n'"$GUEST_OUT"
+    fi
+}
+
+# --------------------------------------------------------------------------------------- scenarios
+
+scenario_sd_ready() {
+    sd_begin || return
+    show Type ActiveState SubState StatusText ExecMainStartTimestampMonotonic ActiveEnterTimestampMonotonic || return
+    local type state status start ready
+    type=$(guest_value Type)
+    state=$(guest_value ActiveState)/$(guest_value SubState)
+    status=$(guest_value StatusText)
+    start=$(guest_value ExecMainStartTimestampMonotonic)
+    ready=$(guest_value ActiveEnterTimestampMonotonic)
+    [ "$type" = notify ] || { fail "the unit is Type=$type, not notify"; return; }
+    [ "$state" = active/running ] || { agent_journal; fail "hvagent.service is $state"; return; }
+    [ -n "$status" ] || { fail "no STATUS= text (StatusText is empty)"; return; }
+    pass "active/running (Type=notify), READY $(((ready - start) / 1000)) ms after exec; StatusText \"$status\"; guest booted to its control channel in ${IMAGE_BOOT_SECONDS:-?} s"
+}
+
+scenario_sd_status_doctor() {
+    sd_begin || return
+    local status=0
+    guest 30 "hvagent status" || status=$?
+    [ "$status" = 0 ] || { diag "$GUEST_OUT"; fail "hvagent status exited $status"; return; }
+    grep -q 'heartbeat' <<<"$GUEST_OUT" && grep -q 'connected' <<<"$GUEST_OUT" ||
+        { diag "$GUEST_OUT"; fail "hvagent status shows no connected heartbeat"; return; }
+    local first
+    first=$(head -n 1 <<<"$GUEST_OUT")
+    guest 60 "hvagent doctor" || status=$?
+    [ "$status" = 0 ] || { diag "$GUEST_OUT"; fail "hvagent doctor exited $status: $(grep -v '^ok' <<<"$GUEST_OUT" | head -n 3 | tr '\n' ' ')"; return; }
+    pass "status: \"$first\"; doctor: exit 0, $(wc -l <<<"$GUEST_OUT") lines"
+}
+
+# health = auto is systemd here: a failed unit makes the system degraded, which the host must see as
+# critical, and reset-failed must bring it back to healthy.
+scenario_sd_health() {
+    sd_begin || return
+    local start to_critical to_healthy
+    if ! wait_state healthy 30; then
+        guest 20 "systemctl is-system-running; systemctl --failed --no-legend" || true
+        fail "the host's heartbeats show $(last_state), not healthy, before the test (system: $(tr '\n' ' ' <<<"$GUEST_OUT"))"
+        return
+    fi
+    guest 30 "systemd-run --quiet --unit=hvtest-fail --service-type=oneshot /bin/false; systemctl is-system-running" || true
+    [ "$(tail -n 1 <<<"$GUEST_OUT")" = degraded ] ||
+        { fail "a failed oneshot did not make the system degraded: $GUEST_OUT"; return; }
+    start=$(now)
+    wait_state critical 30 || { agent_journal; fail "the host still sees $(last_state) 30 s after a unit failed"; return; }
+    to_critical=$(elapsed "$start")
+    guest 20 "systemctl reset-failed && systemctl is-system-running" || true
+    start=$(now)
+    wait_state healthy 30 || { agent_journal; fail "the host still sees $(last_state) 30 s after reset-failed"; return; }
+    to_healthy=$(elapsed "$start")
+    pass "healthy -> critical ${to_critical} s after a unit failed -> healthy ${to_healthy} s after reset-failed (hvhost heartbeats)"
+}
+
+# The guest clock an hour ahead; the agent, with the unit's capabilities, must step it back (its journal
+# says so), and the probes that follow must find it within IMAGE_CLOCK_LIMIT_US of the host's clock.
+scenario_sd_clock_step() {
+    sd_begin || return
+    local from start error step
+    start=$(now)
+    guest 90 "steps=\$(journalctl -u hvagent -o cat --no-pager | grep -c 'stepped the clock');
+        date -s @\$((\$(date +%s) + 3600)) >/dev/null &&
+        wait_for 60 eval '[ \$(journalctl -u hvagent -o cat --no-pager | grep -c \"stepped the clock\") -gt \$steps ]' &&
+        journalctl -u hvagent -o cat --no-pager | grep 'stepped the clock' | tail -n 1" ||
+        { agent_journal; fail "no step by the agent within 60 s of the guest clock jumping an hour ahead: $GUEST_OUT"; return; }
+    step=$(tail -n 1 <<<"$GUEST_OUT")
+    from=$(ts_lines)
+    wait_probes "$from" 3 30 || { fail "fewer than 3 probes in 30 s after the step"; return; }
+    error=$(probes_since "$from" | head -n 3 | median_abs)
+    below "$error" "$IMAGE_CLOCK_LIMIT_US" ||
+        { agent_journal; fail "after the step the guest clock is still $error us off the host's (limit $IMAGE_CLOCK_LIMIT_US us)"; return; }
+    pass "an hour ahead, stepped back $(elapsed "$start") s after the jump (\"$step\"); error then $error us (median of 3 probes; limit $IMAGE_CLOCK_LIMIT_US us)"
+}
+
+# Defect 1: with the clock right, a restart of the agent must not make it worse. Error before: the median
+# |host - guest| of 5 probes of the running agent; after: of the first 5 probes of the restarted one.
+scenario_sd_restart_clock() {
+    sd_begin || return
+    local before after worst pid from
+    wait_until 60 eval 'below "$(clock_error_us)" 5000' ||
+        { fail "precondition: the guest clock is not within 5 ms of the host's (error $(clock_error_us) us)"; return; }
+    before=$(clock_error_us) || { fail "no probes from the running agent"; return; }
+    guest 20 main_pid || { fail "no main PID: $GUEST_OUT"; return; }
+    pid=$GUEST_OUT
+    guest 60 "systemctl restart hvagent && wait_for 30 unit_active_with_new_pid $pid" ||
+        { agent_journal; fail "systemctl restart hvagent: $GUEST_OUT"; return; }
+    wait_until 30 eval '[ "$(ts_last_connect)" -gt 0 ] 2>/dev/null' || true
+    from=$(ts_last_connect)
+    wait_probes "$from" 5 30 || { agent_journal; fail "fewer than 5 probes from the restarted agent in 30 s"; return; }
+    after=$(probes_since "$from" | head -n 5 | median_abs)
+    worst=$(probes_since "$from" | head -n 5 | awk '{ v = ($1 < 0) ? -$1 : $1; if (v > m) m = v } END { print m }')
+    local figures
+    figures=$(awk -v b="$before" -v a="$after" -v w="$worst" 'BEGIN {
+        printf "error before %.3f ms, after %.3f ms (worst of 5: %.3f ms)", b / 1000, a / 1000, w / 1000 }')
+    if ! awk -v b="$before" -v a="$after" -v s="$RESTART_SLACK_US" 'BEGIN { exit !(a <= b + s) }'; then
+        agent_journal 6
+        fail "restart with the clock right made it worse: $figures; limit before + $((RESTART_SLACK_US / 1000)) ms"
+        return
+    fi
+    pass "$figures"
+}
+
+# Defect 2: after systemctl stop, the kernel's frequency must be what it was before the agent first ran.
+scenario_sd_stop_frequency() {
+    sd_begin || return
+    local running after
+    guest 20 freq_raw && running=$(guest_value freq)
+    guest 30 "systemctl stop hvagent && freq_raw" ||
+        { fail "systemctl stop hvagent: $GUEST_OUT"; return; }
+    after=$(guest_value freq)
+    guest 60 "systemctl start hvagent" || { fail "systemctl start hvagent: $GUEST_OUT"; return; }
+    local figures
+    figures=$(awk -v b="$FREQ_BEFORE" -v r="$running" -v a="$after" 'BEGIN {
+        printf "frequency before the first start %.3f ppm, while running %.3f ppm, after stop %.3f ppm", b / 65536, r / 65536, a / 65536 }')
+    awk -v a="$after" 'BEGIN { exit !(a < 500 * 65536 && a > -500 * 65536) }' ||
+        { fail "pegged at the limit: $figures"; return; }
+    [ "$after" = "$FREQ_BEFORE" ] || { fail "not restored: $figures"; return; }
+    pass "$figures"
+}
+
+# Under PrivateNetwork= the agent sees only its own loopback; the host must still get the guest's address.
+scenario_sd_guestinfo() {
+    sd_begin || return
+    show PrivateNetwork || return
+    [ "$(guest_value PrivateNetwork)" = yes ] || { fail "the unit runs without PrivateNetwork="; return; }
+    local deadline=$((SECONDS + 30)) status
+    while :; do
+        status=0
+        bg_start sd-kvp "$HVHOST" kvp "hybrid:$RUN/vsock.uds:$GUESTINFO_PORT" enumerate --pool auto
+        bg_wait sd-kvp 60 || status=$?
+        [ "$status" = 0 ] && break
+        [ "$SECONDS" -lt "$deadline" ] || { agent_journal; fail "hvhost kvp enumerate exited $status: $(bg_why sd-kvp)"; return; }
+        sleep 0.5
+    done
+    local line
+    line=$(grep -a 'NetworkAddressIPv4' "$RUN/sd-kvp.out" | head -n 1)
+    grep -q "$IMAGE_IPV4" <<<"$line" ||
+        { diag "$(cat "$RUN/sd-kvp.out")"; fail "NetworkAddressIPv4 is not $IMAGE_IPV4: ${line:-absent}"; return; }
+    pass "PrivateNetwork=yes, pool 2 enumerate: $line"
+}
+
+# reload_with DESCRIPTION EDIT: apply the shell EDIT to /etc/hvagent/hvagent.toml in the guest, then
+# systemctl reload; GUEST_OUT gets the agent's journal lines since, then "pid=" and "state=".
+reload_with() {
+    guest 60 "pid=\$(main_pid); cursor=\$(journalctl -u hvagent -n 0 --show-cursor | sed -n 's/^-- cursor: //p');
+        $2 && systemctl reload hvagent && sleep 0.5 &&
+        journalctl -u hvagent -o cat --no-pager --after-cursor=\"\$cursor\";
+        echo old_pid=\$pid; echo pid=\$(main_pid); echo state=\$(prop hvagent ActiveState)" ||
+        { fail "$1: systemctl reload: $GUEST_OUT"; return; }
+    [ "$(guest_value state)" = active ] && [ "$(guest_value pid)" = "$(guest_value old_pid)" ] ||
+        { diag "$GUEST_OUT"; fail "$1: after the reload the unit is $(guest_value state), PID $(guest_value old_pid) -> $(guest_value pid)"; return; }
+}
+
+# README: SIGHUP (systemctl reload) re-reads the file; a broken file is logged and the running configuration
+# kept. The agent must stay up under the same PID both times, and keep answering heartbeats.
+scenario_sd_reload() {
+    sd_begin || return
+    local good bad seen
+    reload_with "good config" "sed -i 's/^log_level = .*/log_level = \"debug\"/' /etc/hvagent/hvagent.toml" || return
+    good=$(grep -m 1 'reloaded' <<<"$GUEST_OUT") || { diag "$GUEST_OUT"; fail "no \"reloaded\" in the journal after a good reload"; return; }
+    reload_with "broken config" "echo 'no_such_key = 1' >>/etc/hvagent/hvagent.toml" || return
+    bad=$(grep -m 1 'reload failed' <<<"$GUEST_OUT") || { diag "$GUEST_OUT"; fail "no \"reload failed\" in the journal after a broken reload"; return; }
+    seen=$(bg_count sd-hb '^heartbeat seq=')
+    wait_heartbeats sd-hb $((seen + 3)) 20 || { fail "no heartbeats after the broken reload"; return; }
+    guest 60 "cp \$PAYLOAD/hvagent.toml /etc/hvagent/hvagent.toml && systemctl reload hvagent" ||
+        { fail "restoring the configuration: $GUEST_OUT"; return; }
+    pass "good: \"$good\"; broken: same PID, heartbeats go on, \"$(cut -c1-140 <<<"$bad")...\""
+}
+
+# A stopped poll loop stops the watchdog pings; systemd must kill and restart the agent. The test's drop-in
+# (tests/vm/image/watchdog.conf) lowers WatchdogSec= from 30 s to 5 s.
+scenario_sd_watchdog() {
+    sd_begin || return
+    local pid restarts start
+    show MainPID NRestarts WatchdogUSec || return
+    pid=$(guest_value MainPID)
+    restarts=$(guest_value NRestarts)
+    start=$(now)
+    guest 90 "kill -STOP $pid && wait_for 80 unit_active_with_new_pid $pid; echo restarts=\$(prop hvagent NRestarts);
+        echo pid=\$(main_pid); journalctl -u hvagent -o cat --no-pager | grep -i watchdog | tail -n 1" ||
+        { agent_journal; fail "no restart within 80 s of SIGSTOP: $GUEST_OUT"; return; }
+    [ "$(guest_value restarts)" = $((restarts + 1)) ] ||
+        { fail "NRestarts went from $restarts to $(guest_value restarts)"; return; }
+    pass "SIGSTOPped PID $pid replaced by PID $(guest_value pid) after $(elapsed "$start") s (WatchdogSec=5s by the test's drop-in); \"$(tail -n 1 <<<"$GUEST_OUT")\""
+}
+
+# An upgrade to the same package: dpkg keeps the changed conffile (no prompt: stdin is /dev/null) and
+# restarts the agent.
+scenario_sd_upgrade() {
+    sd_begin || return
+    guest 180 "echo '# changed by vm-test' >>/etc/hvagent/hvagent.toml && before=\$(sha256sum </etc/hvagent/hvagent.toml) &&
+        pid=\$(main_pid) && install_package </dev/null >/dev/null && wait_for 30 unit_active_with_new_pid \$pid;
+        echo kept=\$([ \"\$(sha256sum </etc/hvagent/hvagent.toml)\" = \"\$before\" ] && echo yes || echo no);
+        echo old_pid=\$pid; echo pid=\$(main_pid); echo state=\$(prop hvagent ActiveState)" ||
+        { agent_journal; fail "dpkg -i again: $GUEST_OUT"; return; }
+    [ "$(guest_value kept)" = yes ] || { fail "the changed /etc/hvagent/hvagent.toml was not kept"; return; }
+    pass "changed hvagent.toml kept; agent restarted, PID $(guest_value old_pid) -> $(guest_value pid), $(guest_value state)"
+}
+
+# Last: the host asks for a power-off; the agent runs systemctl poweroff and QEMU must exit by itself.
+scenario_sd_poweroff() {
+    sd_begin || return
+    local deadline=$((SECONDS + 30)) status start
+    while :; do
+        status=0
+        bg_start sd-off "$HVHOST" shutdown "hybrid:$RUN/vsock.uds:$SHUTDOWN_PORT" --reason 0x80000000 \
+            --message "hvagent vm-test"
+        bg_wait sd-off 60 || status=$?
+        [ "$status" = 0 ] && break
+        if grep -q '^negotiated' "$RUN/sd-off.out" || [ "$SECONDS" -ge "$deadline" ]; then
+            agent_journal
+            fail "hvhost shutdown exited $status: $(cat "$RUN/sd-off.out") $(bg_why sd-off)"
+            return
+        fi
+        sleep 0.5
+    done
+    start=$(now)
+    wait_until 120 eval '! vm_alive' || { fail "answered HV_S_OK but QEMU was still running 120 s later"; return; }
+    grep -aq 'reboot: Power down' "$RUN/image-console.log" ||
+        { fail "QEMU exited without the kernel's power-down message: $(tail -n 3 "$RUN/image-console.log")"; return; }
+    pass "answered HV_S_OK, systemd powered the guest off, QEMU exited $(elapsed "$start") s after the answer"
+}
