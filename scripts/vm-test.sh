@@ -20,6 +20,7 @@
 #                         guest none of whose scenarios is chosen is not booted (nor its image built)
 #   HVAGENT_VM_KEEP=1     keep the run directory (logs, console) even when everything passed
 #   HVAGENT_VM_KERNEL_PKG Debian cloud kernel package to use instead of the newest one found
+#   HVAGENT_VM_DEB        a .deb to install in the systemd image instead of building one with make deb
 #
 # Output: one "PASS name: figure" or "FAIL name: reason" line per scenario, then
 # "vm-test: N passed, M failed". Exit status 0 when none failed (or when skipped).

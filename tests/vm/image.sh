@@ -113,8 +113,13 @@ build_image_initramfs() {
     (cd "$root" && find . | cpio -o -H newc --quiet) | gzip -1 >"$RUN/image-initrd.gz"
 }
 
-# build_deb: the package as `make deb` builds it (scripts/build-deb.sh); sets DEB.
+# build_deb: the package as `make deb` builds it (scripts/build-deb.sh), or HVAGENT_VM_DEB; sets DEB.
 build_deb() {
+    if [ -n "${HVAGENT_VM_DEB:-}" ]; then
+        DEB=$(realpath "$HVAGENT_VM_DEB") && [ -f "$DEB" ] || { say "HVAGENT_VM_DEB=$HVAGENT_VM_DEB is no file"; return 1; }
+        say "using the package $DEB (HVAGENT_VM_DEB)"
+        return 0
+    fi
     say "building the .deb (make deb)"
     (cd "$REPO" && env -u CARGO_TARGET_DIR make deb) >>"$RUN/build.log" 2>&1 || {
         tail -n 30 "$RUN/build.log" | sed 's/^/    | /'
