@@ -96,7 +96,7 @@ customize_image() {
 build_payload() {
     local dir=$RUN/payload
     mkdir -p "$dir"
-    cp "$DEB" "$dir/"
+    cp "$DEB" "$dir/hvagent.deb"
     cp "$VM_DIR/image/guest-lib.sh" "$VM_DIR/image/hvagent.toml" "$VM_DIR/image/"*.conf "$dir/"
     mke2fs -q -t ext4 -L hvpayload -d "$dir" "$RUN/payload.ext4" 32M >>"$RUN/build.log" 2>&1
 }

@@ -46,7 +46,7 @@ setup_agent() {
 
 # install_package: dpkg -i of the run's package, non-interactively; prints its output.
 install_package() {
-    DEBIAN_FRONTEND=noninteractive dpkg -i "$@" "$PAYLOAD"/hvagent_*.deb
+    DEBIAN_FRONTEND=noninteractive dpkg -i "$@" "$PAYLOAD/hvagent.deb"
 }
 
 # journal_since CURSOR-FILE: the agent's journal since the cursor saved in CURSOR-FILE (all of it when there
