@@ -12,9 +12,11 @@ use toml::Spanned;
 
 use crate::service::ServiceKind;
 use crate::transport::address::CID_ANY;
+use crate::transport::peer::{AllowedCids, AllowedUids};
 use crate::transport::Address;
 
 mod options;
+mod peers;
 pub use options::{
     default_command, GuestInfoConfig, HealthConfig, HealthMode, ServiceOptions, ShutdownConfig,
     TimeSyncSettings, DEFAULT_CHRONY_SOCKET, DEFAULT_STATE_DIR,
@@ -54,8 +56,10 @@ pub struct ServiceConfig {
     pub kind: ServiceKind,
     pub enabled: bool,
     pub endpoint: Endpoint,
-    /// Listen mode: accept vsock peers whose CID is not 2 (virtio setups with sibling VMs).
-    pub allow_any_cid: bool,
+    /// Listen mode: the vsock CIDs that may connect (default the host, CID 2).
+    pub allowed_cids: AllowedCids,
+    /// Listen mode on a Unix socket: the uids that may connect beside the agent's own (default root).
+    pub allowed_uids: AllowedUids,
     /// Listen mode: most connections kept at once; more are accepted and closed at once.
     pub max_connections: usize,
     /// How the links of this service are paced and bounded (the top-level keys).
@@ -98,7 +102,8 @@ impl ServiceConfig {
                 cid: crate::transport::address::CID_HOST,
                 port: kind.default_port(),
             }),
-            allow_any_cid: false,
+            allowed_cids: AllowedCids::default(),
+            allowed_uids: AllowedUids::default(),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             limits: Limits::default(),
             options: ServiceOptions::default_for(kind),
@@ -195,11 +200,12 @@ struct RawConfig {
 }
 
 /// The keys every service section takes, before its own (`options::keys_of`).
-const CONNECTION_KEYS: [&str; 5] = [
+const CONNECTION_KEYS: [&str; 6] = [
     "enabled",
     "connect",
     "listen",
-    "allow_any_cid",
+    "allowed_cids",
+    "allowed_uids",
     "max_connections",
 ];
 
@@ -210,7 +216,8 @@ struct RawService {
     enabled: Option<Spanned<bool>>,
     connect: Option<Spanned<String>>,
     listen: Option<Spanned<String>>,
-    allow_any_cid: Option<bool>,
+    allowed_cids: Option<Spanned<Vec<toml::Value>>>,
+    allowed_uids: Option<Spanned<Vec<toml::Value>>>,
     max_connections: Option<Spanned<i64>>,
     poweroff: Option<Spanned<options::CommandValue>>,
     reboot: Option<Spanned<options::CommandValue>>,
@@ -337,8 +344,11 @@ fn apply_section(service: &mut ServiceConfig, raw: RawService) -> Result<(), Spa
     if let Some(enabled) = &raw.enabled {
         service.enabled = *enabled.get_ref();
     }
-    if let Some(allow) = raw.allow_any_cid {
-        service.allow_any_cid = allow;
+    if let Some(list) = &raw.allowed_cids {
+        service.allowed_cids = peers::allowed_cids(list, kind)?;
+    }
+    if let Some(list) = &raw.allowed_uids {
+        service.allowed_uids = peers::allowed_uids(list, kind)?;
     }
     if let Some(max) = &raw.max_connections {
         service.max_connections = match usize::try_from(*max.get_ref()) {
@@ -455,6 +465,9 @@ fn unknown_service_key(dotted: &str, message: &str) -> Option<String> {
     let name = message.strip_prefix("unknown field `")?.split('`').next()?;
     let section = dotted.split('.').next()?;
     let kind = SERVICES.into_iter().find(|kind| kind.name() == section)?;
+    if name == "allow_any_cid" {
+        return Some(peers::replaced_allow_any_cid(kind));
+    }
     let keys: Vec<&str> = CONNECTION_KEYS
         .into_iter()
         .chain(options::keys_of(kind))
@@ -514,7 +527,12 @@ impl fmt::Display for Config {
                 Some(id) => writeln!(f, "  # service GUID {id}")?,
                 None => writeln!(f)?,
             }
-            writeln!(f, "allow_any_cid = {}", service.allow_any_cid)?;
+            writeln!(
+                f,
+                "allowed_cids = {}",
+                peers::show_cids(&service.allowed_cids)
+            )?;
+            writeln!(f, "allowed_uids = {:?}", service.allowed_uids.0)?;
             writeln!(f, "max_connections = {}", service.max_connections)?;
             write!(f, "{}", service.options)?;
         }
@@ -615,7 +633,7 @@ mod tests {
     fn a_full_file_is_applied() {
         let config = parse_text(
             "log_level = \"debug\"\n[heartbeat]\nlisten = \"vsock:any:48560001-facb-11e6-bd58-64006a7986d3\"\n\
-             allow_any_cid = true\n[timesync]\nenabled = false\nconnect = \"unix:/tmp/t\"\n",
+             allowed_cids = [2, 5]\n[timesync]\nenabled = false\nconnect = \"unix:/tmp/t\"\n",
         )
         .unwrap();
         assert_eq!(config.log_level, LevelFilter::Debug);
@@ -627,7 +645,7 @@ mod tests {
                 port: 0x4856_0001
             })
         );
-        assert!(heartbeat.allow_any_cid);
+        assert_eq!(heartbeat.allowed_cids.cids, [2, 5]);
         assert_eq!(
             config.services[1].endpoint,
             Endpoint::Connect(Address::Unix("/tmp/t".into()))
@@ -651,7 +669,8 @@ mod tests {
             "enabled",
             "connect",
             "listen",
-            "allow_any_cid",
+            "allowed_cids",
+            "allowed_uids",
             "max_connections",
             "state_dir",
         ];

@@ -225,7 +225,9 @@ fn accept_agents(
 ) {
     while let Ok(Some((fd, peer))) = socket::accept(listener.as_fd()) {
         let peer = match peer {
-            socket::Peer::Unix => format!("agent #{}", agents.len() + 1),
+            socket::Peer::Unix { .. } | socket::Peer::Unknown(_) => {
+                format!("agent #{}", agents.len() + 1)
+            }
             other => other.to_string(),
         };
         say(out, &format!("connected {peer}"));

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 /// Config texts to mutate: every key and form the parser knows.
 const CONFIGS: [&str; 5] = [
     "log_level = \"debug\"\n[heartbeat]\nenabled = true\nconnect = \"vsock:host:0x48560001\"\n",
-    "[heartbeat]\nlisten = \"unix:/run/hb.sock\"\nallow_any_cid = true\n[timesync]\nenabled = false\n",
+    "[heartbeat]\nlisten = \"unix:/run/hb.sock\"\nallowed_cids = [2, \"any\"]\nallowed_uids = [0, 1000]\n[timesync]\nenabled = false\n",
     "[shutdown]\nenabled = false\nconnect = \"vsock:2:48560003-facb-11e6-bd58-64006a7986d3\"\n",
     "idle_timeout = 0.5\n[heartbeat]\nhealth = \"command\"\nhealth_command = [\"/bin/x\", \"a\\\"b\"]\n\
      health_interval = 5\n[timesync]\nmode = \"chrony\"\nstep_threshold = 0.5\nprobe_interval = 0\n\

@@ -11,6 +11,7 @@ use nix::poll::PollFlags;
 use crate::config::{Endpoint, ServiceConfig};
 use crate::service::{Channel, ChannelState, Event, LinkId, Logic};
 use crate::transport::backoff::Backoff;
+use crate::transport::peer::{self, PeerRules};
 use crate::transport::socket::{self, Dial, Peer, CONNECT_TIMEOUT};
 use crate::transport::{Address, Closed, Connection};
 use crate::wire::Message;
@@ -472,10 +473,15 @@ impl Service {
             match socket::accept(listener.as_fd()) {
                 Ok(Some((fd, peer))) => {
                     let name = self.config.kind.name();
-                    if !socket::peer_allowed(&peer, self.config.allow_any_cid) {
+                    let rules = PeerRules {
+                        cids: &self.config.allowed_cids,
+                        uids: &self.config.allowed_uids,
+                        own_uid: peer::own_uid(),
+                    };
+                    if let Some(why) = peer::refusal(&peer, rules) {
                         warn!(
-                            "{name}: refused {peer}: only the host (CID 2) may connect; set allow_any_cid = true \
-                             in [{name}] to accept other CIDs"
+                            "{name}: refused {peer}: {why}; allowed_cids and allowed_uids in [{name}] say who \
+                             may connect"
                         );
                         continue;
                     }
@@ -488,7 +494,7 @@ impl Service {
                     }
                     info!("{name}: accepted {peer}");
                     let label = match peer {
-                        Peer::Unix => format!("{} peer", self.config.endpoint.address()),
+                        Peer::Unix { .. } => format!("{} peer", self.config.endpoint.address()),
                         other => other.to_string(),
                     };
                     let id = self.next_link;

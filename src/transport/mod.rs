@@ -2,6 +2,7 @@
 pub mod address;
 pub mod backoff;
 pub mod connection;
+pub mod peer;
 pub mod socket;
 
 pub use address::{Address, AddressError};

@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    self, AddressFamily, Backlog, SockFlag, SockType, SockaddrLike, UnixAddr, VsockAddr,
+    self, AddressFamily, Backlog, SockFlag, SockType, SockaddrLike, SockaddrStorage, UnixAddr,
+    VsockAddr,
 };
 
-use super::address::{Address, CID_HOST};
+use super::address::Address;
 
 /// Socket options of AF_VSOCK that libc does not name (linux/vm_sockets.h).
 const SO_VM_SOCKETS_CONNECT_TIMEOUT: libc::c_int = 6;
@@ -25,21 +26,7 @@ const SO_VM_SOCKETS_CONNECT_TIMEOUT: libc::c_int = 6;
 /// How long a vsock connect may take before the kernel gives up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Who is at the other end of an accepted connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Peer {
-    Vsock { cid: u32, port: u32 },
-    Unix,
-}
-
-impl std::fmt::Display for Peer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Peer::Vsock { cid, port } => write!(f, "vsock CID {cid} port {port}"),
-            Peer::Unix => f.write_str("unix peer"),
-        }
-    }
-}
+pub use super::peer::Peer;
 
 /// How a connect attempt began.
 #[derive(Debug)]
@@ -139,12 +126,14 @@ pub fn listen(address: &Address, backlog: i32) -> Result<OwnedFd, Errno> {
             if staging.as_os_str().len() >= UNIX_PATH_MAX {
                 // No room for the temporary name: bind in place, as most servers do.
                 socket::bind(fd.as_raw_fd(), &UnixAddr::new(path.as_path())?)?;
+                owner_only(path)?;
                 socket::listen(&fd, backlog)?;
                 return Ok(fd);
             }
             let _ = std::fs::remove_file(&staging);
             socket::bind(fd.as_raw_fd(), &UnixAddr::new(staging.as_path())?)?;
-            let placed = socket::listen(&fd, backlog)
+            let placed = owner_only(&staging)
+                .and_then(|()| socket::listen(&fd, backlog))
                 .and_then(|()| std::fs::rename(&staging, path).map_err(io_errno));
             if let Err(error) = placed {
                 let _ = std::fs::remove_file(&staging);
@@ -156,6 +145,13 @@ pub fn listen(address: &Address, backlog: i32) -> Result<OwnedFd, Errno> {
     };
     socket::listen(&fd, backlog)?;
     Ok(fd)
+}
+
+/// Mode 0600 on a freshly bound socket file, whatever the umask made it. Called before listen(2), while a
+/// connect is still refused, so the socket is never reachable with a wider mode.
+fn owner_only(path: &Path) -> Result<(), Errno> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_errno)
 }
 
 /// sun_path's size: a socket path must be shorter.
@@ -184,21 +180,44 @@ pub fn accept(listener: BorrowedFd<'_>) -> Result<Option<(OwnedFd, Peer)>, Errno
     };
     // SAFETY: accept4 just returned this descriptor and nothing else owns it.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let peer = match socket::getpeername::<VsockAddr>(fd.as_raw_fd()) {
-        Ok(address) if address.family() == Some(AddressFamily::Vsock) => Peer::Vsock {
-            cid: address.cid(),
-            port: address.port(),
-        },
-        _ => Peer::Unix,
-    };
+    let peer = peer_of(fd.as_fd());
     Ok(Some((fd, peer)))
 }
 
-/// Whether a vsock peer may use a listening service: only the host (CID 2) unless `allow_any_cid`.
-pub fn peer_allowed(peer: &Peer, allow_any_cid: bool) -> bool {
-    match peer {
-        Peer::Vsock { cid, .. } => allow_any_cid || *cid == CID_HOST,
-        Peer::Unix => true,
+/// Who is at the other end of an accepted socket: its vsock CID and ours, or its Unix credentials. An
+/// address that cannot be read or of another family is [`Peer::Unknown`], which no listener accepts.
+fn peer_of(fd: BorrowedFd<'_>) -> Peer {
+    let address = match socket::getpeername::<SockaddrStorage>(fd.as_raw_fd()) {
+        Ok(address) => address,
+        Err(error) => return Peer::Unknown(format!("cannot be read ({error})")),
+    };
+    match address.family() {
+        Some(AddressFamily::Vsock) => {
+            let Some(vsock) = address.as_vsock_addr() else {
+                return Peer::Unknown("is a short vsock address".to_string());
+            };
+            let local_cid = socket::getsockname::<SockaddrStorage>(fd.as_raw_fd())
+                .ok()
+                .and_then(|local| local.as_vsock_addr().map(VsockAddr::cid));
+            Peer::Vsock {
+                cid: vsock.cid(),
+                port: vsock.port(),
+                local_cid,
+            }
+        }
+        Some(AddressFamily::Unix) => {
+            match socket::getsockopt(&fd, socket::sockopt::PeerCredentials) {
+                Ok(credentials) => Peer::Unix {
+                    uid: Some(credentials.uid()),
+                    pid: Some(credentials.pid()),
+                },
+                Err(_) => Peer::Unix {
+                    uid: None,
+                    pid: None,
+                },
+            }
+        }
+        other => Peer::Unknown(format!("is of family {other:?}, neither vsock nor unix")),
     }
 }
 

@@ -8,6 +8,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::*;
 use crate::transport::address::CID_LOCAL;
+use crate::transport::peer::{cid_allowed, AllowedCids};
 use crate::transport::{Closed, Connection};
 use crate::wire::heartbeat::{AppState, Heartbeat};
 use crate::wire::{IcVersion, Message, MessageType};
@@ -95,7 +96,11 @@ fn unix_listen_connect_accept_and_partial_writes_deliver_every_message() {
     let listener = listen(&address, 8).unwrap();
     let client = connected(connect(&address).unwrap());
     let (server, peer) = accept_one(&listener);
-    assert_eq!(peer, Peer::Unix);
+    assert!(
+        matches!(peer, Peer::Unix { uid: Some(uid), pid: Some(pid) }
+            if uid == crate::transport::peer::own_uid() && pid == std::process::id() as i32),
+        "{peer:?}"
+    );
     exchange(client, server, 2000);
 }
 
@@ -155,11 +160,33 @@ fn unix_connect_where_nothing_listens_fails_at_once() {
 }
 
 #[test]
-fn only_the_host_cid_is_allowed_unless_configured() {
-    assert!(peer_allowed(&Peer::Vsock { cid: 2, port: 1 }, false));
-    assert!(!peer_allowed(&Peer::Vsock { cid: 3, port: 1 }, false));
-    assert!(peer_allowed(&Peer::Vsock { cid: 3, port: 1 }, true));
-    assert!(peer_allowed(&Peer::Unix, false));
+fn a_unix_listener_is_mode_0600_whatever_the_umask() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hb.sock");
+    // The umask is process-wide: other tests creating files meanwhile only get narrower modes.
+    let previous = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    let listener = listen(&Address::Unix(path.clone()), 8);
+    nix::sys::stat::umask(previous);
+    let _listener = listener.unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{mode:o}");
+}
+
+#[test]
+fn a_peer_of_another_family_is_unknown() {
+    // A TCP socket's peer is of family AF_INET: no listener here speaks it, so it is refused.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let peer = peer_of(server.as_fd());
+    assert!(
+        matches!(&peer, Peer::Unknown(what) if what.contains("Inet")),
+        "{peer:?}"
+    );
+    // A socket with no peer at all: its address cannot be read.
+    let unbound = stream_socket(AddressFamily::Unix).unwrap();
+    assert!(matches!(peer_of(unbound.as_fd()), Peer::Unknown(_)));
 }
 
 #[test]
@@ -223,7 +250,22 @@ fn real_vsock_listen_connect_accept_reports_the_peer_cid() {
         matches!(peer, Peer::Vsock { cid: CID_LOCAL, .. }),
         "{peer:?}"
     );
-    assert!(!peer_allowed(&peer, false));
+    let Peer::Vsock { local_cid, .. } = peer else {
+        unreachable!()
+    };
+    assert_eq!(local_cid, Some(CID_LOCAL));
+    // Loopback is this guest itself: refused by default and even with "any", accepted when listed.
+    let any = AllowedCids {
+        any: true,
+        cids: vec![],
+    };
+    assert!(!cid_allowed(CID_LOCAL, local_cid, &AllowedCids::default()));
+    assert!(!cid_allowed(CID_LOCAL, local_cid, &any));
+    let listed = AllowedCids {
+        any: false,
+        cids: vec![CID_LOCAL],
+    };
+    assert!(cid_allowed(CID_LOCAL, local_cid, &listed));
     exchange(client, server, 10);
 }
 
