@@ -11,6 +11,9 @@ use crate::service::health::{Checker, Outcome};
 
 /// How much of a check's stdout is kept (systemctl says one word).
 const KEEP: usize = 4096;
+/// Reads of the check's stdout per wake-up: a check that writes without end (`yes`) must not hold the loop,
+/// which has to come back to kill it at health_timeout.
+const READS_PER_WAKE: usize = 16;
 
 /// Runs `argv` as a health check.
 pub struct ChildCheck {
@@ -38,26 +41,41 @@ impl ChildCheck {
         ])
     }
 
-    /// Reads what the pipe holds; drops it at EOF or on an error.
+    /// Reads what the pipe holds, bounded per wake-up; drops the pipe at EOF or on an error.
     fn drain(&mut self) {
         let Some(stdout) = self.stdout.as_mut() else {
             return;
         };
-        let mut buffer = [0u8; 1024];
-        loop {
-            match stdout.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(count) => {
-                    let room = KEEP.saturating_sub(self.output.len());
-                    self.output.extend_from_slice(&buffer[..count.min(room)]);
-                }
-                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return,
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            }
+        if drain_into(stdout, &mut self.output) == Pipe::Closed {
+            self.stdout = None;
         }
-        self.stdout = None;
     }
+}
+
+/// Whether a check's stdout is still worth watching.
+#[derive(Debug, PartialEq, Eq)]
+enum Pipe {
+    Open,
+    Closed,
+}
+
+/// Reads `source` into `output` (keeping at most [`KEEP`] bytes) until it would block, at most
+/// [`READS_PER_WAKE`] times: the rest waits for the next wake-up.
+fn drain_into(source: &mut impl Read, output: &mut Vec<u8>) -> Pipe {
+    let mut buffer = [0u8; 1024];
+    for _ in 0..READS_PER_WAKE {
+        match source.read(&mut buffer) {
+            Ok(0) => return Pipe::Closed,
+            Ok(count) => {
+                let room = KEEP.saturating_sub(output.len());
+                output.extend_from_slice(&buffer[..count.min(room)]);
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => return Pipe::Open,
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return Pipe::Closed,
+        }
+    }
+    Pipe::Open
 }
 
 impl Checker for ChildCheck {
@@ -177,6 +195,25 @@ mod tests {
                 stdout: String::new()
             }
         );
+    }
+
+    #[test]
+    fn a_check_that_writes_without_end_returns_to_the_loop_each_wake_up() {
+        // A pipe that never runs dry (as `yes` keeps it): each drain must still return, so the loop comes
+        // back to kill the check at health_timeout.
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut output = Vec::new();
+            let pipe = drain_into(&mut std::io::repeat(b'y'), &mut output);
+            done.send((pipe, output.len())).unwrap();
+        });
+        let drained = finished.recv_timeout(Duration::from_secs(5));
+        assert_eq!(
+            drained.expect("a drain of an endless pipe did not return within 5 s"),
+            (Pipe::Open, KEEP)
+        );
+        let mut empty: &[u8] = &[];
+        assert_eq!(drain_into(&mut empty, &mut Vec::new()), Pipe::Closed);
     }
 
     #[test]
