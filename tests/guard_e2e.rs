@@ -58,3 +58,135 @@ fn a_unix_listener_is_0600_and_refuses_uids_it_does_not_allow() {
     let log = log_of(dir.path());
     assert!(log.contains("allowed_uids"), "{log}");
 }
+
+/// CPU time (user + system) of a process so far, in clock ticks, from /proc/PID/stat.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// The EMFILE run: an agent started with few free descriptors (a low RLIMIT_NOFILE, most of it taken by
+/// descriptors it inherited) is flooded with connections. It must neither spin on the readable listener nor
+/// die, and must serve again once descriptors are free.
+#[test]
+fn out_of_descriptors_the_agent_pauses_accepting_without_spinning_and_recovers() {
+    const LIMIT: u64 = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("hb.sock");
+    let config = write_config(
+        dir.path(),
+        "agent.toml",
+        &format!(
+            "[heartbeat]\nlisten = \"unix:{}\"\nmax_connections = 16\n",
+            socket.display()
+        ),
+    );
+    let filler = std::fs::File::open("/dev/null").unwrap();
+    let filler_fd = std::os::fd::AsRawFd::as_raw_fd(&filler);
+    let mut command = Command::new(AGENT);
+    no_vsock(&mut command)
+        .arg("--config")
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .env_remove("JOURNAL_STREAM")
+        .env_remove("NOTIFY_SOCKET")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap());
+    // SAFETY: runs in the forked child before exec; setrlimit and dup2 are async-signal-safe and touch only
+    // a stack value.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit {
+                rlim_cur: LIMIT,
+                rlim_max: LIMIT,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Inherited descriptors (no close-on-exec) take 24..64: the agent keeps a dozen or so for itself.
+            for fd in 24..LIMIT as i32 {
+                if libc::dup2(filler_fd, fd) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut agent = Running(command.spawn().unwrap());
+    wait_for_path(&socket);
+    let peers: Vec<std::os::unix::net::UnixStream> = (0..48)
+        .map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_ticks(agent.pid());
+    std::thread::sleep(Duration::from_secs(3));
+    let spent = cpu_ticks(agent.pid()) - before;
+    let log = log_of(dir.path());
+    let pauses = log.matches("cannot accept").count();
+    println!(
+        "EMFILE run: limit {LIMIT}, {} descriptors open, 48 peers; CPU over 3 s: {spent} ticks; \
+         'cannot accept' lines: {pauses}; log lines: {}",
+        agent.fd_count(),
+        log.lines().count()
+    );
+    assert!(
+        agent.0.try_wait().unwrap().is_none(),
+        "the agent died:\n{log}"
+    );
+    assert!(
+        log.contains("Too many open files"),
+        "no EMFILE seen:\n{log}"
+    );
+    assert_eq!(pauses, 1, "the pause is logged once:\n{log}");
+    // 3 s of a busy loop are about 300 ticks; a paused listener costs a few wake-ups a second.
+    assert!(
+        spent <= 30,
+        "the agent spent {spent} ticks of CPU in 3 s: it spins"
+    );
+    drop(peers);
+    // The closed peers free their descriptors: a new peer is served (within the Peer's 10 s read time-out).
+    let mut peer = Peer::connect(&socket);
+    peer.negotiate_heartbeat();
+    peer.heartbeat(7);
+    assert!(agent.0.try_wait().unwrap().is_none());
+    drop(filler);
+}
+
+#[test]
+fn connections_that_cannot_fit_the_hard_file_limit_are_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config_text = format!(
+        "[heartbeat]\nlisten = \"unix:{}\"\nmax_connections = 4096\n",
+        dir.path().join("hb.sock").display()
+    );
+    let config = write_config(dir.path(), "agent.toml", &config_text);
+    let mut command = Command::new(AGENT);
+    no_vsock(&mut command).arg("--config").arg(&config);
+    // SAFETY: runs in the forked child before exec; setrlimit is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 256,
+                rlim_max: 1024,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let output = command.output().unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("max_connections") && stderr.contains("1024"),
+        "{stderr}"
+    );
+}

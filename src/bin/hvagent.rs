@@ -308,6 +308,10 @@ fn run(options: Options) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Err(error) = hvagent::system::limits::fit(&config) {
+        eprintln!("hvagent: {error}");
+        return ExitCode::from(2);
+    }
     hvagent::systemd::init_logging(config.log_level);
     let mut agent = match Agent::new(config, path) {
         Ok(agent) => agent

@@ -390,6 +390,10 @@ impl Agent {
                 return;
             }
         };
+        if let Err(why) = crate::system::limits::fit(&config) {
+            error!("hvagent: reload failed, keeping the running configuration: {why}");
+            return;
+        }
         if std::env::var_os("RUST_LOG").is_none() {
             log::set_max_level(config.log_level);
         }
@@ -476,7 +480,7 @@ fn watch<'a>(
         ),
         Role::Dialer(DialState::Waiting { .. }) => {}
         Role::Listener(listening) => {
-            if let Some(listener) = &listening.listener {
+            if let (Some(listener), None) = (&listening.listener, listening.paused_until) {
                 add(listener.as_fd(), PollFlags::POLLIN, Token::Listener(index));
             }
             for (slot, link) in listening.links.iter().enumerate() {

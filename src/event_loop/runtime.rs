@@ -170,6 +170,46 @@ pub(super) struct Listening {
     pub(super) listener: Option<OwnedFd>,
     pub(super) retry_at: Option<Instant>,
     pub(super) links: Vec<Link>,
+    /// Out of descriptors or memory: the listener is not watched until then (or until a link closes).
+    pub(super) paused_until: Option<Instant>,
+    /// The next pause, doubled per pause in a row; `None` outside an episode of pauses.
+    next_pause: Option<Duration>,
+}
+
+/// Accepts per wake-up: a flood of connections cannot hold the loop.
+const ACCEPTS_PER_WAKE: usize = 64;
+/// The first pause after EMFILE, ENFILE, ENOBUFS or ENOMEM, doubled per pause in a row up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
+const MAX_PAUSE: Duration = Duration::from_secs(5);
+
+/// What an accept(2) error means for the listener.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum AcceptError {
+    /// The connection went away or was refused by the kernel: try the next one.
+    Connection,
+    /// Out of descriptors or memory: stop accepting for a while.
+    Exhausted,
+    /// Anything else: the listener itself is broken and is reopened.
+    Listener,
+}
+
+pub(super) fn classify(error: Errno) -> AcceptError {
+    match error {
+        Errno::EMFILE | Errno::ENFILE | Errno::ENOBUFS | Errno::ENOMEM => AcceptError::Exhausted,
+        // accept(2): errors of the pending connection, to be treated like EAGAIN and retried.
+        Errno::ECONNABORTED
+        | Errno::EINTR
+        | Errno::EPROTO
+        | Errno::EPERM
+        | Errno::ENETDOWN
+        | Errno::ENOPROTOOPT
+        | Errno::EHOSTDOWN
+        | Errno::ENONET
+        | Errno::EHOSTUNREACH
+        | Errno::EOPNOTSUPP
+        | Errno::ENETUNREACH => AcceptError::Connection,
+        _ => AcceptError::Listener,
+    }
 }
 
 pub(super) enum Role {
@@ -224,6 +264,8 @@ impl Service {
                 listener: None,
                 retry_at: Some(now),
                 links: Vec::new(),
+                paused_until: None,
+                next_pause: None,
             }),
         };
         let limits = config.limits;
@@ -343,6 +385,9 @@ impl Service {
                 let retry_at = self.failed("connect to", &Errno::ETIMEDOUT, now);
                 self.role = Role::Dialer(DialState::Waiting { retry_at });
             }
+            Role::Listener(listening) if listening.paused_until.is_some_and(|at| at <= now) => {
+                listening.paused_until = None;
+            }
             Role::Listener(listening) if listening.retry_at.is_some_and(|at| at <= now) => {
                 match socket::listen(self.config.endpoint.address(), 64) {
                     Ok(fd) => {
@@ -420,7 +465,7 @@ impl Service {
             Role::Dialer(DialState::Up(link)) => link.idle_deadline(),
             Role::Listener(listening) => {
                 let idle = listening.links.iter().filter_map(Link::idle_deadline).min();
-                earliest(listening.retry_at, idle)
+                earliest(earliest(listening.retry_at, idle), listening.paused_until)
             }
         };
         earliest(own, self.logic.deadline())
@@ -448,8 +493,11 @@ impl Service {
             }
             Role::Listener(listening) => {
                 let logic = &mut self.logic;
+                let paused = &mut listening.paused_until;
                 listening.links.retain_mut(|link| match link.closed.take() {
                     Some(closed) => {
+                        // Its descriptor is free again: accept at once rather than at the pause's end.
+                        *paused = None;
                         logic.closed(link.channel.link());
                         info!("{name}: connection from {} closed: {closed}", link.peer);
                         false
@@ -469,9 +517,12 @@ impl Service {
         let Some(listener) = &listening.listener else {
             return;
         };
-        loop {
+        for _ in 0..ACCEPTS_PER_WAKE {
             match socket::accept(listener.as_fd()) {
                 Ok(Some((fd, peer))) => {
+                    if listening.next_pause.take().is_some() {
+                        info!("{}: accepting connections again", self.config.kind);
+                    }
                     let name = self.config.kind.name();
                     let rules = PeerRules {
                         cids: &self.config.allowed_cids,
@@ -504,11 +555,37 @@ impl Service {
                         .push(Link::new(fd, &self.config, id, label, now));
                 }
                 Ok(None) => break,
-                Err(Errno::ECONNABORTED) | Err(Errno::EINTR) => continue,
-                Err(error) => {
-                    warn!("{}: accept failed: {error}", self.config.kind);
-                    break;
-                }
+                Err(error) => match classify(error) {
+                    AcceptError::Connection => continue,
+                    AcceptError::Exhausted => {
+                        let pause = listening.next_pause.unwrap_or(FIRST_PAUSE);
+                        let level = if pause == FIRST_PAUSE {
+                            Level::Warn
+                        } else {
+                            Level::Debug
+                        };
+                        log!(
+                            level,
+                            "{}: cannot accept: {error}; not accepting for {} ms (doubling up to {} s while it \
+                             lasts, logged at debug), or until a connection closes; check the open-file limit \
+                             (LimitNOFILE=) and max_connections",
+                            self.config.kind,
+                            pause.as_millis(),
+                            MAX_PAUSE.as_secs()
+                        );
+                        listening.paused_until = Some(now + pause);
+                        listening.next_pause = Some((pause * 2).min(MAX_PAUSE));
+                        return;
+                    }
+                    AcceptError::Listener => {
+                        listening.listener = None;
+                        let retry_at = self.failed("accept on", &error, now);
+                        if let Role::Listener(listening) = &mut self.role {
+                            listening.retry_at = Some(retry_at);
+                        }
+                        return;
+                    }
+                },
             }
         }
     }

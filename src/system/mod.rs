@@ -4,6 +4,7 @@
 
 pub mod health;
 pub mod kvp_store;
+pub mod limits;
 pub mod netns;
 pub mod power;
 pub mod sysinfo;

@@ -95,3 +95,23 @@ fn the_shutdown_answer_is_on_the_socket_before_the_command_runs() {
     assert_eq!(answer.header.status, Status::OK);
     assert_eq!(answer.header.transaction_id, 9);
 }
+
+#[test]
+fn accept_errors_of_exhaustion_pause_and_unknown_ones_reopen_the_listener() {
+    use super::{classify, AcceptError};
+    use nix::errno::Errno;
+    for errno in [Errno::EMFILE, Errno::ENFILE, Errno::ENOBUFS, Errno::ENOMEM] {
+        assert_eq!(classify(errno), AcceptError::Exhausted, "{errno}");
+    }
+    for errno in [
+        Errno::ECONNABORTED,
+        Errno::EINTR,
+        Errno::EPROTO,
+        Errno::EPERM,
+    ] {
+        assert_eq!(classify(errno), AcceptError::Connection, "{errno}");
+    }
+    for errno in [Errno::EBADF, Errno::EINVAL, Errno::ENOTSOCK] {
+        assert_eq!(classify(errno), AcceptError::Listener, "{errno}");
+    }
+}
