@@ -15,6 +15,7 @@ use crate::transport::address::CID_ANY;
 use crate::transport::peer::{AllowedCids, AllowedUids};
 use crate::transport::Address;
 
+mod access;
 mod options;
 mod peers;
 pub use options::{
@@ -150,6 +151,8 @@ pub enum ConfigError {
         column: usize,
         message: String,
     },
+    /// Someone other than root or the agent's user could have written the file.
+    Unsafe { path: PathBuf, why: String },
 }
 
 impl fmt::Display for ConfigError {
@@ -164,6 +167,9 @@ impl fmt::Display for ConfigError {
                 column,
                 message,
             } => write!(f, "{}:{line}:{column}: {message}", path.display()),
+            ConfigError::Unsafe { path, why } => {
+                write!(f, "refusing config file {}: it {why}", path.display())
+            }
         }
     }
 }
@@ -174,16 +180,35 @@ impl std::error::Error for ConfigError {}
 /// read when present, and built-in defaults apply when it is not.
 pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
     let path = explicit.unwrap_or_else(|| Path::new(DEFAULT_PATH));
-    match std::fs::read_to_string(path) {
+    match read_checked(path) {
         Ok(text) => parse(&text, path),
-        Err(error) if explicit.is_none() && error.kind() == std::io::ErrorKind::NotFound => {
+        Err(ConfigError::Read { error, .. })
+            if explicit.is_none() && error.kind() == std::io::ErrorKind::NotFound =>
+        {
             Ok(Config::default())
         }
-        Err(error) => Err(ConfigError::Read {
-            path: path.to_path_buf(),
-            error,
-        }),
+        Err(error) => Err(error),
     }
+}
+
+/// The file's text, once its owner and mode show only root or the agent's user could have written it.
+fn read_checked(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let read_error = |error| ConfigError::Read {
+        path: path.to_path_buf(),
+        error,
+    };
+    let mut file = std::fs::File::open(path).map_err(read_error)?;
+    let metadata = file.metadata().map_err(read_error)?;
+    if let Some(why) = access::check(path, &metadata) {
+        return Err(ConfigError::Unsafe {
+            path: path.to_path_buf(),
+            why,
+        });
+    }
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(read_error)?;
+    Ok(text)
 }
 
 #[derive(Deserialize)]

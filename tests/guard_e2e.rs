@@ -190,3 +190,20 @@ fn connections_that_cannot_fit_the_hard_file_limit_are_a_config_error() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_config_file_others_may_write_is_refused_by_run_and_check_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), "agent.toml", "[heartbeat]\nenabled = false\n");
+    let path = config.to_str().unwrap();
+    let fine = hvagent(&["check-config", "--config", path]);
+    assert!(fine.status.success(), "{}", text(&fine.stderr));
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    for args in [&["check-config", "--config", path][..], &["--config", path]] {
+        let output = hvagent(args);
+        let stderr = text(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("writable by everyone"), "{stderr}");
+        assert!(stderr.contains(&format!("chmod go-w {path}")), "{stderr}");
+    }
+}

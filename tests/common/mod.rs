@@ -120,6 +120,9 @@ pub fn config_text(text: &str) -> String {
 pub fn write_config(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, config_text(text)).unwrap();
+    // The agent refuses a config others may write: whatever the umask, this one is the test user's alone.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
     path
 }
 
