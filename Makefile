@@ -11,6 +11,10 @@ MANDIR  ?= $(PREFIX)/share/man
 # systemd reads units and modules-load.d files under /usr/local/lib too; the .deb uses /lib/systemd/system.
 UNITDIR ?= $(PREFIX)/lib/systemd/system
 MODULESLOADDIR ?= $(PREFIX)/lib/modules-load.d
+# The agent's user (systemd-sysusers reads /usr/local/lib/sysusers.d too) and its polkit rule (polkitd reads
+# only /etc/polkit-1/rules.d and /usr/share/polkit-1/rules.d; the .deb uses the latter).
+SYSUSERSDIR ?= $(PREFIX)/lib/sysusers.d
+POLKITRULESDIR ?= $(SYSCONFDIR)/polkit-1/rules.d
 # The agent reads /etc/hvagent/hvagent.toml whatever the PREFIX.
 SYSCONFDIR ?= /etc
 
@@ -78,17 +82,21 @@ bench-hostscale:
 	$(CARGO) build --release --bins
 	target/release/hvbench hostscale
 
-# The binaries, the systemd unit (ExecStart= pointing at SBINDIR), the hv_sock modules-load file, the commented
-# default config (never over one already there), the man pages and the docs.
+# The binaries, the systemd unit (ExecStart= pointing at SBINDIR), the hv_sock modules-load file, the agent's
+# user (sysusers.d; `systemd-sysusers` creates it, or the next boot does), its polkit rule, the commented
+# default config (never over one already there), the man pages and the docs (with the run-as-root drop-in).
 install: build
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(UNITDIR) \
 		$(DESTDIR)$(MODULESLOADDIR) $(DESTDIR)$(SYSCONFDIR)/hvagent $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 \
-		$(DESTDIR)$(MANDIR)/man1
+		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(POLKITRULESDIR) $(DESTDIR)$(DOCDIR)/examples
 	install -m 0755 target/release/hvagent $(DESTDIR)$(SBINDIR)/hvagent
 	install -m 0755 target/release/hvhost $(DESTDIR)$(BINDIR)/hvhost
 	sed 's|^ExecStart=/usr/sbin/hvagent|ExecStart=$(SBINDIR)/hvagent|' systemd/hvagent.service >$(DESTDIR)$(UNITDIR)/hvagent.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/hvagent.service
 	install -m 0644 systemd/hvagent-modules.conf $(DESTDIR)$(MODULESLOADDIR)/hvagent.conf
+	install -m 0644 systemd/hvagent-sysusers.conf $(DESTDIR)$(SYSUSERSDIR)/hvagent.conf
+	install -m 0644 packaging/polkit/hvagent.rules $(DESTDIR)$(POLKITRULESDIR)/hvagent.rules
+	install -m 0644 packaging/examples/run-as-root.conf $(DESTDIR)$(DOCDIR)/examples/run-as-root.conf
 	[ -e $(DESTDIR)$(SYSCONFDIR)/hvagent/hvagent.toml ] || \
 		install -m 0644 etc/hvagent.toml $(DESTDIR)$(SYSCONFDIR)/hvagent/hvagent.toml
 	install -m 0644 docs/hvagent.8 $(DESTDIR)$(MANDIR)/man8/hvagent.8
@@ -101,7 +109,8 @@ install: build
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/hvagent $(DESTDIR)$(BINDIR)/hvhost $(DESTDIR)$(UNITDIR)/hvagent.service \
 		$(DESTDIR)$(MODULESLOADDIR)/hvagent.conf $(DESTDIR)$(MANDIR)/man8/hvagent.8 \
-		$(DESTDIR)$(MANDIR)/man5/hvagent.toml.5 $(DESTDIR)$(MANDIR)/man1/hvhost.1
+		$(DESTDIR)$(MANDIR)/man5/hvagent.toml.5 $(DESTDIR)$(MANDIR)/man1/hvhost.1 \
+		$(DESTDIR)$(SYSUSERSDIR)/hvagent.conf $(DESTDIR)$(POLKITRULESDIR)/hvagent.rules
 	rm -rf $(DESTDIR)$(DOCDIR)
 
 # target/debian/hvagent_VERSION_ARCH.deb, built with dpkg-deb from a `make install` tree.

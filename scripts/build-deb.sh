@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # make deb: target/debian/hvagent_VERSION_ARCH.deb, built with dpkg-deb from a `make install` tree
-# (PREFIX=/usr, the unit in /lib/systemd/system), with /etc/hvagent/hvagent.toml as a conffile (dpkg keeps a
-# changed one on upgrade), maintainer scripts that enable the service, the copyright file and the changelog
-# (packaging/deb/). Prints the path of the package. Needs a release build (make build) and dpkg-deb.
+# (PREFIX=/usr, the unit in /lib/systemd/system, the agent's user in /usr/lib/sysusers.d, its polkit rule in
+# /usr/share/polkit-1/rules.d), with /etc/hvagent/hvagent.toml as a conffile (dpkg keeps a changed one on
+# upgrade), maintainer scripts that create the user and enable the service, the copyright file and the
+# changelog (packaging/deb/). polkitd is recommended, not required: without it the agent's power actions
+# are refused (README, "Under systemd"). Prints the path of the package. Needs a release build (make build) and dpkg-deb.
 # A native package (no Debian revision), so its changelog is changelog.gz. The version is Cargo.toml's, and
 # packaging/deb/changelog's latest entry must be for it; that entry's signature gives the Maintainer.
 set -euo pipefail
@@ -27,7 +29,8 @@ mkdir -p "$root/DEBIAN"
 
 # The same tree `make install` makes; the binaries are already built, so this only copies.
 make --no-print-directory -s CARGO="${CARGO:-cargo} -q" install DESTDIR="$REPO/$root" PREFIX=/usr UNITDIR=/lib/systemd/system \
-    MODULESLOADDIR=/usr/lib/modules-load.d >/dev/null
+    MODULESLOADDIR=/usr/lib/modules-load.d SYSUSERSDIR=/usr/lib/sysusers.d \
+    POLKITRULESDIR=/usr/share/polkit-1/rules.d >/dev/null
 # Debian policy: compressed man pages, a copyright file, a compressed changelog.
 gzip -9n "$root"/usr/share/man/man*/*
 install -m 0644 packaging/deb/copyright "$root/usr/share/doc/hvagent/copyright"
@@ -47,6 +50,7 @@ Architecture: $arch
 Maintainer: $maintainer
 Installed-Size: $installed_size
 Depends: $depends
+Recommends: polkitd | policykit-1
 Section: admin
 Priority: optional
 Description: Hyper-V integration-services guest agent over AF_VSOCK

@@ -1,9 +1,10 @@
 //! `hvagent doctor`: checks the machine and the configuration and explains each problem with its fix.
 //!
-//! Everything is read below a root directory (`/` normally): `/proc`, `/sys`, `/dev/vsock` and the default
-//! config file, so tests drive the checks against a fake tree. The only sockets it opens are the probes of
-//! the configured dialling services, and under a root other than `/` it never probes a vsock address: a
-//! fake tree says nothing about this machine's vsock.
+//! Everything is read below a root directory (`/` normally): `/proc`, `/sys`, `/dev/vsock`, the default
+//! config file, and for privilege (doctor/privilege.rs) `/etc/passwd`, the unit and the polkit files, so
+//! tests drive the checks against a fake tree. The only sockets it opens are the probes of the configured
+//! dialling services, and under a root other than `/` it never probes a vsock address: a fake tree says
+//! nothing about this machine's vsock.
 
 use std::fmt::Write as _;
 use std::os::fd::{AsFd, AsRawFd};
@@ -108,6 +109,12 @@ impl Doctor {
             .is_some_and(|config| config.enabled().any(|s| s.kind == ServiceKind::TimeSync));
         findings.push(self.check_cap_sys_time(timesync));
         findings.push(self.check_time_daemons(timesync));
+        let shutdown = config
+            .as_ref()
+            .is_some_and(|config| config.enabled().any(|s| s.kind == ServiceKind::Shutdown));
+        findings.push(self.check_user());
+        findings.push(self.check_capabilities());
+        findings.push(self.check_polkit(shutdown));
         findings
     }
 
@@ -301,7 +308,8 @@ impl Doctor {
             Some(_) if timesync => problem(
                 "CAP_SYS_TIME",
                 "not held, and the time-sync service needs it to set the clock",
-                "run the agent as root, as the systemd unit does (CapabilityBoundingSet=CAP_SYS_TIME)",
+                "run the agent with CAP_SYS_TIME, as the systemd unit does for its user hvagent \
+                 (AmbientCapabilities=CAP_SYS_TIME), or as root",
             ),
             Some(_) => finding(
                 Level::Note,
@@ -432,6 +440,8 @@ pub fn render(findings: &[Finding]) -> (String, bool) {
     };
     (out, problems > 0)
 }
+
+mod privilege;
 
 #[cfg(test)]
 mod tests;

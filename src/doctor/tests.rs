@@ -5,7 +5,8 @@ use std::os::unix::net::UnixListener;
 
 use super::*;
 
-/// A fake root: a Hyper-V guest with hv_sock loaded, CID -1, CAP_SYS_TIME held and no time daemon.
+/// A fake root: a Hyper-V guest with hv_sock loaded, CID -1, CAP_SYS_TIME held, no time daemon, and polkitd
+/// with the package's rule.
 struct Tree {
     dir: tempfile::TempDir,
 }
@@ -34,6 +35,11 @@ impl Tree {
             "Name:\thvagent\nCapEff:\t000001ffffffffff\n",
         );
         tree.file("proc/1/comm", "systemd\n");
+        tree.file(
+            "usr/share/polkit-1/rules.d/hvagent.rules",
+            "polkit.addRule(...);\n",
+        );
+        tree.file("usr/lib/polkit-1/polkitd", "");
         tree
     }
 
@@ -255,4 +261,111 @@ fn cap_sys_time_and_time_daemons_matter_when_time_sync_runs() {
     assert_eq!(doctor.check_time_daemons(true).level, Level::Problem);
     tree.file("proc/self/status", "CapEff:\t0000000002000000\n");
     assert_eq!(doctor.check_cap_sys_time(true).level, Level::Ok);
+}
+
+#[test]
+fn capability_sets_read_as_names() {
+    use super::privilege::{capability_names, capability_set};
+    assert_eq!(capability_names(0), "none");
+    assert_eq!(capability_names(1 << CAP_SYS_TIME), "CAP_SYS_TIME");
+    assert_eq!(capability_names(0x0000_01ff_ffff_ffff), "all");
+    assert_eq!(
+        capability_names(1 | (1 << 21) | (1 << 50)),
+        "CAP_CHOWN, CAP_SYS_ADMIN, cap_50"
+    );
+    let status = "Name:\thvagent\nCapInh:\t0000000002000000\nCapEff:\t0000000002000000\nCapAmb:\t0000000002000000\n";
+    assert_eq!(capability_set(status, "CapAmb"), Some(1 << CAP_SYS_TIME));
+    assert_eq!(capability_set(status, "CapBnd"), None);
+}
+
+#[test]
+fn doctor_reports_its_user_and_capabilities_from_proc_self_status() {
+    let tree = Tree::hyperv();
+    tree.file(
+        "proc/self/status",
+        "Name:\thvagent\nUid:\t996\t996\t996\t996\nCapEff:\t0000000002000000\n\
+         CapBnd:\t0000000002000000\nCapAmb:\t0000000002000000\n",
+    );
+    tree.file(
+        "etc/passwd",
+        "root:x:0:0:root:/root:/bin/bash\nhvagent:x:996:995:hvagent guest agent:/var/lib/hvagent:/usr/sbin/nologin\n",
+    );
+    let findings = tree.run();
+    let user = about(&findings, "user");
+    assert_eq!(user.level, Level::Ok);
+    assert_eq!(
+        user.text,
+        "this runs as uid 996 (hvagent); the unit's user hvagent is uid 996"
+    );
+    assert_eq!(
+        about(&findings, "capabilities").text,
+        "effective CAP_SYS_TIME; ambient CAP_SYS_TIME; bounding CAP_SYS_TIME"
+    );
+}
+
+#[test]
+fn an_installed_unit_whose_user_is_missing_is_a_problem() {
+    let tree = Tree::hyperv();
+    tree.file(
+        "proc/self/status",
+        "Uid:\t0\t0\t0\t0\nCapEff:\t000001ffffffffff\n",
+    );
+    tree.file("etc/passwd", "root:x:0:0:root:/root:/bin/bash\n");
+    let doctor = Doctor::new(tree.dir.path(), None);
+    assert_eq!(doctor.check_user().level, Level::Note);
+    assert_eq!(doctor.check_user().text, "this runs as uid 0 (root)");
+    tree.file(
+        "lib/systemd/system/hvagent.service",
+        "[Service]\nUser=hvagent\n",
+    );
+    let user = doctor.check_user();
+    assert_eq!(user.level, Level::Problem);
+    assert!(
+        user.text
+            .contains("runs the agent as user hvagent, which /etc/passwd lacks"),
+        "{user:?}"
+    );
+    assert!(user
+        .fix
+        .as_deref()
+        .unwrap()
+        .starts_with("systemd-sysusers hvagent.conf"));
+    let caps = doctor.check_capabilities();
+    assert_eq!(
+        caps.text,
+        "effective all; ambient unknown; bounding unknown"
+    );
+}
+
+#[test]
+fn power_actions_without_polkitd_or_its_rule_are_a_problem_while_shutdown_runs() {
+    let tree = Tree::hyperv();
+    let doctor = Doctor::new(tree.dir.path(), None);
+    let ok = doctor.check_polkit(true);
+    assert_eq!(ok.level, Level::Ok);
+    assert!(
+        ok.text
+            .starts_with("/usr/share/polkit-1/rules.d/hvagent.rules lets user hvagent"),
+        "{ok:?}"
+    );
+    tree.remove("usr/lib/polkit-1/polkitd");
+    let missing = doctor.check_polkit(true);
+    assert_eq!(missing.level, Level::Problem);
+    assert!(missing
+        .text
+        .starts_with("/usr/share/polkit-1/rules.d/hvagent.rules is installed, but polkitd is not"));
+    assert!(missing
+        .fix
+        .as_deref()
+        .unwrap()
+        .contains("/usr/share/doc/hvagent/examples/run-as-root.conf"));
+    assert_eq!(doctor.check_polkit(false).level, Level::Note);
+    tree.remove("usr/share/polkit-1/rules.d/hvagent.rules");
+    tree.file("usr/libexec/polkitd", "");
+    assert!(doctor
+        .check_polkit(true)
+        .text
+        .starts_with("/usr/libexec/polkitd is installed, but not the rule hvagent.rules"));
+    tree.file("etc/polkit-1/rules.d/hvagent.rules", "");
+    assert_eq!(doctor.check_polkit(true).level, Level::Ok);
 }
