@@ -7,8 +7,9 @@
 # shellcheck shell=bash
 
 # sd-poweroff powers the guest off, so it stays last.
-IMAGE_SCENARIOS="sd-ready sd-status-doctor sd-health sd-clock-step sd-restart-clock sd-stop-frequency
-    sd-guestinfo sd-reload sd-watchdog sd-upgrade sd-poweroff"
+IMAGE_SCENARIOS="sd-ready sd-least-privilege sd-status-doctor sd-health sd-clock-step sd-restart-clock
+    sd-stop-frequency sd-guestinfo sd-reload sd-watchdog sd-polkit sd-upgrade sd-poweroff"
+CAP_SYS_TIME_ONLY=0000000002000000 # a capability set holding CAP_SYS_TIME (bit 25) alone
 GUESTINFO_PORT=$((0x48560002))
 IMAGE_CLOCK_LIMIT_US=10000  # a stepped clock must come back within 10 ms of the host's
 RESTART_SLACK_US=1000       # defect 1: restarting may add at most 1 ms to the clock's error
@@ -129,6 +130,23 @@ scenario_sd_status_doctor() {
     guest 60 "hvagent doctor" || status=$?
     [ "$status" = 0 ] || { diag "$GUEST_OUT"; fail "hvagent doctor exited $status: $(grep -v '^ok' <<<"$GUEST_OUT" | head -n 3 | tr '\n' ' ')"; return; }
     pass "status: \"$first\"; doctor: exit 0, $(wc -l <<<"$GUEST_OUT") lines"
+}
+
+# The agent runs as its own user, with CAP_SYS_TIME as its only effective, permitted, ambient and bounding
+# capability (the unit's User=, AmbientCapabilities= and CapabilityBoundingSet=).
+scenario_sd_least_privilege() {
+    sd_begin || return
+    guest 20 "pid=\$(main_pid); ps -o user,pid,cmd -C hvagent; echo user=\$(ps -o user= -p \$pid); caps_of \$pid" ||
+        { fail "ps or /proc/PID/status: $GUEST_OUT"; return; }
+    diag "$GUEST_OUT"
+    local user set bad=()
+    user=$(guest_value user)
+    [ -n "$user" ] && [ "$user" != root ] || { fail "the agent runs as ${user:-nobody knows whom}"; return; }
+    for set in CapEff CapPrm CapAmb CapBnd; do
+        [ "$(guest_value "$set")" = "$CAP_SYS_TIME_ONLY" ] || bad+=("$set=$(guest_value "$set") ($(guest_value "${set}_names"))")
+    done
+    [ ${#bad[@]} = 0 ] || { fail "not CAP_SYS_TIME alone: ${bad[*]}"; return; }
+    pass "$(grep -m 1 'hvagent run$' <<<"$GUEST_OUT" | tr -s ' '); CapEff=CapPrm=CapAmb=CapBnd=$CAP_SYS_TIME_ONLY ($(guest_value CapEff_names)), CapInh=$(guest_value CapInh)"
 }
 
 # health = auto is systemd here: a failed unit makes the system degraded, which the host must see as
@@ -290,26 +308,81 @@ scenario_sd_watchdog() {
     pass "SIGSTOPped PID $pid replaced by PID $(guest_value pid) after $(elapsed "$start") s (WatchdogSec=5s by the test's drop-in); \"$(tail -n 1 <<<"$GUEST_OUT")\""
 }
 
-# An upgrade to the same package: dpkg keeps the changed conffile (no prompt: stdin is /dev/null) and
-# restarts the agent.
+# kvp OPERATION...: hvhost kvp on the guest's guest-info port into RUN/sd-kvp.out, retried for 30 s while the
+# agent is not listening yet.
+kvp() {
+    local deadline=$((SECONDS + 30)) status
+    while :; do
+        status=0
+        bg_start sd-kvp "$HVHOST" kvp "hybrid:$RUN/vsock.uds:$GUESTINFO_PORT" "$@"
+        bg_wait sd-kvp 60 || status=$?
+        [ "$status" = 0 ] && return 0
+        [ "$SECONDS" -lt "$deadline" ] || { RESULT="hvhost kvp $1 exited $status: $(bg_why sd-kvp)"; return 1; }
+        sleep 0.5
+    done
+}
+
+# An upgrade from a version that ran as root: its state (a pair the host set, in STATE_DIR/kvp/) is
+# root's; after dpkg -i of this package all of /var/lib/hvagent must be the agent's user's, and the pair
+# still there. dpkg keeps the changed conffile (no prompt: stdin is /dev/null) and restarts the agent.
 scenario_sd_upgrade() {
     sd_begin || return
+    kvp set vm-test-upgrade kept-across --pool external || { fail "$RESULT"; return; }
     guest 180 "echo '# changed by vm-test' >>/etc/hvagent/hvagent.toml && before=\$(sha256sum </etc/hvagent/hvagent.toml) &&
-        pid=\$(main_pid) && install_package </dev/null >/dev/null && wait_for 30 unit_active_with_new_pid \$pid;
+        pid=\$(main_pid) && systemctl stop hvagent && chown -R root:root /var/lib/hvagent &&
+        echo owners_before=\$(find /var/lib/hvagent -printf '%u\\n' | sort -u | paste -sd,) &&
+        install_package </dev/null >/dev/null && wait_for 30 unit_active_with_new_pid \$pid;
+        echo owners_after=\$(find /var/lib/hvagent -printf '%u:%g\\n' | sort -u | paste -sd,);
+        echo files=\$(find /var/lib/hvagent | wc -l);
         echo kept=\$([ \"\$(sha256sum </etc/hvagent/hvagent.toml)\" = \"\$before\" ] && echo yes || echo no);
         echo old_pid=\$pid; echo pid=\$(main_pid); echo state=\$(prop hvagent ActiveState)" ||
         { agent_journal; fail "dpkg -i again: $GUEST_OUT"; return; }
     [ "$(guest_value kept)" = yes ] || { fail "the changed /etc/hvagent/hvagent.toml was not kept"; return; }
-    pass "changed hvagent.toml kept; agent restarted, PID $(guest_value old_pid) -> $(guest_value pid), $(guest_value state)"
+    [ "$(guest_value owners_before)" = root ] || { fail "the old install's state was $(guest_value owners_before)'s, not root's"; return; }
+    [ "$(guest_value owners_after)" = hvagent:hvagent ] ||
+        { agent_journal; fail "after the upgrade /var/lib/hvagent belongs to $(guest_value owners_after)"; return; }
+    kvp get vm-test-upgrade --pool external || { fail "$RESULT"; return; }
+    grep -aq kept-across "$RUN/sd-kvp.out" || { fail "the pair set before the upgrade is gone: $(cat "$RUN/sd-kvp.out")"; return; }
+    pass "root's state ($(guest_value files) paths) handed to hvagent:hvagent, the pair kept; changed hvagent.toml kept; agent restarted, PID $(guest_value old_pid) -> $(guest_value pid), $(guest_value state)"
 }
 
-# Last: the host asks for a power-off; the agent runs systemctl poweroff and QEMU must exit by itself.
+# The package's polkit rule: logind answers the agent's user "yes" for power-off and reboot, also while a
+# block inhibitor is held (polkit's -ignore-inhibit actions), and another user (nobody) not "yes".
+scenario_sd_polkit() {
+    sd_begin || return
+    guest 60 "echo off=\$(can hvagent PowerOff); echo reboot=\$(can hvagent Reboot); echo hibernate=\$(can hvagent Hibernate);
+        echo nobody_off=\$(can nobody PowerOff);
+        block_shutdown && echo blocked_off=\$(can hvagent PowerOff) && echo blocked_reboot=\$(can hvagent Reboot) &&
+        echo nobody_blocked_off=\$(can nobody PowerOff); unblock_shutdown;
+        ls -l /usr/share/polkit-1/rules.d/hvagent.rules; systemctl is-active polkit" ||
+        { fail "logind's Can* as hvagent: $GUEST_OUT"; return; }
+    diag "$GUEST_OUT"
+    local answer bad=()
+    for answer in off reboot blocked_off blocked_reboot; do
+        [ "$(guest_value "$answer")" = yes ] || bad+=("$answer=$(guest_value "$answer")")
+    done
+    for answer in nobody_off nobody_blocked_off; do
+        [ "$(guest_value "$answer")" != yes ] || bad+=("$answer=yes")
+    done
+    [ ${#bad[@]} = 0 ] || { fail "polkit through logind: ${bad[*]}"; return; }
+    pass "hvagent: CanPowerOff=yes CanReboot=yes (with a block inhibitor held: yes, yes) CanHibernate=$(guest_value hibernate); nobody: $(guest_value nobody_off), with the inhibitor $(guest_value nobody_blocked_off)"
+}
+
+# Last: the host asks for a forced power-off while a block inhibitor is held; the agent, as its own user, runs
+# systemctl poweroff --ignore-inhibitors, which logind grants through polkit (power-off-ignore-inhibit), and
+# QEMU must exit by itself. First, the escalation a forced request may get after force_after: as the
+# agent's user `systemctl poweroff --force` must be refused (systemd's bus policy: root only).
 scenario_sd_poweroff() {
     sd_begin || return
-    local deadline=$((SECONDS + 30)) status start
+    local deadline=$((SECONDS + 30)) status start escalation
+    guest 30 "as_user hvagent systemctl poweroff --force 2>&1; echo status=\$?; block_shutdown && echo blocked=yes" ||
+        { fail "the escalation as hvagent, or the inhibitor: $GUEST_OUT"; return; }
+    [ "$(guest_value status)" != 0 ] && vm_alive ||
+        { fail "systemctl poweroff --force as hvagent was not refused: $GUEST_OUT"; return; }
+    escalation=$(head -n 1 <<<"$GUEST_OUT")
     while :; do
         status=0
-        bg_start sd-off "$HVHOST" shutdown "hybrid:$RUN/vsock.uds:$SHUTDOWN_PORT" --reason 0x80000000 \
+        bg_start sd-off "$HVHOST" shutdown "hybrid:$RUN/vsock.uds:$SHUTDOWN_PORT" --force --reason 0x80000000 \
             --message "hvagent vm-test"
         bg_wait sd-off 60 || status=$?
         [ "$status" = 0 ] && break
@@ -324,5 +397,5 @@ scenario_sd_poweroff() {
     wait_until 120 eval '! vm_alive' || { fail "answered HV_S_OK but QEMU was still running 120 s later"; return; }
     grep -aq 'reboot: Power down' "$RUN/image-console.log" ||
         { fail "QEMU exited without the kernel's power-down message: $(tail -n 3 "$RUN/image-console.log")"; return; }
-    pass "answered HV_S_OK, systemd powered the guest off, QEMU exited $(elapsed "$start") s after the answer"
+    pass "forced, with a block inhibitor held: answered HV_S_OK, logind powered the guest off, QEMU exited $(elapsed "$start") s after the answer; the escalation as hvagent: \"$escalation\" (exit $(guest_value status))"
 }

@@ -10,8 +10,10 @@
 # shellcheck shell=bash
 
 IMAGE_SUITE=bookworm
-# What the image holds besides Debian's essential packages and apt; a change here rebuilds it.
-IMAGE_PACKAGES=(systemd systemd-sysv dbus udev iproute2 kmod procps busybox)
+# What the image holds besides Debian's essential packages and apt; a change here rebuilds it. polkitd
+# grants the agent's user the power actions (the package's rule); libcap2-bin's capsh decodes capability
+# sets for sd-least-privilege.
+IMAGE_PACKAGES=(systemd systemd-sysv dbus udev iproute2 kmod procps busybox polkitd libcap2-bin)
 # Units that would fire on a fresh image (daily timers that want the network, first-boot prompts).
 IMAGE_MASKED=(apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer fstrim.timer
     systemd-firstboot.service)

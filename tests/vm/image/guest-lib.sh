@@ -65,3 +65,41 @@ daemon_kill_all() {
     systemctl reset-failed
     return 0
 }
+
+# caps_of PID: the capability lines of /proc/PID/status, each as "CapXxx=HEX", and decoded by capsh as
+# "CapXxx_names=..." (empty for none).
+caps_of() {
+    local set hex
+    for set in CapInh CapPrm CapEff CapBnd CapAmb; do
+        hex=$(awk -v s="$set:" '$1 == s { print $2 }' "/proc/$1/status")
+        echo "$set=$hex"
+        echo "${set}_names=$(capsh --decode="$hex" | sed 's/^0x[0-9a-f]*=//')"
+    done
+}
+
+# as_user USER COMMAND...: COMMAND as USER (its group, no supplementary groups, no capabilities).
+as_user() {
+    local user=$1
+    shift
+    setpriv --reuid="$user" --regid="$(id -g "$user")" --clear-groups --inh-caps=-all "$@"
+}
+
+# can USER WHAT: logind's answer to USER for CanPowerOff, CanReboot or CanHibernate (yes, challenge, no, na),
+# which is polkit's for the action WHAT needs (its -ignore-inhibit variant while a block inhibitor is held).
+can() {
+    as_user "$1" busctl call --system org.freedesktop.login1 /org/freedesktop/login1 \
+        org.freedesktop.login1.Manager "Can$2" | sed 's/^s "\(.*\)"$/\1/'
+}
+
+# block_shutdown: a block inhibitor on shutdown held by root, until unblock_shutdown (or 10 minutes).
+block_shutdown() {
+    setsid systemd-inhibit --what=shutdown --mode=block --who=vm-test --why="vm-test holds it" sleep 600 \
+        </dev/null >/dev/null 2>&1 &
+    echo $! >/run/vm-test-inhibitor.pid
+    wait_for 10 eval 'systemd-inhibit --list --no-legend --no-pager | grep -q vm-test'
+}
+unblock_shutdown() {
+    [ -e /run/vm-test-inhibitor.pid ] && kill "$(cat /run/vm-test-inhibitor.pid)" 2>/dev/null
+    rm -f /run/vm-test-inhibitor.pid
+    return 0
+}
