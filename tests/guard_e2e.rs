@@ -9,6 +9,7 @@ use std::time::Duration;
 
 mod common;
 use common::*;
+use hvagent::wire::Status;
 
 /// An agent whose heartbeat service listens on `dir/hb.sock`, logging to `dir/agent.log`.
 fn listening_agent(dir: &Path, service_extra: &str) -> (Running, std::path::PathBuf) {
@@ -205,5 +206,115 @@ fn a_config_file_others_may_write_is_refused_by_run_and_check_config() {
         assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains("writable by everyone"), "{stderr}");
         assert!(stderr.contains(&format!("chmod go-w {path}")), "{stderr}");
+    }
+}
+
+/// Connects to `socket` `count` times as uid 65534 from a child process, closing each connection at once.
+/// The connections are made in the child between fork and exec (after its setuid), so no helper binary is
+/// needed; it then execs `true`.
+fn connect_as_nobody(socket: &Path, count: usize) {
+    let path = std::ffi::CString::new(socket.as_os_str().as_encoded_bytes()).unwrap();
+    let mut address: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    address.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (to, from) in address.sun_path.iter_mut().zip(path.as_bytes()) {
+        *to = *from as libc::c_char;
+    }
+    let mut command = Command::new("true");
+    command.uid(65534).gid(65534);
+    // SAFETY: runs in the forked child before exec, after its setuid; socket, connect and close are
+    // async-signal-safe and touch only the copied address.
+    unsafe {
+        command.pre_exec(move || {
+            for _ in 0..count {
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                if fd < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let length = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+                let done = libc::connect(fd, &address as *const _ as *const libc::sockaddr, length);
+                libc::close(fd);
+                if done != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let status = command.status().unwrap();
+    assert!(
+        status.success(),
+        "the refused peer's connects failed: {status}"
+    );
+}
+
+/// The flood run: 10,000 requests refused (heartbeats before negotiation) and, as root, 1,000 peers refused
+/// by allowed_uids. The log holds the first of each kind and a count of the rest, not a line each, and the
+/// agent still answers normally.
+#[test]
+fn a_flood_of_refused_requests_and_peers_logs_a_count_not_a_line_each() {
+    const REQUESTS: u64 = 10_000;
+    const PEERS: usize = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut agent, socket) = listening_agent(dir.path(), "");
+    let lines_at_start = log_of(dir.path()).lines().count();
+    let mut peer = Peer::connect(&socket);
+    for batch in 0..REQUESTS / 100 {
+        let bytes: Vec<u8> = (0..100)
+            .flat_map(|seq| encode(&heartbeat_request(batch * 100 + seq, 1)))
+            .collect();
+        std::io::Write::write_all(&mut peer.stream, &bytes).unwrap();
+        for _ in 0..100 {
+            let answer = peer.receive().expect("an answer to a refused heartbeat");
+            assert_eq!(answer.header.status, Status::FAIL, "{answer:?}");
+        }
+    }
+    let as_root = hvagent::transport::peer::own_uid() == 0;
+    if as_root {
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+        connect_as_nobody(&socket, PEERS);
+    }
+    // Still answering: the same link negotiates and is served, and so is a new one.
+    peer.negotiate_heartbeat();
+    peer.heartbeat(1);
+    let mut fresh = Peer::connect(&socket);
+    fresh.negotiate_heartbeat();
+    fresh.heartbeat(2);
+    if as_root {
+        wait_until(
+            Duration::from_secs(10),
+            || log_of(dir.path()).contains("refused unix peer (uid 65534"),
+            || format!("no refused peer logged:\n{}", log_of(dir.path())),
+        );
+        // Let the agent accept and refuse every one of them before it is stopped.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let running = log_of(dir.path()).lines().count();
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait_for(Duration::from_secs(10)).is_some());
+    let log = log_of(dir.path());
+    let refusals = log.matches("heartbeat: refused a ").count();
+    let refused_peers = log.matches("heartbeat: refused unix peer").count();
+    println!(
+        "flood run: {REQUESTS} refused requests and {} refused peers sent; agent log: {} lines at start, {} \
+         after the flood, {} at exit; lines naming a refused request: {refusals}, a refused peer: \
+         {refused_peers}",
+        if as_root { PEERS } else { 0 },
+        lines_at_start,
+        running,
+        log.lines().count()
+    );
+    assert!(log.lines().count() <= lines_at_start + 20, "{log}");
+    assert_eq!(refusals, 1, "{log}");
+    assert!(
+        log.contains(&format!(
+            "heartbeat: {} more requests refused in the last",
+            "9,999"
+        )),
+        "{log}"
+    );
+    if as_root {
+        assert_eq!(refused_peers, 1, "{log}");
+        assert!(log.contains("heartbeat: 999 more peers refused"), "{log}");
     }
 }

@@ -21,9 +21,11 @@ use crate::service::Logic;
 use crate::systemd::Notifier;
 use crate::wire::Message;
 
+mod quiet;
 mod report;
 mod runtime;
 mod services;
+use quiet::Quiet;
 use runtime::{DialState, Link, Role, Service};
 
 /// How long a stopping agent waits for its peers to take the answers queued for them.
@@ -326,20 +328,20 @@ impl Agent {
             Token::Dialing(index) => self.services[index].connect_finished(now),
             Token::DialLink(index) => {
                 let service = &mut self.services[index];
-                let name = service.name();
                 if let Role::Dialer(DialState::Up(link)) = &mut service.role {
                     let logic = &mut *service.logic;
-                    serve_link(link, name, logic, events, now, inbox, replies);
+                    let quiet = &mut service.quiet;
+                    serve_link(link, quiet, logic, events, now, inbox, replies);
                 }
             }
             Token::Listener(index) => self.services[index].accept_all(now),
             Token::ListenLink(index, slot) => {
                 let service = &mut self.services[index];
-                let name = service.name();
                 if let Role::Listener(listening) = &mut service.role {
                     if let Some(link) = listening.links.get_mut(slot) {
                         let logic = &mut *service.logic;
-                        serve_link(link, name, logic, events, now, inbox, replies);
+                        let quiet = &mut service.quiet;
+                        serve_link(link, quiet, logic, events, now, inbox, replies);
                     }
                 }
             }
@@ -442,7 +444,7 @@ impl Agent {
 
 fn serve_link(
     link: &mut Link,
-    name: &str,
+    quiet: &mut Quiet,
     logic: &mut dyn Logic,
     events: PollFlags,
     now: Instant,
@@ -450,7 +452,7 @@ fn serve_link(
     replies: &mut Vec<Message>,
 ) {
     if events.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
-        link.service(name, logic, now, inbox, replies);
+        link.service(quiet, logic, now, inbox, replies);
     } else if events.contains(PollFlags::POLLOUT) {
         link.flush();
     }

@@ -4,10 +4,11 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use log::{debug, info, log, warn, Level};
+use log::{info, log, warn, Level};
 use nix::errno::Errno;
 use nix::poll::PollFlags;
 
+use super::quiet::{Kind, Quiet};
 use crate::config::{Endpoint, ServiceConfig};
 use crate::service::{Channel, ChannelState, Event, LinkId, Logic};
 use crate::transport::backoff::Backoff;
@@ -67,7 +68,7 @@ impl Link {
     /// Reads what is there, answers it and sends what can be sent; returns how many messages were read.
     pub(super) fn service(
         &mut self,
-        kind: &str,
+        quiet: &mut Quiet,
         logic: &mut dyn Logic,
         now: Instant,
         inbox: &mut Vec<Message>,
@@ -80,7 +81,7 @@ impl Link {
         let count = inbox.len();
         for message in inbox.drain(..) {
             let event = self.channel.handle(&message, logic, now, replies);
-            log_event(kind, &self.peer, &event);
+            log_event(quiet, &self.peer, &event, now);
         }
         self.send(replies);
         logic.after_send(now);
@@ -131,30 +132,35 @@ impl Link {
     }
 }
 
-fn log_event(kind: &str, peer: &str, event: &Event) {
+/// Logs what a message did; the refusals and stray responses a peer can repeat at will go through `quiet`.
+fn log_event(quiet: &mut Quiet, peer: &str, event: &Event, now: Instant) {
     match event {
-        Event::Negotiated { framework, message } => {
-            info!("{kind}: negotiated framework {framework}, message version {message} with {peer}")
-        }
+        Event::Negotiated { framework, message } => info!(
+            "{}: negotiated framework {framework}, message version {message} with {peer}",
+            quiet.service()
+        ),
         Event::NoCommonVersion {
             offered_frameworks,
             offered_messages,
         } => warn!(
-            "{kind}: {peer} offered no version we speak (frameworks {offered_frameworks:?}, messages \
-             {offered_messages:?}); answered with counts 0"
+            "{}: {peer} offered no version we speak (frameworks {offered_frameworks:?}, messages \
+             {offered_messages:?}); answered with counts 0",
+            quiet.service()
         ),
         Event::Served { .. } | Event::ResponseTaken { .. } => {}
         Event::Refused {
             msgtype,
             status,
             why,
-        } => info!("{kind}: refused a {msgtype} request from {peer} with {status}: {why}"),
+        } => quiet.log(Kind::RefusedRequest, now, || {
+            format!("refused a {msgtype} request from {peer} with {status}: {why}")
+        }),
         Event::UnexpectedResponse {
             msgtype,
             transaction_id,
-        } => debug!(
-            "{kind}: dropped a {msgtype} response (transaction {transaction_id}) nobody asked for"
-        ),
+        } => quiet.log(Kind::UnexpectedResponse, now, || {
+            format!("dropped a {msgtype} response (transaction {transaction_id}) nobody asked for")
+        }),
     }
 }
 
@@ -249,6 +255,8 @@ pub(super) struct Service {
     pub(super) backoff: Backoff,
     /// Failed attempts since the last success: the first is logged loudly, the rest quietly.
     pub(super) failures: u32,
+    /// Refusals and stray responses, counted rather than logged one by one.
+    pub(super) quiet: Quiet,
 }
 
 impl Service {
@@ -269,6 +277,7 @@ impl Service {
             }),
         };
         let limits = config.limits;
+        let quiet = Quiet::new(config.kind.name());
         Service {
             config,
             logic,
@@ -276,6 +285,7 @@ impl Service {
             next_link: 1,
             backoff: Backoff::with_limits(seed, limits.redial_min, limits.redial_max),
             failures: 0,
+            quiet,
         }
     }
 
@@ -355,12 +365,12 @@ impl Service {
     /// request it completed before the agent was told to stop. Bounded by work, not time: at most
     /// [`FINAL_READS`] reads per link, which covers everything a socket buffer holds.
     pub(super) fn answer_waiting(&mut self, inbox: &mut Vec<Message>, replies: &mut Vec<Message>) {
-        let name = self.config.kind.name();
         let logic = &mut *self.logic;
+        let quiet = &mut self.quiet;
         for link in self.role.links_mut() {
             for _ in 0..FINAL_READS {
                 if link.closed.is_some()
-                    || link.service(name, logic, Instant::now(), inbox, replies) == 0
+                    || link.service(quiet, logic, Instant::now(), inbox, replies) == 0
                 {
                     break;
                 }
@@ -376,6 +386,7 @@ impl Service {
     /// Runs what is due: the logic's timers, idle links, redials, connect time-outs, listener retries.
     pub(super) fn run_timers(&mut self, now: Instant) {
         self.run_logic_timers(now);
+        self.quiet.run_timers(now);
         for link in self.links_mut() {
             link.check_idle(now);
         }
@@ -468,7 +479,7 @@ impl Service {
                 earliest(earliest(listening.retry_at, idle), listening.paused_until)
             }
         };
-        earliest(own, self.logic.deadline())
+        earliest(earliest(own, self.logic.deadline()), self.quiet.deadline())
     }
 
     /// Closes links marked closed; a dialler schedules its redial.
@@ -530,17 +541,19 @@ impl Service {
                         own_uid: peer::own_uid(),
                     };
                     if let Some(why) = peer::refusal(&peer, rules) {
-                        warn!(
-                            "{name}: refused {peer}: {why}; allowed_cids and allowed_uids in [{name}] say who \
-                             may connect"
-                        );
+                        self.quiet.log(Kind::RefusedPeer, now, || {
+                            format!(
+                                "refused {peer}: {why}; allowed_cids and allowed_uids in [{name}] say who may \
+                                 connect"
+                            )
+                        });
                         continue;
                     }
                     let max = self.config.max_connections;
                     if listening.links.len() >= max {
-                        warn!(
-                            "{name}: refused {peer}: {max} connections are open already (max_connections)"
-                        );
+                        self.quiet.log(Kind::PeerOverCap, now, || {
+                            format!("refused {peer}: {max} connections are open already (max_connections)")
+                        });
                         continue;
                     }
                     info!("{name}: accepted {peer}");
@@ -592,8 +605,10 @@ impl Service {
 }
 
 impl Drop for Service {
-    /// A Unix listener removes its socket file, so the next start finds no stale one.
+    /// Logs what is still counted, and a Unix listener removes its socket file, so the next start finds no
+    /// stale one.
     fn drop(&mut self) {
+        self.quiet.flush(Instant::now());
         if let (
             Role::Listener(Listening {
                 listener: Some(_), ..

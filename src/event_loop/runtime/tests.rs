@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use super::Link;
 use crate::config::{ServiceConfig, ShutdownConfig};
+use crate::event_loop::quiet::Quiet;
 use crate::service::host::HostChannel;
 use crate::service::shutdown::{Power, PowerAction, ShutdownLogic};
 use crate::service::ServiceKind;
@@ -85,7 +86,13 @@ fn the_shutdown_answer_is_on_the_socket_before_the_command_runs() {
     host.write_all(&offer.to_bytes().unwrap()).unwrap();
     host.write_all(&request.to_bytes().unwrap()).unwrap();
     let (mut inbox, mut replies) = (Vec::new(), Vec::new());
-    link.service("shutdown", &mut logic, now, &mut inbox, &mut replies);
+    link.service(
+        &mut Quiet::new("shutdown"),
+        &mut logic,
+        now,
+        &mut inbox,
+        &mut replies,
+    );
     let seen = seen.borrow();
     let seen = seen.as_ref().expect("the command was started");
     let answer = seen
