@@ -18,9 +18,10 @@ use crate::transport::Address;
 mod access;
 mod options;
 mod peers;
+pub mod program;
 pub use options::{
-    default_command, GuestInfoConfig, HealthConfig, HealthMode, ServiceOptions, ShutdownConfig,
-    TimeSyncSettings, DEFAULT_CHRONY_SOCKET, DEFAULT_STATE_DIR,
+    default_command, is_default_command, GuestInfoConfig, HealthConfig, HealthMode, ServiceOptions,
+    ShutdownConfig, TimeSyncSettings, DEFAULT_CHRONY_SOCKET, DEFAULT_STATE_DIR,
 };
 
 /// Where the agent looks when no `--config` is given; a missing file there means built-in defaults.
@@ -133,6 +134,16 @@ impl Default for Config {
 
 impl Config {
     /// The enabled services.
+    /// Makes the built-in commands' programs absolute where `path` has them (the file's own commands are
+    /// made absolute by [`parse`], which refuses one it cannot find).
+    pub fn resolve_defaults(&mut self, path: &std::ffi::OsStr) {
+        for service in &mut self.services {
+            if let ServiceOptions::Shutdown(shutdown) = &mut service.options {
+                shutdown.resolve_defaults(path);
+            }
+        }
+    }
+
     pub fn enabled(&self) -> impl Iterator<Item = &ServiceConfig> {
         self.services.iter().filter(|service| service.enabled)
     }
@@ -180,15 +191,17 @@ impl std::error::Error for ConfigError {}
 /// read when present, and built-in defaults apply when it is not.
 pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
     let path = explicit.unwrap_or_else(|| Path::new(DEFAULT_PATH));
-    match read_checked(path) {
-        Ok(text) => parse(&text, path),
+    let mut config = match read_checked(path) {
+        Ok(text) => parse(&text, path)?,
         Err(ConfigError::Read { error, .. })
             if explicit.is_none() && error.kind() == std::io::ErrorKind::NotFound =>
         {
-            Ok(Config::default())
+            Config::default()
         }
-        Err(error) => Err(error),
-    }
+        Err(error) => return Err(error),
+    };
+    config.resolve_defaults(&program::search_path());
+    Ok(config)
 }
 
 /// The file's text, once its owner and mode show only root or the agent's user could have written it.

@@ -318,3 +318,66 @@ fn a_flood_of_refused_requests_and_peers_logs_a_count_not_a_line_each() {
         assert!(log.contains("heartbeat: 999 more peers refused"), "{log}");
     }
 }
+
+/// check-config with the config at `path` and `PATH` set to `search`.
+fn check_config_with_path(path: &str, search: &std::ffi::OsStr) -> std::process::Output {
+    no_vsock(&mut Command::new(AGENT))
+        .args(["check-config", "--config", path])
+        .env("PATH", search)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn commands_are_resolved_once_at_load_and_one_not_found_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for name in ["systemctl", "app-check"] {
+        std::fs::write(bin.join(name), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let config = write_config(
+        dir.path(),
+        "agent.toml",
+        "[heartbeat]\nhealth = \"command\"\nhealth_command = \"app-check --quick\"\n",
+    );
+    let path = config.to_str().unwrap();
+    let output = check_config_with_path(path, bin.as_os_str());
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let bin_text = bin.display().to_string();
+    assert!(
+        stdout.contains(&format!(
+            "health_command = [\"{bin_text}/app-check\", \"--quick\"]"
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "poweroff = [\"{bin_text}/systemctl\", \"poweroff\"]"
+        )),
+        "{stdout}"
+    );
+    // Not in PATH: the command the file names is an error naming the key, the program and the PATH; the
+    // built-in systemctl is not (the reboot(2) fallback needs none).
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let output = check_config_with_path(path, empty.as_os_str());
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("heartbeat.health_command")
+            && stderr.contains("'app-check'")
+            && stderr.contains(&empty.display().to_string()),
+        "{stderr}"
+    );
+    let defaults = write_config(dir.path(), "defaults.toml", "[heartbeat]\nenabled = true\n");
+    let output = check_config_with_path(defaults.to_str().unwrap(), empty.as_os_str());
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stdout).contains("poweroff = [\"systemctl\", \"poweroff\"]"),
+        "{}",
+        text(&output.stdout)
+    );
+}

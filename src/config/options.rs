@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::program::{self, search_path};
 use super::{at, seconds_in_range, toml_string, SpanError};
 use crate::service::timesync::Mode;
 use crate::service::ServiceKind;
@@ -55,9 +56,33 @@ pub const DEFAULT_FORCE_AFTER: Duration = Duration::from_secs(300);
 /// The longest `force_after`, seconds.
 const FORCE_AFTER_MAX: f64 = 86_400.0;
 
-/// The built-in shutdown commands; with these and no systemd as PID 1 the agent falls back to reboot(2).
+/// The built-in shutdown commands, as `Config::default()` holds them; `config::load` makes `systemctl`
+/// absolute where PATH has it. With these and no systemd as PID 1 the agent falls back to reboot(2).
 pub fn default_command(verb: &str) -> Vec<String> {
     vec!["systemctl".to_string(), verb.to_string()]
+}
+
+/// Whether `argv` is the built-in command of `verb`: `systemctl VERB`, by that name or any absolute path to
+/// a `systemctl` (what load makes of the name). Written in the file or not, it is the default, so a guest
+/// without systemctl may name it (and gets the reboot(2) fallback), and its absolute form, as
+/// `check-config` prints it, means the same.
+pub fn is_default_command(argv: &[String], verb: &str) -> bool {
+    match argv {
+        [program, arg] => arg == verb && program.rsplit('/').next() == Some("systemctl"),
+        _ => false,
+    }
+}
+
+impl ShutdownConfig {
+    /// Makes a built-in command's bare `systemctl` absolute where `path` has one; where it has none the
+    /// name stays, which is no error: the reboot(2) fallback needs no program.
+    pub fn resolve_defaults(&mut self, path: &std::ffi::OsStr) {
+        for argv in [&mut self.poweroff, &mut self.reboot, &mut self.hibernate] {
+            if argv.first().is_some_and(|program| !program.contains('/')) {
+                let _ = program::resolve_argv(argv, path);
+            }
+        }
+    }
 }
 
 impl Default for ShutdownConfig {
@@ -232,7 +257,14 @@ pub(super) fn apply(
                 ("hibernate", &raw.hibernate, &mut shutdown.hibernate),
             ] {
                 if let Some(value) = value {
-                    *slot = command(value, &format!("shutdown.{key}"))?;
+                    let name = format!("shutdown.{key}");
+                    let argv = command_words(value, &name)?;
+                    // The built-in command is resolved by load, and may be missing.
+                    *slot = if is_default_command(&argv, key) {
+                        argv
+                    } else {
+                        resolved(argv, value, &name)?
+                    };
                 }
             }
             if let Some(value) = &raw.force_after {
@@ -439,9 +471,25 @@ fn seconds(value: &Spanned<toml::Value>) -> Option<f64> {
     }
 }
 
+/// An argv from a command value, its program made absolute (looked up in the agent's PATH once, now).
+fn command(value: &Spanned<CommandValue>, key: &str) -> Result<Vec<String>, SpanError> {
+    resolved(command_words(value, key)?, value, key)
+}
+
+/// `argv` with its program made absolute, or the error naming `key`, the program and the PATH searched.
+fn resolved(
+    mut argv: Vec<String>,
+    value: &Spanned<CommandValue>,
+    key: &str,
+) -> Result<Vec<String>, SpanError> {
+    program::resolve_argv(&mut argv, &search_path())
+        .map_err(|error| at(value, error.message(key)))?;
+    Ok(argv)
+}
+
 /// An argv from a command value. A line is split at whitespace with no quoting at all, so a line with
 /// quotes or backslashes is refused: an array says exactly which arguments are meant.
-fn command(value: &Spanned<CommandValue>, key: &str) -> Result<Vec<String>, SpanError> {
+fn command_words(value: &Spanned<CommandValue>, key: &str) -> Result<Vec<String>, SpanError> {
     let argv: Vec<String> = match value.get_ref() {
         CommandValue::Line(line) => {
             if line.contains(['"', '\'', '\\']) {
@@ -548,6 +596,65 @@ mod tests {
         assert_eq!(shutdown.poweroff, ["/bin/echo", "off", "now"]);
         assert_eq!(shutdown.reboot, ["/bin/sh", "-c", "echo 'a b'"]);
         assert_eq!(shutdown.hibernate, ["systemctl", "hibernate"]);
+    }
+
+    #[test]
+    fn commands_are_made_absolute_at_parse_and_a_missing_one_is_an_error() {
+        let config = parse_text(
+            "[heartbeat]\nhealth = \"command\"\nhealth_command = \"true --quick\"\n[shutdown]\n\
+             poweroff = [\"sh\", \"-c\", \"exit 0\"]\nreboot = \"systemctl reboot\"\n",
+        )
+        .unwrap();
+        let found = |name| program::resolve(name, &search_path()).unwrap();
+        let ServiceOptions::Heartbeat(health) = options_of(&config, ServiceKind::Heartbeat) else {
+            panic!("no heartbeat options");
+        };
+        assert_eq!(health.command, [found("true"), "--quick".into()]);
+        assert!(health.command[0].starts_with('/'));
+        let ServiceOptions::Shutdown(shutdown) = options_of(&config, ServiceKind::Shutdown) else {
+            panic!("no shutdown options");
+        };
+        assert_eq!(
+            shutdown.poweroff,
+            [found("sh"), "-c".into(), "exit 0".into()]
+        );
+        // The built-in command, written out: load resolves it, and a guest without systemctl may name it.
+        assert_eq!(shutdown.reboot, ["systemctl", "reboot"]);
+        let error = parse_text("[shutdown]\nhibernate = \"no-such-program-hv now\"\n").unwrap_err();
+        assert!(error.starts_with("t.toml:2:13: "), "{error}");
+        assert!(error.contains("shutdown.hibernate"), "{error}");
+        assert!(
+            error.contains("'no-such-program-hv' is not in PATH ("),
+            "{error}"
+        );
+        let error = parse_text("[heartbeat]\nhealth_command = [\"./check\"]\n").unwrap_err();
+        assert!(error.contains("heartbeat.health_command"), "{error}");
+        assert!(error.contains("relative path"), "{error}");
+    }
+
+    #[test]
+    fn the_built_in_commands_are_resolved_where_path_has_systemctl_and_kept_where_not() {
+        let bin = tempfile::tempdir().unwrap();
+        let systemctl = bin.path().join("systemctl");
+        std::fs::write(&systemctl, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(
+            &systemctl,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let mut shutdown = ShutdownConfig::default();
+        shutdown.resolve_defaults(bin.path().as_os_str());
+        let absolute = systemctl.display().to_string();
+        assert_eq!(shutdown.poweroff, [absolute.as_str(), "poweroff"]);
+        assert!(is_default_command(&shutdown.poweroff, "poweroff"));
+        assert!(!is_default_command(&shutdown.poweroff, "reboot"));
+        let mut missing = ShutdownConfig::default();
+        missing.resolve_defaults(std::ffi::OsStr::new("/nonexistent"));
+        assert_eq!(missing, ShutdownConfig::default());
+        assert!(!is_default_command(
+            &["systemctl".into(), "reboot".into(), "--now".into()],
+            "reboot"
+        ));
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //! began, the agent escalates to `systemctl … --force` (logged at warn). Any command gets the request in its
 //! environment (HVAGENT_SHUTDOWN_ACTION, _FORCE, _REASON, _MESSAGE), which is how a custom command learns
 //! about force; custom commands are not escalated. When the configured command is the built-in
-//! `systemctl …` and systemd is not PID 1, the agent falls back to sync(2) and reboot(2) with the matching
+//! `systemctl VERB` (by name, or made absolute at load) and systemd is not PID 1, the agent falls back to sync(2) and reboot(2) with the matching
 //! command (power off, restart, software suspend), which is always forced: nothing stops the services first.
 
 use std::time::{Duration, Instant};
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 
 use super::logic::{LinkId, Logic, Refusal, StatusLine};
-use crate::config::{default_command, ShutdownConfig};
+use crate::config::{is_default_command, ShutdownConfig};
 use crate::wire::shutdown::{flags, ShutdownRequest, DISPLAY_MESSAGE_LEN};
 use crate::wire::{IcVersion, Message, Status};
 
@@ -134,7 +134,7 @@ pub fn plan(
         PowerAction::Reboot => &config.reboot,
         PowerAction::Hibernate => &config.hibernate,
     };
-    if *configured == default_command(action.name()) && !power.systemd_booted() {
+    if is_default_command(configured, action.name()) && !power.systemd_booted() {
         return Ok((action, Plan::Syscall(action)));
     }
     let mut argv = configured.clone();

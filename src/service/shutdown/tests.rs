@@ -183,45 +183,71 @@ fn hibernate_is_refused_where_the_guest_cannot_hibernate() {
     assert_eq!(calls.len(), 1);
 }
 
+/// The defaults as `config::load` leaves them where PATH has systemctl in /usr/bin.
+fn resolved_defaults() -> ShutdownConfig {
+    let mut config = ShutdownConfig::default();
+    for argv in [
+        &mut config.poweroff,
+        &mut config.reboot,
+        &mut config.hibernate,
+    ] {
+        argv[0] = "/usr/bin/systemctl".into();
+    }
+    config
+}
+
 #[test]
 fn reboot_syscall_only_with_the_default_command_and_no_systemd() {
-    // Defaults without systemd: reboot(2) with the matching command, forced or not.
-    for (flags, action) in [
-        (0, PowerAction::PowerOff),
-        (3, PowerAction::Reboot),
-        (4, PowerAction::Hibernate),
-    ] {
-        let fake = FakePower::new(false);
-        let mut logic = ShutdownLogic::new(ShutdownConfig::default(), Box::new(fake.clone()));
-        let (reply, calls) = exchange(&mut logic, &fake, flags);
-        assert!(reply.is_ok());
-        assert!(calls.is_empty(), "reboot(2) waits for the answer to leave");
-        let at = logic.deadline().expect("the reboot is scheduled");
-        logic.on_timer(at - SYSCALL_GRACE / 2, &mut Vec::new());
-        assert!(fake.calls.borrow().is_empty(), "not before the grace");
-        logic.on_timer(at, &mut Vec::new());
-        assert_eq!(*fake.calls.borrow(), [Call::Reboot(action)]);
-        assert_eq!(logic.deadline(), None);
+    // Defaults without systemd, by name (no systemctl in PATH) or made absolute at load: reboot(2) with
+    // the matching command, forced or not.
+    for config in [ShutdownConfig::default(), resolved_defaults()] {
+        for (flags, action) in [
+            (0, PowerAction::PowerOff),
+            (3, PowerAction::Reboot),
+            (4, PowerAction::Hibernate),
+        ] {
+            let fake = FakePower::new(false);
+            let mut logic = ShutdownLogic::new(config.clone(), Box::new(fake.clone()));
+            let (reply, calls) = exchange(&mut logic, &fake, flags);
+            assert!(reply.is_ok());
+            assert!(calls.is_empty(), "reboot(2) waits for the answer to leave");
+            let at = logic.deadline().expect("the reboot is scheduled");
+            logic.on_timer(at - SYSCALL_GRACE / 2, &mut Vec::new());
+            assert!(fake.calls.borrow().is_empty(), "not before the grace");
+            logic.on_timer(at, &mut Vec::new());
+            assert_eq!(*fake.calls.borrow(), [Call::Reboot(action)]);
+            assert_eq!(logic.deadline(), None);
+        }
     }
-    // Defaults with systemd: systemctl, ignoring inhibitors when forced (never --force at first).
-    for (flags, wanted) in [
-        (0, &["systemctl", "poweroff"][..]),
-        (1, &["systemctl", "poweroff", "--ignore-inhibitors"]),
-        (3, &["systemctl", "reboot", "--ignore-inhibitors"]),
-        (5, &["systemctl", "hibernate", "--ignore-inhibitors"]),
+    // Defaults with systemd: systemctl as load left it, ignoring inhibitors when forced (never --force at
+    // first).
+    for (config, program) in [
+        (ShutdownConfig::default(), "systemctl"),
+        (resolved_defaults(), "/usr/bin/systemctl"),
     ] {
-        let fake = FakePower::new(true);
-        let mut logic = ShutdownLogic::new(ShutdownConfig::default(), Box::new(fake.clone()));
-        let (_, calls) = exchange(&mut logic, &fake, flags);
-        assert_eq!(argv(&calls[0]), wanted, "flags {flags}");
+        for (flags, wanted) in [
+            (0, &["poweroff"][..]),
+            (1, &["poweroff", "--ignore-inhibitors"]),
+            (3, &["reboot", "--ignore-inhibitors"]),
+            (5, &["hibernate", "--ignore-inhibitors"]),
+        ] {
+            let fake = FakePower::new(true);
+            let mut logic = ShutdownLogic::new(config.clone(), Box::new(fake.clone()));
+            let (_, calls) = exchange(&mut logic, &fake, flags);
+            assert_eq!(argv(&calls[0])[0], program, "flags {flags}");
+            assert_eq!(argv(&calls[0])[1..], *wanted, "flags {flags}");
+        }
     }
-    // A configured command without systemd: the command, never the syscall.
+    // A configured command without systemd, even one running systemctl with more arguments: the command,
+    // never the syscall.
     let fake = FakePower::new(false);
-    let mut logic = ShutdownLogic::new(fake_config(), Box::new(fake.clone()));
+    let mut config = fake_config();
+    config.reboot.push("--no-wall".into());
+    let mut logic = ShutdownLogic::new(config, Box::new(fake.clone()));
     for flags in [0, 1, 2, 3, 4, 5] {
         let (_, calls) = exchange(&mut logic, &fake, flags);
         assert!(
-            calls.iter().all(|call| matches!(call, Call::Spawn(..))),
+            !calls.is_empty() && calls.iter().all(|call| matches!(call, Call::Spawn(..))),
             "flags {flags}: {calls:?}"
         );
         logic.phase = Phase::Idle;
