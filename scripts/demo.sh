@@ -28,8 +28,12 @@ enabled = false
 [guestinfo]
 enabled = false
 TOML
+# The agent refuses a config others may write: under umask 002 the file would be group-writable.
+chmod 600 "$dir/hvagent.toml"
 echo "== agent config ($dir/hvagent.toml)"
-target/release/hvagent check-config --config "$dir/hvagent.toml" | grep -v '^allow_any_cid\|^\[shutdown\]\|^enabled = false\|0x48560003'
+# The effective config without the disabled sections (paragraphs) and the listen-only keys.
+target/release/hvagent check-config --config "$dir/hvagent.toml" |
+    awk -v RS= -v ORS='\n\n' '!/\nenabled = false/' | grep -v '^allowed_cids\|^allowed_uids'
 echo
 echo "== hvhost serve, two services for ${seconds} s: a heartbeat every 0.5 s (hb), and time (ts): a SYNC, a"
 echo "   SAMPLE every second, and the agent's probes every 0.5 s answered by a host whose clock is 0.25 s fast"

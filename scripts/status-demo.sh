@@ -40,6 +40,8 @@ enabled = false
 [guestinfo]
 enabled = false
 TOML
+# The agent refuses a config others may write: under umask 002 the file would be group-writable.
+chmod 600 "$dir/hvagent.toml"
 timeout 30 target/release/hvhost serve "unix:$dir/heartbeat.sock" --interval 0.5 --quiet &
 pids+=($!)
 timeout 30 target/release/hvhost serve "unix:$dir/timesync.sock" --service timesync --sample-interval 1 \
