@@ -295,26 +295,40 @@ impl Doctor {
         }
     }
 
+    /// CAP_SYS_TIME, or the clock helper that holds it for the agent (hvagent-clock.socket listening).
     fn check_cap_sys_time(&self, timesync: bool) -> Finding {
         let status = std::fs::read_to_string(self.at("/proc/self/status")).unwrap_or_default();
         let effective = status
             .lines()
             .find_map(|line| line.strip_prefix("CapEff:"))
             .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok());
+        let helper = crate::clock::remote::DEFAULT_SOCKET;
+        let helper_listens = self.exists(helper);
         match effective {
             Some(caps) if caps & (1 << CAP_SYS_TIME) != 0 => {
                 finding(Level::Ok, "CAP_SYS_TIME", "held: the clock can be set")
             }
+            Some(_) if helper_listens => finding(
+                Level::Ok,
+                "CAP_SYS_TIME",
+                format!(
+                    "not held by this command, and not needed: the agent sets the clock through the clock \
+                     helper (hvagent-clock.socket, {helper}), which holds it"
+                ),
+            ),
             Some(_) if timesync => problem(
                 "CAP_SYS_TIME",
-                "not held, and the time-sync service needs it to set the clock",
-                "run the agent with CAP_SYS_TIME, as the systemd unit does for its user hvagent \
-                 (AmbientCapabilities=CAP_SYS_TIME), or as root",
+                format!(
+                    "not held, and no clock helper listens at {helper}: the time-sync service cannot set the \
+                     clock"
+                ),
+                "systemctl enable --now hvagent-clock.socket (the package ships it; hvagent.service then sets \
+                 the clock through it), or run the agent as root",
             ),
             Some(_) => finding(
                 Level::Note,
                 "CAP_SYS_TIME",
-                "not held by this command (the time-sync service is off; the systemd unit grants it)",
+                "not held by this command (the time-sync service is off; hvagent-clock.socket's helper holds it)",
             ),
             None => finding(Level::Note, "CAP_SYS_TIME", "unknown: no CapEff in /proc/self/status"),
         }

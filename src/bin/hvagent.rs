@@ -25,6 +25,9 @@ usage: hvagent [run] [--config FILE] [--control PATH]
                                       (--all: every service at its default port)
        hvagent guid PORT              print the hv_sock service GUID of a vsock port (decimal or 0x-hex)
        hvagent port GUID              print the vsock port of an hv_sock service GUID
+       hvagent clock-helper [--socket PATH] [--idle SECONDS] [--peer-uid UID]... [--fake-clock]
+                                      step and steer the clock for the agent (hvagent-clock.service, on
+                                      the socket systemd passes); --fake-clock changes a clock in memory
        hvagent --version | --help
 
 The configuration is read from /etc/hvagent/hvagent.toml unless --config (-c) is given; a missing default file
@@ -49,6 +52,10 @@ struct Options {
     format: Option<String>,
     all: bool,
     root: Option<PathBuf>,
+    socket: Option<PathBuf>,
+    idle: Option<String>,
+    peer_uids: Vec<String>,
+    fake_clock: bool,
 }
 
 impl Options {
@@ -67,6 +74,7 @@ enum Command {
     Doctor(Options),
     Guid(String),
     Port(String),
+    ClockHelper(Options),
     Help,
     Version,
 }
@@ -103,6 +111,22 @@ fn parse_args() -> Result<Command, Usage> {
             Long("root") => {
                 options.root = Some(parser.value()?.into());
                 given.push("--root");
+            }
+            Long("socket") => {
+                options.socket = Some(parser.value()?.into());
+                given.push("--socket");
+            }
+            Long("idle") => {
+                options.idle = Some(parser.value()?.string()?);
+                given.push("--idle");
+            }
+            Long("peer-uid") => {
+                options.peer_uids.push(parser.value()?.string()?);
+                given.push("--peer-uid");
+            }
+            Long("fake-clock") => {
+                options.fake_clock = true;
+                given.push("--fake-clock");
             }
             Long("help") | Short('h') => return Ok(Command::Help),
             Long("version") | Short('V') => return Ok(Command::Version),
@@ -154,6 +178,10 @@ fn parse_args() -> Result<Command, Usage> {
         }
         Some("guid") => only(&[]).and_then(|()| needs_operand("PORT").map(Command::Guid)),
         Some("port") => only(&[]).and_then(|()| needs_operand("GUID").map(Command::Port)),
+        Some("clock-helper") => {
+            only(&["--socket", "--idle", "--peer-uid", "--fake-clock"])?;
+            no_operand().map(|()| Command::ClockHelper(options))
+        }
         Some(other) => Err(Usage(format!("unknown command '{other}'"))),
     }
 }
@@ -211,6 +239,50 @@ fn main() -> ExitCode {
         Command::Status(options) => status(&options),
         Command::HostSetup(options) => host_setup(&options),
         Command::Doctor(options) => doctor(&options),
+        Command::ClockHelper(options) => clock_helper(options),
+    }
+}
+
+/// `hvagent clock-helper`: serves the agent's clock requests until idle.
+fn clock_helper(options: Options) -> ExitCode {
+    use hvagent::clock::helper;
+    let idle = match options.idle.as_deref().map(str::parse::<u64>) {
+        None => helper::DEFAULT_IDLE,
+        Some(Ok(seconds)) if seconds > 0 => std::time::Duration::from_secs(seconds),
+        Some(_) => {
+            eprintln!("hvagent: --idle takes a whole number of seconds, 1 or more");
+            return ExitCode::from(2);
+        }
+    };
+    let peer_uids = if options.peer_uids.is_empty() {
+        None
+    } else {
+        match options
+            .peer_uids
+            .iter()
+            .map(|uid| uid.parse::<u32>())
+            .collect()
+        {
+            Ok(uids) => Some(uids),
+            Err(_) => {
+                eprintln!("hvagent: --peer-uid takes a numeric uid");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    hvagent::systemd::init_logging(log::LevelFilter::Info);
+    let options = helper::Options {
+        socket: options.socket,
+        fake_clock: options.fake_clock,
+        peer_uids,
+        idle,
+    };
+    match helper::run(&options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            log::error!("hvagent clock-helper: {error}");
+            ExitCode::from(1)
+        }
     }
 }
 

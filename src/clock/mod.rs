@@ -6,6 +6,10 @@
 //! - [`sim`]: a simulated clock with its own frequency error, for tests; it never touches the real clock.
 //! - [`system`]: the one file that reads and changes the real clock (`clock_gettime`, `clock_settime`,
 //!   `adjtimex`), checks CAP_SYS_TIME and looks for other time daemons.
+//! - [`privops`], [`remote`], [`helper`]: privilege separation for the clock, as chronyd's privops: the
+//!   agent under systemd holds no capability, and `hvagent clock-helper` (hvagent-clock.service, socket
+//!   activated, CAP_SYS_TIME alone) steps and steers the clock on its behalf. [`privops`] is the wire (pure),
+//!   [`remote::RemoteClock`] the agent's [`Clock`] over it, [`helper`] the helper's serve loop.
 //! - [`chrony`]: the SOCK refclock datagram for chronyd (docs/PROTOCOL.md §7.5) and the socket that sends it.
 //!
 //! Offsets are `true time − guest time` in seconds: positive means the guest clock is behind.
@@ -13,6 +17,9 @@
 pub mod chrony;
 pub mod discipline;
 pub mod filter;
+pub mod helper;
+pub mod privops;
+pub mod remote;
 pub mod sim;
 pub mod system;
 
@@ -52,6 +59,8 @@ pub enum ClockError {
     NotPermitted,
     /// Any other failure of the system call.
     Failed { call: &'static str, errno: i32 },
+    /// The clock helper (hvagent-clock.service) could not be asked, or answered nonsense.
+    Helper { call: &'static str, reason: String },
 }
 
 impl fmt::Display for ClockError {
@@ -65,6 +74,11 @@ impl fmt::Display for ClockError {
                 f,
                 "{call} failed: {}",
                 std::io::Error::from_raw_os_error(*errno)
+            ),
+            ClockError::Helper { call, reason } => write!(
+                f,
+                "the clock helper did not do {call}: {reason} (check `systemctl status \
+                 hvagent-clock.socket hvagent-clock.service`)"
             ),
         }
     }

@@ -264,6 +264,19 @@ fn cap_sys_time_and_time_daemons_matter_when_time_sync_runs() {
 }
 
 #[test]
+fn cap_sys_time_is_not_needed_where_the_clock_helper_listens() {
+    let tree = Tree::hyperv();
+    tree.file("proc/self/status", "CapEff:\t0000000000000000\n");
+    let doctor = Doctor::new(tree.dir.path(), None);
+    let missing = doctor.check_cap_sys_time(true);
+    assert!(missing.text.contains("no clock helper"), "{missing:?}");
+    tree.file("run/hvagent-clock.sock", "");
+    let finding = doctor.check_cap_sys_time(true);
+    assert_eq!(finding.level, Level::Ok);
+    assert!(finding.text.contains("hvagent-clock.socket"), "{finding:?}");
+}
+
+#[test]
 fn capability_sets_read_as_names() {
     use super::privilege::{capability_names, capability_set};
     assert_eq!(capability_names(0), "none");

@@ -3,11 +3,12 @@
 
 use std::path::Path;
 
-use log::{debug, error, warn};
+use log::{debug, error, info, warn};
 
 use crate::clock::chrony::ChronySink;
+use crate::clock::remote::{self, RemoteClock};
 use crate::clock::system::{self, SystemClock};
-use crate::clock::OffsetSink;
+use crate::clock::{Clock, OffsetSink};
 use crate::config::{HealthConfig, HealthMode, ServiceConfig, ServiceOptions, TimeSyncSettings};
 use crate::service::guestinfo::GuestInfoLogic;
 use crate::service::health::{self, Checker, Health};
@@ -44,7 +45,8 @@ pub(super) fn logic_for(service: &ServiceConfig) -> Box<dyn Logic> {
                 ServiceOptions::TimeSync(settings) => settings.clone(),
                 _ => Default::default(),
             };
-            Box::new(timesync_logic(&settings, Path::new("/proc")))
+            let helper = Path::new(remote::DEFAULT_SOCKET);
+            Box::new(timesync_logic(&settings, Path::new("/proc"), helper))
         }
         ServiceKind::Shutdown => {
             let config = match &service.options {
@@ -56,30 +58,43 @@ pub(super) fn logic_for(service: &ServiceConfig) -> Box<dyn Logic> {
     }
 }
 
-/// The time-sync logic on the system clock. Mode adjust without CAP_SYS_TIME falls back to monitor (with one
-/// error saying what to grant); with another time daemon running it warns once what to do instead.
-fn timesync_logic(settings: &TimeSyncSettings, proc_root: &Path) -> TimeSyncLogic {
+/// The time-sync logic. Mode adjust changes the clock through the clock helper when its socket `helper`
+/// exists (hvagent-clock.socket: the agent under systemd holds no CAP_SYS_TIME), else directly, as a
+/// root-run agent without systemd does; directly without CAP_SYS_TIME it falls back to monitor (with one error
+/// saying what to grant). With another time daemon running it warns once what to do instead.
+fn timesync_logic(settings: &TimeSyncSettings, proc_root: &Path, helper: &Path) -> TimeSyncLogic {
     let mut mode = settings.mode;
+    let mut clock: Box<dyn Clock> = Box::new(SystemClock);
     if mode == Mode::Adjust {
-        if !system::has_cap_sys_time(proc_root) {
+        if helper.exists() {
+            info!(
+                "timesync: changing the clock through the clock helper at {} (hvagent-clock.service)",
+                helper.display()
+            );
+            clock = Box::new(RemoteClock::new(helper));
+        } else if system::has_cap_sys_time(proc_root) {
+            info!("timesync: changing the clock directly (CAP_SYS_TIME held, no clock helper installed)");
+        } else {
             error!(
-                "timesync: mode adjust needs CAP_SYS_TIME, which this agent lacks: run it as root, or add \
-                 AmbientCapabilities=CAP_SYS_TIME and CapabilityBoundingSet=CAP_SYS_TIME to its systemd unit; \
-                 measuring only (mode monitor) until then"
+                "timesync: mode adjust needs CAP_SYS_TIME, which this agent lacks, or the clock helper \
+                 (hvagent-clock.socket, {}), which is not there: run it as root, or install the package's \
+                 hvagent-clock.socket; measuring only (mode monitor) until then",
+                helper.display()
             );
             mode = Mode::Monitor;
-        } else {
-            let others = system::other_time_daemons(proc_root);
-            if !others.is_empty() {
-                warn!(
-                    "timesync: {} also sets this clock, and two disciplines fight; set mode = \"chrony\" in \
-                     [timesync] and add 'refclock SOCK {} refid HV precision 1e-6' to chrony.conf to make hvagent chronyd's \
-                     source, or disable {}",
-                    others.join(" and "),
-                    settings.chrony_socket.display(),
-                    others.join(" and ")
-                );
-            }
+        }
+    }
+    if mode == Mode::Adjust {
+        let others = system::other_time_daemons(proc_root);
+        if !others.is_empty() {
+            warn!(
+                "timesync: {} also sets this clock, and two disciplines fight; set mode = \"chrony\" in \
+                 [timesync] and add 'refclock SOCK {} refid HV precision 1e-6' to chrony.conf to make hvagent chronyd's \
+                 source, or disable {}",
+                others.join(" and "),
+                settings.chrony_socket.display(),
+                others.join(" and ")
+            );
         }
     }
     let sink = (mode == Mode::Chrony)
@@ -88,7 +103,7 @@ fn timesync_logic(settings: &TimeSyncSettings, proc_root: &Path) -> TimeSyncLogi
         mode,
         settings.step_threshold,
         settings.probe_interval,
-        Box::new(SystemClock),
+        clock,
         sink,
     )
 }
