@@ -82,7 +82,8 @@ bench-hostscale:
 	$(CARGO) build --release --bins
 	target/release/hvbench hostscale
 
-# The binaries, the systemd unit (ExecStart= pointing at SBINDIR), the hv_sock modules-load file, the agent's
+# The binaries, the systemd units (hvagent.service and its clock helper, hvagent-clock.socket and .service;
+# ExecStart= pointing at SBINDIR), the hv_sock modules-load file, the agent's
 # user (sysusers.d; `systemd-sysusers` creates it, or the next boot does), its polkit rule, the commented
 # default config (never over one already there), the man pages and the docs (with the run-as-root drop-in).
 install: build
@@ -92,7 +93,10 @@ install: build
 	install -m 0755 target/release/hvagent $(DESTDIR)$(SBINDIR)/hvagent
 	install -m 0755 target/release/hvhost $(DESTDIR)$(BINDIR)/hvhost
 	sed 's|^ExecStart=/usr/sbin/hvagent|ExecStart=$(SBINDIR)/hvagent|' systemd/hvagent.service >$(DESTDIR)$(UNITDIR)/hvagent.service
-	chmod 0644 $(DESTDIR)$(UNITDIR)/hvagent.service
+	sed 's|^ExecStart=/usr/sbin/hvagent|ExecStart=$(SBINDIR)/hvagent|' systemd/hvagent-clock.service \
+		>$(DESTDIR)$(UNITDIR)/hvagent-clock.service
+	install -m 0644 systemd/hvagent-clock.socket $(DESTDIR)$(UNITDIR)/hvagent-clock.socket
+	chmod 0644 $(DESTDIR)$(UNITDIR)/hvagent.service $(DESTDIR)$(UNITDIR)/hvagent-clock.service
 	install -m 0644 systemd/hvagent-modules.conf $(DESTDIR)$(MODULESLOADDIR)/hvagent.conf
 	install -m 0644 systemd/hvagent-sysusers.conf $(DESTDIR)$(SYSUSERSDIR)/hvagent.conf
 	install -m 0644 packaging/polkit/hvagent.rules $(DESTDIR)$(POLKITRULESDIR)/hvagent.rules
@@ -108,6 +112,7 @@ install: build
 # Removes what install put there, except the config file (yours now); `rm -r /etc/hvagent` removes that too.
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/hvagent $(DESTDIR)$(BINDIR)/hvhost $(DESTDIR)$(UNITDIR)/hvagent.service \
+		$(DESTDIR)$(UNITDIR)/hvagent-clock.service $(DESTDIR)$(UNITDIR)/hvagent-clock.socket \
 		$(DESTDIR)$(MODULESLOADDIR)/hvagent.conf $(DESTDIR)$(MANDIR)/man8/hvagent.8 \
 		$(DESTDIR)$(MANDIR)/man5/hvagent.toml.5 $(DESTDIR)$(MANDIR)/man1/hvhost.1 \
 		$(DESTDIR)$(SYSUSERSDIR)/hvagent.conf $(DESTDIR)$(POLKITRULESDIR)/hvagent.rules

@@ -67,8 +67,8 @@ impl fmt::Display for ClockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ClockError::NotPermitted => f.write_str(
-                "not permitted (the agent needs CAP_SYS_TIME: run it as root or grant \
-                 AmbientCapabilities=CAP_SYS_TIME in its systemd unit)",
+                "not permitted (setting the clock needs CAP_SYS_TIME: run the agent as root, or let the clock \
+                 helper do it, hvagent-clock.socket, whose hvagent-clock.service holds it)",
             ),
             ClockError::Failed { call, errno } => write!(
                 f,

@@ -1,5 +1,5 @@
 //! What the doctor says about privilege: the user and capabilities it runs with (from /proc/self/status,
-//! so `systemd-run -p User=hvagent -p AmbientCapabilities=CAP_SYS_TIME hvagent doctor` shows the unit's
+//! so `systemd-run -p User=hvagent -p CapabilityBoundingSet= hvagent doctor` shows the unit's
 //! view), whether the unit's user exists, and whether polkit will grant that user the power actions.
 
 use super::{finding, problem, Doctor, Finding, Level};

@@ -10,6 +10,7 @@
 IMAGE_SCENARIOS="sd-ready sd-least-privilege sd-status-doctor sd-health sd-clock-step sd-restart-clock
     sd-stop-frequency sd-guestinfo sd-reload sd-watchdog sd-polkit sd-upgrade sd-poweroff"
 CAP_SYS_TIME_ONLY=0000000002000000 # a capability set holding CAP_SYS_TIME (bit 25) alone
+NO_CAPABILITY=0000000000000000
 GUESTINFO_PORT=$((0x48560002))
 IMAGE_CLOCK_LIMIT_US=10000  # a stepped clock must come back within 10 ms of the host's
 RESTART_SLACK_US=1000       # defect 1: restarting may add at most 1 ms to the clock's error
@@ -132,21 +133,31 @@ scenario_sd_status_doctor() {
     pass "status: \"$first\"; doctor: exit 0, $(wc -l <<<"$GUEST_OUT") lines"
 }
 
-# The agent runs as its own user, with CAP_SYS_TIME as its only effective, permitted, ambient and bounding
-# capability (the unit's User=, AmbientCapabilities= and CapabilityBoundingSet=).
+# The agent runs as its own user with no capability at all (CapabilityBoundingSet= empty, ProtectClock=yes),
+# and its clock helper, hvagent-clock.service (started by hvagent-clock.socket when the agent asks; probes
+# every second keep it running), with CAP_SYS_TIME as its only effective, permitted, ambient and bounding
+# capability.
 scenario_sd_least_privilege() {
     sd_begin || return
-    guest 20 "pid=\$(main_pid); ps -o user,pid,cmd -C hvagent; echo user=\$(ps -o user= -p \$pid); caps_of \$pid" ||
+    guest 60 "pid=\$(main_pid); wait_for 30 eval '[ \"\$(prop hvagent-clock MainPID)\" != 0 ]';
+        hpid=\$(prop hvagent-clock MainPID); ps -o user,pid,cmd -p \$pid,\$hpid;
+        echo user=\$(ps -o user= -p \$pid); echo helper_user=\$(ps -o user= -p \$hpid); caps_of \$pid;
+        caps_of \$hpid | sed 's/^/helper_/'; echo protect_clock=\$(prop hvagent ProtectClock)" ||
         { fail "ps or /proc/PID/status: $GUEST_OUT"; return; }
     diag "$GUEST_OUT"
-    local user set bad=()
+    local user helper set bad=()
     user=$(guest_value user)
+    helper=$(guest_value helper_user)
     [ -n "$user" ] && [ "$user" != root ] || { fail "the agent runs as ${user:-nobody knows whom}"; return; }
+    [ -n "$helper" ] && [ "$helper" != root ] || { fail "the clock helper runs as ${helper:-nobody knows whom (not running?)}"; return; }
     for set in CapEff CapPrm CapAmb CapBnd; do
-        [ "$(guest_value "$set")" = "$CAP_SYS_TIME_ONLY" ] || bad+=("$set=$(guest_value "$set") ($(guest_value "${set}_names"))")
+        [ "$(guest_value "$set")" = "$NO_CAPABILITY" ] || bad+=("agent $set=$(guest_value "$set") ($(guest_value "${set}_names"))")
+        [ "$(guest_value "helper_$set")" = "$CAP_SYS_TIME_ONLY" ] ||
+            bad+=("helper $set=$(guest_value "helper_$set") ($(guest_value "helper_${set}_names"))")
     done
-    [ ${#bad[@]} = 0 ] || { fail "not CAP_SYS_TIME alone: ${bad[*]}"; return; }
-    pass "$(grep -m 1 'hvagent run$' <<<"$GUEST_OUT" | tr -s ' '); CapEff=CapPrm=CapAmb=CapBnd=$CAP_SYS_TIME_ONLY ($(guest_value CapEff_names)), CapInh=$(guest_value CapInh)"
+    [ "$(guest_value protect_clock)" = yes ] || bad+=("agent ProtectClock=$(guest_value protect_clock)")
+    [ ${#bad[@]} = 0 ] || { fail "not as expected: ${bad[*]}"; return; }
+    pass "$(grep -m 1 'hvagent run$' <<<"$GUEST_OUT" | tr -s ' '): CapEff=CapPrm=CapAmb=CapBnd=$NO_CAPABILITY, ProtectClock=yes; $(grep -m 1 'hvagent clock-helper$' <<<"$GUEST_OUT" | tr -s ' '): CapEff=CapPrm=CapAmb=CapBnd=$CAP_SYS_TIME_ONLY ($(guest_value helper_CapEff_names))"
 }
 
 # health = auto is systemd here: a failed unit makes the system degraded, which the host must see as
@@ -172,8 +183,8 @@ scenario_sd_health() {
     pass "healthy -> critical ${to_critical} s after a unit failed -> healthy ${to_healthy} s after reset-failed (hvhost heartbeats)"
 }
 
-# The guest clock an hour ahead; the agent, with the unit's capabilities, must step it back (its journal
-# says so), and the probes that follow must find it within IMAGE_CLOCK_LIMIT_US of the host's clock.
+# The guest clock an hour ahead; the agent must step it back through its clock helper (both journals say
+# so), and the probes that follow must find it within IMAGE_CLOCK_LIMIT_US of the host's clock.
 scenario_sd_clock_step() {
     sd_begin || return
     local from start error step
@@ -184,12 +195,16 @@ scenario_sd_clock_step() {
         journalctl -u hvagent -o cat --no-pager | grep 'stepped the clock' | tail -n 1" ||
         { agent_journal; fail "no step by the agent within 60 s of the guest clock jumping an hour ahead: $GUEST_OUT"; return; }
     step=$(tail -n 1 <<<"$GUEST_OUT")
+    # The agent holds no CAP_SYS_TIME: the step must have been the clock helper's.
+    guest 20 "journalctl -u hvagent-clock -o cat --no-pager | grep 'stepped the clock' | tail -n 1" ||
+        { fail "the clock helper's journal shows no step: $GUEST_OUT"; return; }
+    local helper_step=$GUEST_OUT
     from=$(ts_lines)
     wait_probes "$from" 3 30 || { fail "fewer than 3 probes in 30 s after the step"; return; }
     error=$(probes_since "$from" | head -n 3 | median_abs)
     below "$error" "$IMAGE_CLOCK_LIMIT_US" ||
         { agent_journal; fail "after the step the guest clock is still $error us off the host's (limit $IMAGE_CLOCK_LIMIT_US us)"; return; }
-    pass "an hour ahead, stepped back $(elapsed "$start") s after the jump (\"$step\"); error then $error us (median of 3 probes; limit $IMAGE_CLOCK_LIMIT_US us)"
+    pass "an hour ahead, stepped back $(elapsed "$start") s after the jump (\"$step\"; the helper: \"$helper_step\"); error then $error us (median of 3 probes; limit $IMAGE_CLOCK_LIMIT_US us)"
 }
 
 # Defect 1: with the clock right, a restart of the agent must not make it worse. Error before: the median
