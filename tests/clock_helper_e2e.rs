@@ -99,20 +99,21 @@ fn log_text(log: &Path) -> String {
     std::fs::read_to_string(log).unwrap_or_default()
 }
 
-#[test]
-fn helper_reads_sets_and_steps_a_fake_clock_for_an_allowed_peer() {
+/// A helper with --fake-clock on clock.sock in a new temp dir, for peers of `uid`, logging to helper.log.
+fn serving(uid: u32) -> (tempfile::TempDir, Running) {
     let dir = tempfile::tempdir().unwrap();
     let (socket, log) = (dir.path().join("clock.sock"), dir.path().join("helper.log"));
-    let uid = own_uid().to_string();
-    let _helper = Running(
-        helper(
-            &["--socket", socket.to_str().unwrap(), "--peer-uid", &uid],
-            &log,
-        )
-        .spawn()
-        .unwrap(),
-    );
+    let uid = uid.to_string();
+    let args = ["--socket", socket.to_str().unwrap(), "--peer-uid", &uid];
+    let running = Running(helper(&args, &log).spawn().unwrap());
     wait_for("the helper's socket", || socket.exists());
+    (dir, running)
+}
+
+#[test]
+fn helper_reads_sets_and_steps_a_fake_clock_for_an_allowed_peer() {
+    let (dir, _helper) = serving(own_uid());
+    let (socket, log) = (dir.path().join("clock.sock"), dir.path().join("helper.log"));
     let mut clock = RemoteClock::new(&socket);
     assert_eq!(clock.frequency_ppm(), Ok(0.0));
     clock.set_frequency_ppm(-12.5).unwrap();
@@ -137,18 +138,8 @@ fn helper_reads_sets_and_steps_a_fake_clock_for_an_allowed_peer() {
 
 #[test]
 fn helper_refuses_a_peer_of_another_uid() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _helper) = serving(own_uid().wrapping_add(4242));
     let (socket, log) = (dir.path().join("clock.sock"), dir.path().join("helper.log"));
-    let other = own_uid().wrapping_add(4242).to_string();
-    let _helper = Running(
-        helper(
-            &["--socket", socket.to_str().unwrap(), "--peer-uid", &other],
-            &log,
-        )
-        .spawn()
-        .unwrap(),
-    );
-    wait_for("the helper's socket", || socket.exists());
     let mut clock = RemoteClock::new(&socket);
     assert_eq!(clock.step(1_000_000_000), Err(ClockError::NotPermitted));
     assert_eq!(clock.set_frequency_ppm(1.0), Err(ClockError::NotPermitted));
