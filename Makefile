@@ -83,7 +83,8 @@ bench-hostscale:
 	target/release/hvbench hostscale
 
 # The binaries, the systemd units (hvagent.service and its clock helper, hvagent-clock.socket and .service;
-# ExecStart= pointing at SBINDIR), the hv_sock modules-load file, the agent's
+# ExecStart= pointing at SBINDIR; the escalation templates hvagent-force-poweroff@ and -reboot@), the hv_sock
+# modules-load file, the agent's
 # user (sysusers.d; `systemd-sysusers` creates it, or the next boot does), its polkit rule, the commented
 # default config (never over one already there), the man pages and the docs (with the run-as-root drop-in).
 install: build
@@ -96,6 +97,7 @@ install: build
 	sed 's|^ExecStart=/usr/sbin/hvagent|ExecStart=$(SBINDIR)/hvagent|' systemd/hvagent-clock.service \
 		>$(DESTDIR)$(UNITDIR)/hvagent-clock.service
 	install -m 0644 systemd/hvagent-clock.socket $(DESTDIR)$(UNITDIR)/hvagent-clock.socket
+	install -m 0644 systemd/hvagent-force-poweroff@.service systemd/hvagent-force-reboot@.service $(DESTDIR)$(UNITDIR)/
 	chmod 0644 $(DESTDIR)$(UNITDIR)/hvagent.service $(DESTDIR)$(UNITDIR)/hvagent-clock.service
 	install -m 0644 systemd/hvagent-modules.conf $(DESTDIR)$(MODULESLOADDIR)/hvagent.conf
 	install -m 0644 systemd/hvagent-sysusers.conf $(DESTDIR)$(SYSUSERSDIR)/hvagent.conf
@@ -113,6 +115,7 @@ install: build
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/hvagent $(DESTDIR)$(BINDIR)/hvhost $(DESTDIR)$(UNITDIR)/hvagent.service \
 		$(DESTDIR)$(UNITDIR)/hvagent-clock.service $(DESTDIR)$(UNITDIR)/hvagent-clock.socket \
+		$(DESTDIR)$(UNITDIR)/hvagent-force-poweroff@.service $(DESTDIR)$(UNITDIR)/hvagent-force-reboot@.service \
 		$(DESTDIR)$(MODULESLOADDIR)/hvagent.conf $(DESTDIR)$(MANDIR)/man8/hvagent.8 \
 		$(DESTDIR)$(MANDIR)/man5/hvagent.toml.5 $(DESTDIR)$(MANDIR)/man1/hvhost.1 \
 		$(DESTDIR)$(SYSUSERSDIR)/hvagent.conf $(DESTDIR)$(POLKITRULESDIR)/hvagent.rules

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # packaging-test: the systemd units' exposure scores (the agent's and its clock helper's), their users and
-# capabilities and `systemd-analyze verify`, the man pages (groff -ww, hvhost(1) against `hvhost --help`), the `make install` tree (the commented
+# capabilities, the escalation units and `systemd-analyze verify`, the man pages (groff -ww, hvhost(1) against `hvhost --help`), the `make install` tree (the commented
 # default config, the sysusers.d file and polkit rule, uninstall), and the Debian package's contents, control
 # fields, modes, conffile and maintainer scripts (the user created),
 # and lintian on it (no error, no warning). Needs a release build (`make packaging-test` makes one). Builds nothing into the real root and
@@ -16,8 +16,11 @@ cd "$REPO"
 MAX_EXPOSURE=1.0
 # The helper holds CAP_SYS_TIME and the @clock calls, which is what is left of its score.
 MAX_HELPER_EXPOSURE=1.0
-# The units, as in systemd/; hvagent-clock.socket starts hvagent-clock.service.
-UNITS=(hvagent.service hvagent-clock.socket hvagent-clock.service)
+# The units, as in systemd/; hvagent-clock.socket starts hvagent-clock.service. The escalation templates are
+# verified as an instance (FORCE_INSTANCE seconds), as the agent starts them.
+UNITS=(hvagent.service hvagent-clock.socket hvagent-clock.service hvagent-force-poweroff@.service
+    hvagent-force-reboot@.service)
+FORCE_INSTANCE=300
 passed=0
 failed=0
 work=$(mktemp -d)
@@ -55,8 +58,9 @@ verify_unit() {
     have systemd-analyze || { skip "$name" "systemd-analyze is missing"; return; }
     mkdir -p "$work/verify"
     for unit in "${UNITS[@]}"; do
-        unit_for "$binary" "$unit" >"$work/verify/$unit"
-        paths+=("$work/verify/$unit")
+        local copy=$work/verify/${unit/@./@$FORCE_INSTANCE.}
+        unit_for "$binary" "$unit" >"$copy"
+        paths+=("$copy")
     done
     local out man=(--man=no)
     if [ -n "$manpath" ] && have man; then man=(--man=yes); fi
@@ -89,6 +93,23 @@ check_unit_user() {
     problems=$(exactly_once hvagent-clock.service AmbientCapabilities=CAP_SYS_TIME CapabilityBoundingSet=CAP_SYS_TIME \
         PrivateNetwork=yes RestrictAddressFamilies=AF_UNIX 'ExecStart=/usr/sbin/hvagent clock-helper'
         exactly_once hvagent-clock.socket ListenStream=/run/hvagent-clock.sock SocketGroup=hvagent SocketMode=0660)
+    if [ -z "$problems" ]; then pass "$name"; else fail "$name" "$problems"; fi
+    check_escalation_units
+}
+
+# The escalation units force the action only when sleep ends by itself: outside the shutdown transaction
+# (DefaultDependencies=no, system.slice), and a stop (SIGKILL) ends them failed, so SuccessAction= does not
+# fire; the polkit rule lets hvagent start and stop exactly these.
+check_escalation_units() {
+    local name=escalation_units_force_only_when_their_sleep_ends problems= action
+    for action in poweroff reboot; do
+        problems+=$(exactly_once "hvagent-force-$action@.service" DefaultDependencies=no Slice=system.slice \
+            'ExecStart=/bin/sleep %i' KillSignal=SIGKILL "SuccessAction=$action-force")
+        grep -q '^\(FailureAction\|Requires\|Wants\|After\|Before\|Conflicts\|BindsTo\|PartOf\)=' \
+            "systemd/hvagent-force-$action@.service" && problems+=" hvagent-force-$action@.service has a dependency"
+    done
+    grep -qF '/^hvagent-force-(poweroff|reboot)@[0-9]+\.service$/' packaging/polkit/hvagent.rules ||
+        problems+=" the polkit rule does not name exactly the escalation units"
     if [ -z "$problems" ]; then pass "$name"; else fail "$name" "$problems"; fi
 }
 
@@ -130,6 +151,7 @@ check_modes() {
 # The files of an install with PREFIX=/usr and the unit in /lib/systemd/system, as the .deb has them.
 USR_FILES=(usr/sbin/hvagent:755 usr/bin/hvhost:755 lib/systemd/system/hvagent.service:644
     lib/systemd/system/hvagent-clock.service:644 lib/systemd/system/hvagent-clock.socket:644
+    lib/systemd/system/hvagent-force-poweroff@.service:644 lib/systemd/system/hvagent-force-reboot@.service:644
     usr/lib/modules-load.d/hvagent.conf:644 etc/hvagent/hvagent.toml:644 usr/lib/sysusers.d/hvagent.conf:644
     usr/share/polkit-1/rules.d/hvagent.rules:644 usr/share/doc/hvagent/examples/run-as-root.conf:644
     usr/share/doc/hvagent/README.md:644 usr/share/doc/hvagent/hvagent-host-setup.ps1:644)
@@ -140,6 +162,8 @@ check_install_tree() {
     check_modes install_puts_every_file_in_place_with_its_mode "$tree" \
         usr/local/sbin/hvagent:755 usr/local/bin/hvhost:755 usr/local/lib/systemd/system/hvagent.service:644 \
         usr/local/lib/systemd/system/hvagent-clock.service:644 usr/local/lib/systemd/system/hvagent-clock.socket:644 \
+        usr/local/lib/systemd/system/hvagent-force-poweroff@.service:644 \
+        usr/local/lib/systemd/system/hvagent-force-reboot@.service:644 \
         usr/local/lib/modules-load.d/hvagent.conf:644 etc/hvagent/hvagent.toml:644 \
         usr/local/lib/sysusers.d/hvagent.conf:644 etc/polkit-1/rules.d/hvagent.rules:644 \
         usr/local/share/doc/hvagent/examples/run-as-root.conf:644 \
