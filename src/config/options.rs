@@ -46,8 +46,8 @@ pub struct ShutdownConfig {
     pub poweroff: Vec<String>,
     pub reboot: Vec<String>,
     pub hibernate: Vec<String>,
-    /// How long a forced power-off or reboot may take its orderly course before `systemctl … --force`;
-    /// zero never escalates.
+    /// How long a forced power-off or reboot may take its orderly course before systemd forces it (the
+    /// instance of hvagent-force-ACTION@.service, rounded up to seconds); zero never escalates.
     pub force_after: Duration,
 }
 

@@ -6,8 +6,10 @@
 //! orderly shutdown, as Linux's hv_utils treats flags 0 and 1 alike (`drivers/hv/hv_util.c`,
 //! `shutdown_onchannelcallback`: both `orderly_poweroff`): FORCE means "applications may not veto", so
 //! `--ignore-inhibitors` is added when the program is `systemctl`, never `--force`, which skips stopping the
-//! services and can lose data. If the system is still up `force_after` after a forced power-off or reboot
-//! began, the agent escalates to `systemctl … --force` (logged at warn). Any command gets the request in its
+//! services and can lose data. Before the orderly command of a forced power-off or reboot the agent arms an
+//! [`Escalation`]: a unit after which systemd forces the action if the system is still up `force_after` later
+//! (the same argv as root or not: the unit works for both, and survives the agent, which the shutdown stops).
+//! Any command gets the request in its
 //! environment (HVAGENT_SHUTDOWN_ACTION, _FORCE, _REASON, _MESSAGE), which is how a custom command learns
 //! about force; custom commands are not escalated. When the configured command is the built-in
 //! `systemctl VERB` (by name, or made absolute at load) and systemd is not PID 1, the agent falls back to sync(2) and reboot(2) with the matching
@@ -40,18 +42,42 @@ impl PowerAction {
     }
 }
 
+/// A command's extra environment variables.
+pub type Env = Vec<(&'static str, String)>;
+
 /// How an action is carried out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Plan {
-    /// Run argv (no shell) with these extra environment variables, without waiting for it; if the system
-    /// is still up `force_after` later, run `escalation` (same environment) when there is one.
+    /// Run argv (no shell) with these extra environment variables, without waiting for it; with an
+    /// escalation, arm it first.
     Command {
         argv: Vec<String>,
         env: Vec<(&'static str, String)>,
-        escalation: Option<Vec<String>>,
+        escalation: Option<Escalation>,
     },
     /// sync(2), then reboot(2) with the action's command.
     Syscall(PowerAction),
+}
+
+/// The escalation of a forced power-off or reboot: systemd starts `hvagent-force-ACTION@SECONDS.service`
+/// before the orderly command runs; that unit sleeps SECONDS (`force_after`, rounded up) and then has
+/// systemd power off or reboot by force (SuccessAction=poweroff-force or reboot-force). Armed in advance
+/// because the shutdown stops the agent, D-Bus and polkit at once: nobody could ask for it later.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Escalation {
+    /// `systemctl start --no-block UNIT`, run before the orderly command.
+    pub arm: Vec<String>,
+    /// `systemctl stop --no-block UNIT`, run when the orderly command failed: nothing is under way then.
+    pub disarm: Vec<String>,
+}
+
+/// The unit that forces `action` `force_after` after it started.
+pub fn escalation_unit(action: PowerAction, force_after: Duration) -> String {
+    format!(
+        "hvagent-force-{}@{}.service",
+        action.name(),
+        force_after.as_secs_f64().ceil() as u64
+    )
 }
 
 /// The system side of the shutdown service.
@@ -142,7 +168,16 @@ pub fn plan(
     if force && is_systemctl(&argv) {
         // A hibernation resumes into a running system, so "still up later" says nothing about it.
         if action != PowerAction::Hibernate && !config.force_after.is_zero() {
-            escalation = Some([argv.as_slice(), &["--force".to_string()]].concat());
+            let unit = escalation_unit(action, config.force_after);
+            let systemctl = |verb: &str| {
+                [argv[0].as_str(), verb, "--no-block", &unit]
+                    .map(String::from)
+                    .to_vec()
+            };
+            escalation = Some(Escalation {
+                arm: systemctl("start"),
+                disarm: systemctl("stop"),
+            });
         }
         argv.push("--ignore-inhibitors".to_string());
     }
@@ -168,20 +203,20 @@ pub fn plan(
     ))
 }
 
-/// A forced shutdown to escalate if the system is still up at `at`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Escalation {
-    at: Instant,
-    argv: Vec<String>,
-    env: Vec<(&'static str, String)>,
-}
-
 /// Where the service stands.
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Phase {
     Idle,
     /// Answered; the action runs once the answer is sent.
     Queued(PowerAction, Plan),
+    /// The escalation's unit is being started (`arm`); the orderly command runs once that has ended.
+    Arming {
+        action: PowerAction,
+        argv: Vec<String>,
+        env: Vec<(&'static str, String)>,
+        disarm: Vec<String>,
+        since: Instant,
+    },
     /// The action is under way; further requests are answered and ignored.
     InProgress(PowerAction),
 }
@@ -195,8 +230,8 @@ pub struct ShutdownLogic {
     check_at: Option<Instant>,
     /// When to call reboot(2), for the fallback.
     reboot_at: Option<(Instant, PowerAction)>,
-    /// The `--force` run of a forced request, while its orderly command is under way.
-    escalation: Option<Escalation>,
+    /// How to disarm the escalation armed for the orderly command under way, should that command fail.
+    disarm: Option<(Vec<String>, Env)>,
 }
 
 /// How long the reboot(2) fallback waits after the answer was handed to the socket, so that it leaves the
@@ -205,6 +240,11 @@ pub const SYSCALL_GRACE: Duration = Duration::from_millis(500);
 
 /// How often a running shutdown command is looked at; only while one runs.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often the arming command is looked at: the orderly command waits for it.
+const ARM_CHECK_EVERY: Duration = Duration::from_millis(50);
+/// How long the orderly command waits for the arming command at most (`systemctl start --no-block` returns
+/// in milliseconds; polkit may take longer); after that it runs anyway.
+const ARM_WAIT: Duration = Duration::from_secs(5);
 
 impl ShutdownLogic {
     pub fn new(config: ShutdownConfig, power: Box<dyn Power>) -> ShutdownLogic {
@@ -214,7 +254,7 @@ impl ShutdownLogic {
             phase: Phase::Idle,
             check_at: None,
             reboot_at: None,
-            escalation: None,
+            disarm: None,
         }
     }
 
@@ -223,28 +263,33 @@ impl ShutdownLogic {
             Plan::Command {
                 argv,
                 env,
-                escalation,
-            } => match self.power.spawn(&argv, &env) {
+                escalation: Some(escalation),
+            } => match self.power.spawn(&escalation.arm, &env) {
                 Ok(()) => {
-                    info!("shutdown: {} started: {}", action.name(), argv.join(" "));
-                    self.phase = Phase::InProgress(action);
-                    self.check_at = Some(now + CHECK_EVERY);
-                    self.escalation = escalation.map(|argv| Escalation {
-                        at: now + self.config.force_after,
+                    info!(
+                        "shutdown: arming the escalation for {}: {}",
+                        action.name(),
+                        escalation.arm.join(" ")
+                    );
+                    self.phase = Phase::Arming {
+                        action,
                         argv,
                         env,
-                    });
+                        disarm: escalation.disarm,
+                        since: now,
+                    };
+                    self.check_at = Some(now + ARM_CHECK_EVERY);
                 }
                 Err(why) => {
-                    error!(
-                        "shutdown: cannot run {} for {}: {why}; check [shutdown] {} in the config",
-                        argv.join(" "),
-                        action.name(),
+                    warn!(
+                        "shutdown: cannot run {}: {why}; the {} goes on without an escalation",
+                        escalation.arm.join(" "),
                         action.name()
                     );
-                    self.phase = Phase::Idle;
+                    self.start_command(action, argv, env, now);
                 }
             },
+            Plan::Command { argv, env, .. } => self.start_command(action, argv, env, now),
             Plan::Syscall(action) => {
                 info!(
                     "shutdown: systemd is not PID 1; sync and reboot(2) for {} in {} ms",
@@ -257,21 +302,92 @@ impl ShutdownLogic {
         }
     }
 
-    /// The forced request's orderly shutdown has not brought the system down in `force_after`.
-    fn escalate(&mut self, now: Instant) {
-        let Some(escalation) = self.escalation.take() else {
+    /// Runs the action's own command.
+    fn start_command(
+        &mut self,
+        action: PowerAction,
+        argv: Vec<String>,
+        env: Vec<(&'static str, String)>,
+        now: Instant,
+    ) {
+        match self.power.spawn(&argv, &env) {
+            Ok(()) => {
+                info!("shutdown: {} started: {}", action.name(), argv.join(" "));
+                self.phase = Phase::InProgress(action);
+                self.check_at = Some(now + CHECK_EVERY);
+            }
+            Err(why) => {
+                error!(
+                    "shutdown: cannot run {} for {}: {why}; check [shutdown] {} in the config",
+                    argv.join(" "),
+                    action.name(),
+                    action.name()
+                );
+                self.phase = Phase::Idle;
+                self.disarm();
+            }
+        }
+    }
+
+    /// The arming command was looked at: once it has ended (or after ARM_WAIT), the orderly command runs.
+    fn check_arming(&mut self, now: Instant) {
+        let Phase::Arming { since, .. } = &self.phase else {
+            return;
+        };
+        let outcome = self.power.try_wait();
+        if outcome.is_none() && now < *since + ARM_WAIT {
+            self.check_at = Some(now + ARM_CHECK_EVERY);
+            return;
+        }
+        let Phase::Arming {
+            action,
+            argv,
+            env,
+            disarm,
+            ..
+        } = std::mem::replace(&mut self.phase, Phase::Idle)
+        else {
+            unreachable!("matched above")
+        };
+        match outcome {
+            Some(Ok(())) => {
+                info!(
+                    "shutdown: escalation armed: systemd forces the {} if the system is still up in {} s",
+                    action.name(),
+                    self.config.force_after.as_secs_f64().ceil()
+                );
+                self.disarm = Some((disarm, env.clone()));
+            }
+            Some(Err(why)) => warn!(
+                "shutdown: arming the escalation failed: {why}; the {} goes on without one (are \
+                 hvagent-force-{}@.service and the polkit rule installed?)",
+                action.name(),
+                action.name()
+            ),
+            None => {
+                warn!(
+                    "shutdown: arming the escalation has not ended after {} s; the {} goes on",
+                    ARM_WAIT.as_secs(),
+                    action.name()
+                );
+                // It may still arm: disarm it too should the command fail.
+                self.disarm = Some((disarm, env.clone()));
+            }
+        }
+        self.start_command(action, argv, env, now);
+    }
+
+    /// The orderly command failed or could not run: stop the escalation armed for it, if any.
+    fn disarm(&mut self) {
+        let Some((argv, env)) = self.disarm.take() else {
             return;
         };
         warn!(
-            "shutdown: the system is still up {} s after a forced request's orderly shutdown began; \
-             escalating: {}",
-            self.config.force_after.as_secs_f64(),
-            escalation.argv.join(" ")
+            "shutdown: nothing is under way, so the escalation goes: {}",
+            argv.join(" ")
         );
-        match self.power.spawn(&escalation.argv, &escalation.env) {
-            // Watched like the first command: its failure is logged and lets a new request run.
-            Ok(()) => self.check_at = Some(now + CHECK_EVERY),
-            Err(why) => error!("shutdown: cannot run {}: {why}", escalation.argv.join(" ")),
+        if let Err(why) = self.power.spawn(&argv, &env) {
+            error!("shutdown: cannot run {}: {why}", argv.join(" "));
         }
     }
 
@@ -304,7 +420,9 @@ impl Logic for ShutdownLogic {
             body.timeout_seconds,
             display_text(&body.display_message).escape_debug()
         );
-        if let Phase::Queued(action, _) | Phase::InProgress(action) = &self.phase {
+        if let Phase::Queued(action, _) | Phase::Arming { action, .. } | Phase::InProgress(action) =
+            &self.phase
+        {
             info!(
                 "shutdown: a {} is already in progress; answered and ignored",
                 action.name()
@@ -324,14 +442,10 @@ impl Logic for ShutdownLogic {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        [
-            self.check_at,
-            self.reboot_at.map(|(at, _)| at),
-            self.escalation.as_ref().map(|escalation| escalation.at),
-        ]
-        .into_iter()
-        .flatten()
-        .min()
+        [self.check_at, self.reboot_at.map(|(at, _)| at)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn on_timer(&mut self, now: Instant, _out: &mut Vec<(LinkId, Message)>) {
@@ -341,27 +455,25 @@ impl Logic for ShutdownLogic {
             }
             return;
         }
-        if self
-            .escalation
-            .as_ref()
-            .is_some_and(|escalation| escalation.at <= now)
-        {
-            self.escalate(now);
-        }
         if self.check_at.map_or(true, |at| at > now) {
+            return;
+        }
+        self.check_at = None;
+        if matches!(self.phase, Phase::Arming { .. }) {
+            self.check_arming(now);
             return;
         }
         match self.power.try_wait() {
             None => self.check_at = Some(now + CHECK_EVERY),
             Some(Ok(())) => {
                 info!("shutdown: the command finished; the system is going down");
-                self.check_at = None;
+                // The disarming command, if any, needs no watching: its failure changes nothing here.
+                self.disarm = None;
             }
             Some(Err(why)) => {
                 warn!("shutdown: the command failed: {why}; a new request will be carried out");
-                self.check_at = None;
-                self.escalation = None;
                 self.phase = Phase::Idle;
+                self.disarm();
             }
         }
     }
@@ -370,6 +482,7 @@ impl Logic for ShutdownLogic {
         let state = match &self.phase {
             Phase::Idle => "idle".to_string(),
             Phase::Queued(action, _) => format!("{} queued", action.name()),
+            Phase::Arming { action, .. } => format!("{} arming its escalation", action.name()),
             Phase::InProgress(action) => format!("{} in progress", action.name()),
         };
         vec![("shutdown", state)]

@@ -114,6 +114,19 @@ fn exchange(
     (reply, calls)
 }
 
+/// The orderly command of what `exchange` started: the first call, or, when that armed the escalation,
+/// the command that runs once the arming has ended.
+fn orderly(logic: &mut ShutdownLogic, fake: &FakePower, calls: &[Call]) -> Vec<String> {
+    let first = argv(&calls[0]);
+    if first.get(1).map(String::as_str) != Some("start") {
+        return first;
+    }
+    *fake.exit.borrow_mut() = Some(Ok(()));
+    let next = run_timers(logic, fake, Instant::now() + Duration::from_secs(1));
+    assert_eq!(next.len(), 1, "{next:?}");
+    argv(&next[0])
+}
+
 #[test]
 fn every_flag_value_maps_to_its_action_or_a_refusal() {
     let expected: [(u32, Option<&[&str]>); 8] = [
@@ -138,7 +151,11 @@ fn every_flag_value_maps_to_its_action_or_a_refusal() {
                 let reply = reply.unwrap_or_else(|r| panic!("flags {flags}: refused {r:?}"));
                 assert_eq!(reply.header.status, Status::OK);
                 assert_eq!(calls.len(), 1, "flags {flags}");
-                assert_eq!(argv(&calls[0]), argv_wanted, "flags {flags}");
+                assert_eq!(
+                    orderly(&mut logic, &fake, &calls),
+                    argv_wanted,
+                    "flags {flags}"
+                );
             }
             None => {
                 assert_eq!(reply.unwrap_err().status, Status::FAIL, "flags {flags}");
@@ -234,8 +251,9 @@ fn reboot_syscall_only_with_the_default_command_and_no_systemd() {
             let fake = FakePower::new(true);
             let mut logic = ShutdownLogic::new(config.clone(), Box::new(fake.clone()));
             let (_, calls) = exchange(&mut logic, &fake, flags);
-            assert_eq!(argv(&calls[0])[0], program, "flags {flags}");
-            assert_eq!(argv(&calls[0])[1..], *wanted, "flags {flags}");
+            let orderly = orderly(&mut logic, &fake, &calls);
+            assert_eq!(orderly[0], program, "flags {flags}");
+            assert_eq!(orderly[1..], *wanted, "flags {flags}");
         }
     }
     // A configured command without systemd, even one running systemctl with more arguments: the command,
@@ -316,79 +334,173 @@ fn run_timers(logic: &mut ShutdownLogic, fake: &FakePower, until: Instant) -> Ve
     fake.calls.borrow_mut().drain(..).collect()
 }
 
+/// Sends a request at `start` and runs what follows the answer; the calls made.
+fn send(logic: &mut ShutdownLogic, fake: &FakePower, flags: u32, start: Instant) -> Vec<Call> {
+    logic
+        .request(1, &request(flags, b""), IcVersion::new(3, 2), start)
+        .unwrap();
+    logic.after_send(start);
+    fake.calls.borrow_mut().drain(..).collect()
+}
+
+fn strings(words: &[&str]) -> Vec<String> {
+    words.iter().map(|word| word.to_string()).collect()
+}
+
 #[test]
-fn a_forced_request_escalates_to_force_only_if_the_system_is_still_up_after_force_after() {
+fn a_forced_request_arms_the_escalation_unit_before_its_orderly_command() {
     let start = Instant::now();
-    for (flags, escalated) in [
-        (1u32, Some(&["systemctl", "poweroff", "--force"][..])),
-        (3, Some(&["systemctl", "reboot", "--force"])),
+    for (flags, unit, orderly) in [
+        (
+            1u32,
+            Some("hvagent-force-poweroff@300.service"),
+            &["systemctl", "poweroff", "--ignore-inhibitors"][..],
+        ),
+        (
+            3,
+            Some("hvagent-force-reboot@300.service"),
+            &["systemctl", "reboot", "--ignore-inhibitors"],
+        ),
         // Not forced, or a hibernation (it resumes into a running system): never escalated.
-        (0, None),
-        (2, None),
-        (5, None),
+        (0, None, &["systemctl", "poweroff"]),
+        (2, None, &["systemctl", "reboot"]),
+        (5, None, &["systemctl", "hibernate", "--ignore-inhibitors"]),
     ] {
         let fake = FakePower::new(true);
         let mut logic = ShutdownLogic::new(ShutdownConfig::default(), Box::new(fake.clone()));
-        logic
-            .request(1, &request(flags, b""), IcVersion::new(3, 2), start)
-            .unwrap();
-        logic.after_send(start);
-        let first = fake.calls.borrow_mut().drain(..).collect::<Vec<_>>();
-        assert_eq!(first.len(), 1);
-        // systemctl returns at once: the job is queued.
+        let first = send(&mut logic, &fake, flags, start);
+        assert_eq!(first.len(), 1, "flags {flags}: {first:?}");
+        let Some(unit) = unit else {
+            assert_eq!(argv(&first[0]), orderly, "flags {flags}");
+            continue;
+        };
+        // The same argv whether the agent runs as root or not: systemd forces the action either way.
+        assert_eq!(
+            argv(&first[0]),
+            strings(&["systemctl", "start", "--no-block", unit]),
+            "flags {flags}"
+        );
+        let Call::Spawn(_, env) = &first[0] else {
+            unreachable!()
+        };
+        assert!(env.contains(&("HVAGENT_SHUTDOWN_FORCE", "1".to_string())));
+        assert!(logic.status(start)[0].1.ends_with("arming its escalation"));
+        // The orderly command waits for the arming; systemctl start --no-block returns at once.
+        let waiting = run_timers(&mut logic, &fake, start + Duration::from_millis(200));
+        assert!(waiting.is_empty(), "flags {flags}: {waiting:?}");
         *fake.exit.borrow_mut() = Some(Ok(()));
-        let before = run_timers(&mut logic, &fake, start + Duration::from_secs(299));
-        assert!(before.is_empty(), "flags {flags}: {before:?}");
-        let after = run_timers(&mut logic, &fake, start + Duration::from_secs(301));
-        match escalated {
-            Some(wanted) => {
-                assert_eq!(after.len(), 1, "flags {flags}: {after:?}");
-                assert_eq!(argv(&after[0]), wanted, "flags {flags}");
-                let Call::Spawn(_, env) = &after[0] else {
-                    unreachable!()
-                };
-                assert!(env.contains(&("HVAGENT_SHUTDOWN_FORCE", "1".to_string())));
-            }
-            None => {
-                assert!(after.is_empty(), "flags {flags}: {after:?}");
-                assert_eq!(logic.deadline(), None, "flags {flags}: no timer left");
-            }
-        }
+        let next = run_timers(&mut logic, &fake, start + Duration::from_millis(300));
+        assert_eq!(next.len(), 1, "flags {flags}: {next:?}");
+        assert_eq!(argv(&next[0]), orderly, "flags {flags}");
+        // The orderly command queued its job; nothing more is run, ever: systemd forces it if need be.
+        *fake.exit.borrow_mut() = Some(Ok(()));
+        let after = run_timers(&mut logic, &fake, start + Duration::from_secs(86_400));
+        assert!(after.is_empty(), "flags {flags}: {after:?}");
+        assert_eq!(logic.deadline(), None, "flags {flags}: no timer left");
     }
 }
 
 #[test]
-fn force_after_zero_custom_commands_and_failed_commands_never_escalate() {
+fn the_escalation_unit_names_force_after_in_whole_seconds_and_the_configured_systemctl() {
+    let fake = FakePower::new(true);
+    let config = ShutdownConfig {
+        force_after: Duration::from_secs_f64(2.5),
+        ..resolved_defaults()
+    };
+    let mut logic = ShutdownLogic::new(config, Box::new(fake.clone()));
+    let calls = send(&mut logic, &fake, 1, Instant::now());
+    assert_eq!(
+        argv(&calls[0]),
+        strings(&[
+            "/usr/bin/systemctl",
+            "start",
+            "--no-block",
+            "hvagent-force-poweroff@3.service"
+        ])
+    );
+}
+
+#[test]
+fn force_after_zero_and_custom_commands_never_arm_an_escalation() {
     let start = Instant::now();
     let never = ShutdownConfig {
         force_after: Duration::ZERO,
         ..ShutdownConfig::default()
     };
     // force_after 0; a custom poweroff command (it learns of force from HVAGENT_SHUTDOWN_FORCE).
-    for config in [never, fake_config()] {
+    for (config, program) in [(never, "systemctl"), (fake_config(), "/bin/fake-off")] {
         let fake = FakePower::new(true);
         let mut logic = ShutdownLogic::new(config, Box::new(fake.clone()));
-        logic
-            .request(1, &request(1, b""), IcVersion::new(3, 2), start)
-            .unwrap();
-        logic.after_send(start);
-        fake.calls.borrow_mut().clear();
+        let calls = send(&mut logic, &fake, 1, start);
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(argv(&calls[0])[0], program);
+        assert_ne!(argv(&calls[0]).get(1).map(String::as_str), Some("start"));
         *fake.exit.borrow_mut() = Some(Ok(()));
         let calls = run_timers(&mut logic, &fake, start + Duration::from_secs(86_400));
         assert!(calls.is_empty(), "{calls:?}");
     }
-    // The orderly command failed: nothing is under way, so nothing is forced; a new request may run.
+}
+
+#[test]
+fn a_failed_orderly_command_disarms_the_escalation_and_lets_a_new_request_run() {
+    let start = Instant::now();
     let fake = FakePower::new(true);
     let mut logic = ShutdownLogic::new(ShutdownConfig::default(), Box::new(fake.clone()));
-    logic
-        .request(1, &request(3, b""), IcVersion::new(3, 2), start)
-        .unwrap();
-    logic.after_send(start);
-    fake.calls.borrow_mut().clear();
+    send(&mut logic, &fake, 3, start);
+    *fake.exit.borrow_mut() = Some(Ok(()));
+    let orderly = run_timers(&mut logic, &fake, start + Duration::from_millis(100));
+    assert_eq!(orderly.len(), 1, "{orderly:?}");
+    // logind refused: nothing is under way, so nothing may be forced later.
+    *fake.exit.borrow_mut() = Some(Err("exit status 1".to_string()));
+    let calls = run_timers(&mut logic, &fake, start + Duration::from_secs(86_400));
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert_eq!(
+        argv(&calls[0]),
+        strings(&[
+            "systemctl",
+            "stop",
+            "--no-block",
+            "hvagent-force-reboot@300.service"
+        ])
+    );
+    assert_eq!(logic.status(start)[0].1, "idle");
+    assert_eq!(logic.deadline(), None);
+}
+
+#[test]
+fn an_escalation_that_cannot_be_armed_does_not_hold_up_the_orderly_command() {
+    let start = Instant::now();
+    // Arming failed (no unit, no polkit rule): the orderly command runs; should it fail too, there is
+    // nothing to disarm.
+    let fake = FakePower::new(true);
+    let mut logic = ShutdownLogic::new(ShutdownConfig::default(), Box::new(fake.clone()));
+    send(&mut logic, &fake, 1, start);
+    *fake.exit.borrow_mut() = Some(Err("exit status 4".to_string()));
+    let orderly = run_timers(&mut logic, &fake, start + Duration::from_millis(100));
+    assert_eq!(
+        argv(&orderly[0]),
+        strings(&["systemctl", "poweroff", "--ignore-inhibitors"])
+    );
     *fake.exit.borrow_mut() = Some(Err("exit status 1".to_string()));
     let calls = run_timers(&mut logic, &fake, start + Duration::from_secs(86_400));
     assert!(calls.is_empty(), "{calls:?}");
-    assert_eq!(logic.status(start)[0].1, "idle");
+    // Arming that never ends: the orderly command runs after ARM_WAIT, not before.
+    let fake = FakePower::new(true);
+    let mut logic = ShutdownLogic::new(ShutdownConfig::default(), Box::new(fake.clone()));
+    send(&mut logic, &fake, 1, start);
+    let before = run_timers(
+        &mut logic,
+        &fake,
+        start + ARM_WAIT - Duration::from_millis(100),
+    );
+    assert!(before.is_empty(), "{before:?}");
+    let after = run_timers(
+        &mut logic,
+        &fake,
+        start + ARM_WAIT + Duration::from_millis(100),
+    );
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(argv(&after[0])[1], "poweroff");
 }
 
 #[test]
