@@ -383,15 +383,38 @@ scenario_sd_polkit() {
     pass "hvagent: CanPowerOff=yes CanReboot=yes (with a block inhibitor held: yes, yes) CanHibernate=$(guest_value hibernate); nobody: $(guest_value nobody_off), with the inhibitor $(guest_value nobody_blocked_off)"
 }
 
-# Last: the host asks for a forced power-off while a block inhibitor is held; the agent, as its own user, runs
-# systemctl poweroff --ignore-inhibitors, which logind grants through polkit (power-off-ignore-inhibit), and
-# QEMU must exit by itself. First, the escalation a forced request may get after force_after: as the
-# agent's user `systemctl poweroff --force` must be refused (systemd's bus policy: root only).
+# The escalation units through the polkit rule: the agent's user may start and stop
+# hvagent-force-poweroff@SECONDS.service, and stopping it (as the agent does when the orderly command failed)
+# must not power off (the unit ends failed: KillSignal=SIGKILL, so SuccessAction= does not fire); starting
+# another unit (systemd-tmpfiles-clean.service, harmless) is refused. Prints disarmed=STATE/RESULT and refused=yes.
+ESCALATION_CHECK="as_user hvagent systemctl start --no-block hvagent-force-poweroff@600.service &&
+    wait_for 10 eval '[ \"\$(prop hvagent-force-poweroff@600.service ActiveState)\" = active ]' &&
+    as_user hvagent systemctl stop hvagent-force-poweroff@600.service && sleep 2 &&
+    echo disarmed=\$(prop hvagent-force-poweroff@600.service ActiveState)/\$(prop hvagent-force-poweroff@600.service Result) &&
+    systemctl reset-failed hvagent-force-poweroff@600.service;
+    as_user hvagent systemctl start --no-block systemd-tmpfiles-clean.service 2>&1 | grep -qi 'authenti\\|denied' &&
+    echo refused=yes"
+
+# Last: the host asks for a forced power-off while a block inhibitor is held and a service's stop hangs
+# (vm-test-hang.service, TimeoutStopSec=infinity). The agent, as its own user, arms the escalation
+# (hvagent-force-poweroff@5.service: force_after is 5 s in the test configuration) and runs systemctl
+# poweroff --ignore-inhibitors, which logind grants through polkit (power-off-ignore-inhibit); the orderly
+# shutdown then hangs, stopping the agent, D-Bus and polkit, and systemd forces the power off 5 s after the
+# escalation was armed. QEMU must exit by itself, not before force_after. First, the escalation units
+# through the polkit rule (ESCALATION_CHECK), and `systemctl poweroff --force` as the agent's user, which is
+# still refused (systemd's bus policy: root only).
 scenario_sd_poweroff() {
     sd_begin || return
-    local deadline=$((SECONDS + 30)) status start escalation
-    guest 30 "as_user hvagent systemctl poweroff --force 2>&1; echo status=\$?; block_shutdown && echo blocked=yes" ||
-        { fail "the escalation as hvagent, or the inhibitor: $GUEST_OUT"; return; }
+    local deadline=$((SECONDS + 30)) status start escalation took
+    guest 30 "$ESCALATION_CHECK" || { fail "the escalation units as hvagent: $GUEST_OUT"; return; }
+    [ "$(guest_value disarmed)" = failed/signal ] && [ "$(guest_value refused)" = yes ] && vm_alive ||
+        { fail "the escalation units as hvagent (want disarmed=failed/signal, refused=yes): $GUEST_OUT"; return; }
+    local disarmed
+    disarmed=$(guest_value disarmed)
+    guest 30 "as_user hvagent systemctl poweroff --force 2>&1; echo status=\$?;
+        cp \$PAYLOAD/vm-test-hang.service /etc/systemd/system/ && systemctl daemon-reload &&
+        systemctl start vm-test-hang.service && block_shutdown && echo blocked=yes" ||
+        { fail "the root-only --force as hvagent, the hanging service or the inhibitor: $GUEST_OUT"; return; }
     [ "$(guest_value status)" != 0 ] && vm_alive ||
         { fail "systemctl poweroff --force as hvagent was not refused: $GUEST_OUT"; return; }
     escalation=$(head -n 1 <<<"$GUEST_OUT")
@@ -409,8 +432,12 @@ scenario_sd_poweroff() {
         sleep 0.5
     done
     start=$(now)
-    wait_until 120 eval '! vm_alive' || { fail "answered HV_S_OK but QEMU was still running 120 s later"; return; }
+    wait_until 120 eval '! vm_alive' ||
+        { fail "answered HV_S_OK but QEMU was still running 120 s later (the escalation did not force it)"; return; }
+    took=$(elapsed "$start")
     grep -aq 'reboot: Power down' "$RUN/image-console.log" ||
         { fail "QEMU exited without the kernel's power-down message: $(tail -n 3 "$RUN/image-console.log")"; return; }
-    pass "forced, with a block inhibitor held: answered HV_S_OK, logind powered the guest off, QEMU exited $(elapsed "$start") s after the answer; the escalation as hvagent: \"$escalation\" (exit $(guest_value status))"
+    awk -v t="$took" 'BEGIN { exit !(t >= 4.5) }' ||
+        { fail "QEMU exited $took s after the answer, before force_after (5 s): the stop did not hang?"; return; }
+    pass "forced, with a block inhibitor held and a stop that hangs: answered HV_S_OK, the escalation forced the power-off, QEMU exited $took s after the answer (force_after 5 s); escalation units as hvagent: disarmed $disarmed, another unit refused; --force as hvagent: \"$escalation\" (exit $(guest_value status))"
 }

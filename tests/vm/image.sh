@@ -93,13 +93,13 @@ customize_image() {
     : >"$root/etc/fstab"
 }
 
-# The payload disk: this run's package, the test configuration and the guest helpers (mounted read-only
+# The payload disk: this run's package, the test configuration, drop-ins and units, and the guest helpers (mounted read-only
 # on /run/hvtest by hvtest-ctl).
 build_payload() {
     local dir=$RUN/payload
     mkdir -p "$dir"
     cp "$DEB" "$dir/hvagent.deb"
-    cp "$VM_DIR/image/guest-lib.sh" "$VM_DIR/image/hvagent.toml" "$VM_DIR/image/"*.conf "$dir/"
+    cp "$VM_DIR/image/guest-lib.sh" "$VM_DIR/image/hvagent.toml" "$VM_DIR/image/"*.conf "$VM_DIR/image/"*.service "$dir/"
     mke2fs -q -t ext4 -L hvpayload -d "$dir" "$RUN/payload.ext4" 32M >>"$RUN/build.log" 2>&1
 }
 
