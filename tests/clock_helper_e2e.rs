@@ -49,21 +49,7 @@ fn deny_clock_changes() -> std::io::Result<()> {
         statement(ret, libc::SECCOMP_RET_ALLOW),
         statement(ret, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
     ];
-    let program = libc::sock_fprog {
-        len: filter.len() as u16,
-        filter: filter.as_mut_ptr(),
-    };
-    // SAFETY: prctl with a valid, live filter program; no memory is handed over.
-    unsafe {
-        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let program = &program as *const libc::sock_fprog;
-        if libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, program) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    common::install_filter(&mut filter)
 }
 
 fn own_uid() -> u32 {

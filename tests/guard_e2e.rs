@@ -381,3 +381,35 @@ fn commands_are_resolved_once_at_load_and_one_not_found_is_a_config_error() {
         text(&output.stdout)
     );
 }
+
+/// The calls the guard must refuse, each made so that it cannot do harm whatever the guard does: reboot(2)
+/// with no valid magic (the kernel answers EINVAL), FIFREEZE and FITHAW on no file descriptor (EBADF). The
+/// AF_VSOCK refusal is proven without creating any socket here, by faults_e2e's agent that must fail to dial.
+fn harmless_guarded_calls() -> [i32; 3] {
+    let errno = |result: libc::c_long| {
+        if result < 0 {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        } else {
+            0
+        }
+    };
+    // SAFETY: raw system calls with arguments that select no action (see above).
+    unsafe {
+        [
+            errno(libc::syscall(libc::SYS_reboot, 0, 0, 0, 0)),
+            errno(libc::ioctl(-1, 0xc004_5877, 0).into()),
+            errno(libc::ioctl(-1, 0xc004_5878, 0).into()),
+        ]
+    }
+}
+
+/// The seccomp guard every test program runs under refuses what `novsock` refuses: reboot(2) and
+/// FIFREEZE/FITHAW with EPERM before the kernel looks at the arguments (unguarded they fail with EINVAL and
+/// EBADF).
+#[test]
+fn the_test_guard_refuses_reboot_freeze_and_thaw() {
+    let [reboot, freeze, thaw] = common::errnos_under_guard(harmless_guarded_calls);
+    assert_eq!(reboot, libc::EPERM, "reboot(2)");
+    assert_eq!(freeze, libc::EPERM, "FIFREEZE");
+    assert_eq!(thaw, libc::EPERM, "FITHAW");
+}

@@ -135,13 +135,20 @@ pub fn no_vsock(command: &mut Command) -> &mut Command {
     unsafe { command.pre_exec(deny_vsock) }
 }
 
+/// The guard's filter: AF_VSOCK sockets fail with EACCES, reboot(2) and the FIFREEZE/FITHAW ioctls with
+/// EPERM, as `novsock` refuses them (x86_64; another architecture's numbers mean other calls, so there every
+/// call is refused rather than guessed at).
 fn deny_vsock() -> std::io::Result<()> {
-    // Offsets in struct seccomp_data: nr at 0, arch at 4, args[0] at 16 (its low half on little-endian).
+    // Offsets in struct seccomp_data: nr at 0, arch at 4, args[0] at 16, args[1] at 24 (low halves).
     const NR: u32 = 0;
     const ARCH: u32 = 4;
     const ARG0: u32 = 16;
+    const ARG1: u32 = 24;
     const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
     const AF_VSOCK: u32 = 40;
+    // _IOWR('X', 119, int) and _IOWR('X', 120, int), include/uapi/linux/fs.h.
+    const FIFREEZE: u32 = 0xc004_5877;
+    const FITHAW: u32 = 0xc004_5878;
     let statement = |code: u32, k: u32| libc::sock_filter {
         code: code as u16,
         jt: 0,
@@ -156,20 +163,33 @@ fn deny_vsock() -> std::io::Result<()> {
     };
     let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
     let ret = libc::BPF_RET | libc::BPF_K;
+    // Jumps only go forwards; each offset counts the statements skipped.
     let mut filter = [
-        statement(load, ARCH),
-        // Another architecture's numbers mean other calls: refuse everything rather than guess.
-        jump(AUDIT_ARCH_X86_64, 1, 0),
-        statement(ret, libc::SECCOMP_RET_KILL_PROCESS),
-        statement(load, NR),
-        jump(libc::SYS_socket as u32, 2, 0),
-        jump(libc::SYS_socketpair as u32, 1, 0),
-        statement(ret, libc::SECCOMP_RET_ALLOW),
-        statement(load, ARG0),
-        jump(AF_VSOCK, 0, 1),
-        statement(ret, libc::SECCOMP_RET_ERRNO | libc::EACCES as u32),
-        statement(ret, libc::SECCOMP_RET_ALLOW),
+        /* 0 */ statement(load, ARCH),
+        /* 1 */ jump(AUDIT_ARCH_X86_64, 1, 0),
+        /* 2 */ statement(ret, libc::SECCOMP_RET_KILL_PROCESS),
+        /* 3 */ statement(load, NR),
+        /* 4 */ jump(libc::SYS_socket as u32, 4, 0), // to 9
+        /* 5 */ jump(libc::SYS_socketpair as u32, 3, 0), // to 9
+        /* 6 */ jump(libc::SYS_reboot as u32, 9, 0), // to 16
+        /* 7 */ jump(libc::SYS_ioctl as u32, 5, 0), // to 13
+        /* 8 */ statement(ret, libc::SECCOMP_RET_ALLOW),
+        /* 9 */ statement(load, ARG0),
+        /* 10 */ jump(AF_VSOCK, 0, 1),
+        /* 11 */ statement(ret, libc::SECCOMP_RET_ERRNO | libc::EACCES as u32),
+        /* 12 */ statement(ret, libc::SECCOMP_RET_ALLOW),
+        /* 13 */ statement(load, ARG1),
+        /* 14 */ jump(FIFREEZE, 1, 0), // to 16
+        /* 15 */ jump(FITHAW, 0, 1), // to 16, else 17
+        /* 16 */ statement(ret, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        /* 17 */ statement(ret, libc::SECCOMP_RET_ALLOW),
     ];
+    install_filter(&mut filter)
+}
+
+/// Installs a seccomp filter program in the calling process, after PR_SET_NO_NEW_PRIVS. Only prctl calls on
+/// the caller's own data: safe between fork and exec.
+pub fn install_filter(filter: &mut [libc::sock_filter]) -> std::io::Result<()> {
     let program = libc::sock_fprog {
         len: filter.len() as u16,
         filter: filter.as_mut_ptr(),
@@ -189,6 +209,43 @@ fn deny_vsock() -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs `calls` in a forked child under the guard and returns the errno each call failed with (0 when it
+/// succeeded). Only calls harmless whatever the guard does may be passed (see guard_e2e).
+pub fn errnos_under_guard(calls: fn() -> [i32; 3]) -> [i32; 3] {
+    let mut pipe = [0; 2];
+    // SAFETY: a pipe into a local array; fork, then the child only installs the filter (prctl), makes the
+    // calls, writes 12 bytes and _exits, all async-signal-safe.
+    unsafe {
+        assert_eq!(libc::pipe(pipe.as_mut_ptr()), 0);
+        let pid = libc::fork();
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            let result = match deny_vsock() {
+                Ok(()) => calls(),
+                Err(_) => [-1; 3],
+            };
+            let mut bytes = [0u8; 12];
+            for (at, errno) in result.iter().enumerate() {
+                bytes[at * 4..at * 4 + 4].copy_from_slice(&errno.to_le_bytes());
+            }
+            libc::write(pipe[1], bytes.as_ptr().cast(), bytes.len());
+            libc::_exit(0);
+        }
+        libc::close(pipe[1]);
+        let mut bytes = [0u8; 12];
+        let read = libc::read(pipe[0], bytes.as_mut_ptr().cast(), bytes.len());
+        libc::close(pipe[0]);
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        assert_eq!(read, 12, "the guarded child did not report");
+        let mut errnos = [0; 3];
+        for (at, errno) in errnos.iter_mut().enumerate() {
+            *errno = i32::from_le_bytes(bytes[at * 4..at * 4 + 4].try_into().unwrap());
+        }
+        errnos
+    }
 }
 
 /// Starts the agent with `config`; its log goes to `log` when given.
