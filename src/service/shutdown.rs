@@ -115,9 +115,7 @@ pub fn display_text(bytes: &[u8]) -> String {
     let bytes = &bytes[..bytes.len().min(DISPLAY_MESSAGE_LEN)];
     let looks_utf16 = bytes.len() >= 2 && bytes[0] != 0 && bytes[1] == 0;
     if looks_utf16 {
-        let units: Vec<u16> = bytes
-            .chunks_exact(2)
-            .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+        let units: Vec<u16> = crate::wire::utf16le_units(bytes)
             .take_while(|&unit| unit != 0)
             .collect();
         String::from_utf16_lossy(&units)

@@ -148,11 +148,7 @@ pub fn decode(bytes: &[u8]) -> Option<Vec<Pair>> {
         if key_len == 0 || key_len > MAX_KEY_SIZE / 2 {
             return None;
         }
-        let key = reader
-            .take(key_len * 2)?
-            .chunks_exact(2)
-            .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
-            .collect();
+        let key = crate::wire::utf16le_units(reader.take(key_len * 2)?).collect();
         let value_len = reader.u32()? as usize;
         if value_len > MAX_VALUE_SIZE {
             return None;

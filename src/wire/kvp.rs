@@ -28,7 +28,7 @@
 use std::fmt;
 use std::ops::Range;
 
-use super::{le_u32, require_body, WireError};
+use super::{is_utf16, le_u32, require_body, utf16le_units, WireError};
 
 /// HV_KVP_EXCHANGE_MAX_KEY_SIZE: the key area, in bytes.
 pub const MAX_KEY_SIZE: usize = 512;
@@ -200,9 +200,7 @@ pub fn key_units(area: &[u8], key_size: u32) -> Result<Vec<u16>, KvpError> {
     if size == 0 || size % 2 != 0 || size > MAX_KEY_SIZE || size > area.len() {
         return Err(KvpError::KeySize(key_size));
     }
-    let units: Vec<u16> = area[..size]
-        .chunks_exact(2)
-        .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+    let units: Vec<u16> = utf16le_units(&area[..size])
         .take_while(|&unit| unit != 0)
         .collect();
     if units.is_empty() {
@@ -220,7 +218,7 @@ pub fn canonical_key(area: &[u8], key_size: u32) -> Result<Vec<u16>, KvpError> {
     if units.len() == key_size as usize / 2 {
         return Err(KvpError::KeyNotTerminated);
     }
-    if char::decode_utf16(units.iter().copied()).any(|unit| unit.is_err()) {
+    if !is_utf16(&units) {
         return Err(KvpError::KeyNotUtf16);
     }
     Ok(units)
@@ -248,16 +246,13 @@ pub fn canonical_value(value_type: u32, bytes: &[u8]) -> Result<(u32, Vec<u8>), 
             if size % 2 != 0 {
                 return Err(KvpError::StringSize(size));
             }
-            let all: Vec<u16> = bytes
-                .chunks_exact(2)
-                .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
-                .collect();
+            let all: Vec<u16> = utf16le_units(bytes).collect();
             let text = match all.iter().position(|&unit| unit == 0) {
                 Some(end) => &all[..end],
                 None if all.len() < MAX_VALUE_SIZE / 2 => &all[..],
                 None => return Err(KvpError::StringNotTerminated),
             };
-            if char::decode_utf16(text.iter().copied()).any(|unit| unit.is_err()) {
+            if !is_utf16(text) {
                 return Err(KvpError::StringNotUtf16);
             }
             Ok((value_type, utf16_bytes(text)))
@@ -290,11 +285,7 @@ pub fn lossy(units: &[u16]) -> String {
 pub fn display_value(value_type: u32, bytes: &[u8]) -> String {
     match value_type {
         value_type::STRING | value_type::EXPAND_STRING => {
-            let units: Vec<u16> = bytes
-                .chunks_exact(2)
-                .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
-                .take_while(|&unit| unit != 0)
-                .collect();
+            let units: Vec<u16> = utf16le_units(bytes).take_while(|&unit| unit != 0).collect();
             lossy(&units)
         }
         value_type::DWORD if bytes.len() >= 4 => le_u32(bytes, 0..4).to_string(),

@@ -84,6 +84,19 @@ fn le_u64(bytes: &[u8], start: usize) -> u64 {
     u64::from_le_bytes(word)
 }
 
+/// The UTF-16LE code units of `bytes` (a trailing odd byte is not a unit): how keys, string values and
+/// display messages travel.
+pub fn utf16le_units(bytes: &[u8]) -> impl Iterator<Item = u16> + '_ {
+    bytes
+        .chunks_exact(2)
+        .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+}
+
+/// Whether `units` are valid UTF-16 (no unpaired surrogate).
+pub fn is_utf16(units: &[u16]) -> bool {
+    char::decode_utf16(units.iter().copied()).all(|unit| unit.is_ok())
+}
+
 /// Why bytes are not a valid message or body.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WireError {
