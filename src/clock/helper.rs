@@ -168,13 +168,22 @@ fn activated_listener() -> Result<Option<UnixListener>, String> {
     Ok(Some(UnixListener::from(fd)))
 }
 
-/// A listener at `path` (a socket left there by a previous run is replaced).
+/// A listener at `path` (a socket left there by a previous run is replaced). It is bound under a staging
+/// name and renamed into place once listening, as the agent's own Unix listeners are, so a socket file at
+/// `path` always accepts: a connect between bind and listen would otherwise be refused.
 fn bind(path: &PathBuf) -> Result<UnixListener, String> {
     if std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_socket()) {
         let _ = std::fs::remove_file(path);
     }
-    UnixListener::bind(path)
-        .map_err(|error| format!("cannot listen on {}: {error}", path.display()))
+    let staging = crate::transport::socket::staging_path(path);
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging)
+        .map_err(|error| format!("cannot listen on {}: {error}", staging.display()))?;
+    std::fs::rename(&staging, path).map_err(|error| {
+        let _ = std::fs::remove_file(&staging);
+        format!("cannot put the socket at {}: {error}", path.display())
+    })?;
+    Ok(listener)
 }
 
 /// `hvagent clock-helper`: serves until idle; an error is a sentence for the user.

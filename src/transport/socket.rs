@@ -158,7 +158,7 @@ fn owner_only(path: &Path) -> Result<(), Errno> {
 const UNIX_PATH_MAX: usize = 108;
 
 /// `PATH.listening.PID` beside `path`: where a Unix listener is bound before it is renamed to `path`.
-fn staging_path(path: &std::path::Path) -> std::path::PathBuf {
+pub(crate) fn staging_path(path: &std::path::Path) -> std::path::PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".listening.{}", std::process::id()));
     path.with_file_name(name)
