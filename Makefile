@@ -24,7 +24,7 @@ SYSCONFDIR ?= /etc
 all: build
 
 build:
-	$(CARGO) build --release --bins
+	$(CARGO) build --workspace --release --bins
 
 # Every test: format and clippy, unit and end-to-end tests, the two independent hosts (tests/interop),
 # the systemd unit and packages, and the real-vsock VM test (which explains itself and skips when it cannot run, unless
@@ -33,15 +33,15 @@ test: lint unit-test interop-test packaging-test vm-test
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit-test:
-	$(CARGO) test
+	$(CARGO) test --workspace
 
 # Two independent hosts: spec_host.py written from docs/PROTOCOL.md, openvmm_host.py from the public openvmm and
 # Linux sources alone (openvmm's host devices: their headers, flags, body sizes, version lists and parsers).
 interop-test:
-	$(CARGO) build --bins
+	$(CARGO) build --workspace --bins
 	python3 tests/interop/spec_host.py target/debug/hvagent
 	python3 tests/interop/openvmm_host.py target/debug/hvagent
 
@@ -55,7 +55,7 @@ vm-test:
 # scripts/hvagent-host-setup.{ps1,reg}: the Windows host's registrations for every service at its default
 # port, as `hvagent host-setup --all` prints them (a test checks they are current).
 host-setup-scripts:
-	$(CARGO) build --bins
+	$(CARGO) build --workspace --bins
 	target/debug/hvagent host-setup --all --format powershell >scripts/hvagent-host-setup.ps1
 	target/debug/hvagent host-setup --all --format reg >scripts/hvagent-host-setup.reg
 
@@ -75,11 +75,11 @@ fuzz:
 # Figures, not assertions (docs/PERFORMANCE.md). hostscale: one hvhost serving 10, 100 and 1,000 agents.
 bench:
 	scripts/install-bench-deps.sh
-	$(CARGO) build --release --bins
+	$(CARGO) build --workspace --release --bins
 	target/release/hvbench
 
 bench-hostscale:
-	$(CARGO) build --release --bins
+	$(CARGO) build --workspace --release --bins
 	target/release/hvbench hostscale
 
 # The binaries, the systemd units (hvagent.service and its clock helper, hvagent-clock.socket and .service;

@@ -46,7 +46,7 @@ timeout 30 target/release/hvhost serve "unix:$dir/timesync.sock" --service times
 host_pids="$host_pids $!"
 for _ in $(seq 100); do [ -S "$dir/heartbeat.sock" ] && [ -S "$dir/timesync.sock" ] && break; sleep 0.05; done
 # The time-sync service's routine offsets are debug lines: show them, and the rest at info.
-RUST_LOG=info,hvagent::service::timesync=debug target/release/hvagent --config "$dir/hvagent.toml" \
+RUST_LOG=info,hvproto::service::timesync=debug target/release/hvagent --config "$dir/hvagent.toml" \
     2>"$dir/agent.log" &
 agent_pid=$!
 for pid in $host_pids; do wait "$pid"; done

@@ -10,18 +10,18 @@ use log::LevelFilter;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::service::ServiceKind;
-use crate::transport::address::CID_ANY;
-use crate::transport::peer::{AllowedCids, AllowedUids};
-use crate::transport::Address;
+use hvproto::service::ServiceKind;
+use hvtransport::address::CID_ANY;
+use hvtransport::peer::{AllowedCids, AllowedUids};
+use hvtransport::Address;
 
 mod access;
 mod options;
 mod peers;
 pub mod program;
 pub use options::{
-    default_command, is_default_command, GuestInfoConfig, HealthConfig, HealthMode, ServiceOptions,
-    ShutdownConfig, TimeSyncSettings, DEFAULT_CHRONY_SOCKET, DEFAULT_STATE_DIR,
+    GuestInfoConfig, HealthConfig, HealthMode, ServiceOptions, TimeSyncSettings,
+    DEFAULT_CHRONY_SOCKET, DEFAULT_STATE_DIR,
 };
 
 /// Where the agent looks when no `--config` is given; a missing file there means built-in defaults.
@@ -84,8 +84,8 @@ impl Default for Limits {
     fn default() -> Limits {
         Limits {
             idle_timeout: Duration::from_secs(30),
-            redial_min: crate::transport::backoff::MIN_DELAY,
-            redial_max: crate::transport::backoff::MAX_DELAY,
+            redial_min: hvtransport::backoff::MIN_DELAY,
+            redial_max: hvtransport::backoff::MAX_DELAY,
         }
     }
 }
@@ -101,7 +101,7 @@ impl ServiceConfig {
             // Every service is on by default: a Hyper-V host expects all four of every guest.
             enabled: true,
             endpoint: Endpoint::Connect(Address::Vsock {
-                cid: crate::transport::address::CID_HOST,
+                cid: hvtransport::address::CID_HOST,
                 port: kind.default_port(),
             }),
             allowed_cids: AllowedCids::default(),
@@ -139,7 +139,7 @@ impl Config {
     pub fn resolve_defaults(&mut self, path: &std::ffi::OsStr) {
         for service in &mut self.services {
             if let ServiceOptions::Shutdown(shutdown) = &mut service.options {
-                shutdown.resolve_defaults(path);
+                options::resolve_shutdown_defaults(shutdown, path);
             }
         }
     }
@@ -581,7 +581,7 @@ impl fmt::Display for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::service::timesync::Mode;
+    use hvproto::service::timesync::Mode;
 
     /// The `[timesync]` settings of a parsed config.
     fn timesync_of(config: &Config) -> TimeSyncSettings {

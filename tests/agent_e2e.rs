@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    hvagent, hvhost, start_agent, text, voluntary_switches, wait_for_path, write_config, Running,
-    AGENT, HOST,
+    host_bin, hvagent, hvhost, start_agent, text, voluntary_switches, wait_for_path, write_config,
+    Running, AGENT,
 };
 
 #[test]
@@ -308,7 +308,7 @@ fn chrony_datagrams(chronyd: &std::os::unix::net::UnixDatagram, count: usize) ->
 /// once it listens.
 fn timesync_host(socket: &Path, args: &[&str], out: Stdio) -> Running {
     let host = Running(
-        no_vsock(&mut Command::new(HOST))
+        no_vsock(&mut Command::new(host_bin()))
             .args(["serve", &format!("unix:{}", socket.display())])
             .args(["--service", "timesync"])
             .args(args)

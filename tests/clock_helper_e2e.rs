@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{no_vsock, Running, AGENT};
 use hvagent::clock::remote::RemoteClock;
-use hvagent::clock::{Clock, ClockError};
+use hvproto::clock::{Clock, ClockError};
 
 /// Fails settimeofday, clock_settime, adjtimex and clock_adjtime with EPERM (x86_64; elsewhere the filter
 /// refuses to load and the test stops, rather than run unguarded).
@@ -53,7 +53,7 @@ fn deny_clock_changes() -> std::io::Result<()> {
 }
 
 fn own_uid() -> u32 {
-    hvagent::transport::peer::own_uid()
+    hvtransport::peer::own_uid()
 }
 
 /// `hvagent clock-helper --fake-clock ARGS`, guarded, its stderr to `log`.

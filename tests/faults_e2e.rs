@@ -10,8 +10,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use hvagent::wire::negotiate::Negotiate;
-use hvagent::wire::{IcFlags, Message, MessageType, Status};
+use hvproto::wire::negotiate::Negotiate;
+use hvproto::wire::{IcFlags, Message, MessageType, Status};
 
 /// Starts an agent whose heartbeat service listens on `dir/hb.sock`, with `extra` top-level keys and
 /// `service_extra` keys in [heartbeat].

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 mod common;
 use common::*;
-use hvagent::wire::Status;
+use hvproto::wire::Status;
 
 /// An agent whose heartbeat service listens on `dir/hb.sock`, logging to `dir/agent.log`.
 fn listening_agent(dir: &Path, service_extra: &str) -> (Running, std::path::PathBuf) {
@@ -39,12 +39,12 @@ fn a_unix_listener_is_0600_and_refuses_uids_it_does_not_allow() {
     assert!(own.status.success(), "{}", text(&own.stderr));
     // Another user reaches the socket only if someone widened its mode; the agent still refuses it.
     // As an ordinary user the test cannot become another one: the mode alone then keeps others out.
-    if hvagent::transport::peer::own_uid() != 0 {
+    if hvtransport::peer::own_uid() != 0 {
         return;
     }
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let other = no_vsock(&mut Command::new(HOST))
+    let other = no_vsock(&mut Command::new(host_bin()))
         .args(["heartbeat", &address])
         .uid(65534)
         .gid(65534)
@@ -268,7 +268,7 @@ fn a_flood_of_refused_requests_and_peers_logs_a_count_not_a_line_each() {
             assert_eq!(answer.header.status, Status::FAIL, "{answer:?}");
         }
     }
-    let as_root = hvagent::transport::peer::own_uid() == 0;
+    let as_root = hvtransport::peer::own_uid() == 0;
     if as_root {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();

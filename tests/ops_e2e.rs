@@ -2,7 +2,9 @@
 //! and `hvagent status` over the control socket. Unix sockets only.
 
 mod common;
-use common::{hvagent, no_vsock, text, voluntary_switches, wait_for_path, Running, AGENT};
+use common::{
+    host_bin, hvagent, no_vsock, text, voluntary_switches, wait_for_path, Running, AGENT,
+};
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixListener};
@@ -186,7 +188,7 @@ fn status_shows_each_service_its_state_versions_and_counters() {
     wait_for_path(&socket);
     let mode = std::fs::metadata(&control).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    let host = no_vsock(&mut Command::new(env!("CARGO_BIN_EXE_hvhost")))
+    let host = no_vsock(&mut Command::new(host_bin()))
         .args([
             "heartbeat",
             &format!("unix:{}", socket.display()),
@@ -215,7 +217,7 @@ fn status_shows_each_service_its_state_versions_and_counters() {
     // The same as JSON, with a host connected and negotiated.
     let stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
     let mut host =
-        hvagent::host_peer::Client::new(stream.into(), hvagent::service::ServiceKind::Heartbeat);
+        hvhost::client::Client::new(stream.into(), hvproto::service::ServiceKind::Heartbeat);
     host.negotiate().unwrap();
     let output = hvagent(&["status", "--json", "--control", &control_arg]);
     let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{no_vsock, start_agent, wait_for_path, wait_until, write_config, Peer, Running};
-use hvagent::wire::shutdown::ShutdownRequest;
-use hvagent::wire::{IcVersion, Message, MessageType, Status};
-
-const HOST: &str = env!("CARGO_BIN_EXE_hvhost");
+use common::{
+    host_bin, no_vsock, start_agent, wait_for_path, wait_until, write_config, Peer, Running,
+};
+use hvproto::wire::shutdown::ShutdownRequest;
+use hvproto::wire::{IcVersion, Message, MessageType, Status};
 
 /// Waits until the agent accepts connections at `socket`: the file appears at bind(2), a moment before
 /// listen(2), and a connect in between is refused.
@@ -26,7 +26,7 @@ fn wait_for_listener(socket: &Path) {
 }
 
 fn hvhost(args: &[&str]) -> Output {
-    no_vsock(&mut Command::new(HOST))
+    no_vsock(&mut Command::new(host_bin()))
         .args(args)
         .output()
         .unwrap()
@@ -365,7 +365,7 @@ fn kvp_enumerate_answers_the_intrinsic_values() {
         stdout.contains("negotiated framework=3.0 message=5.0"),
         "{stdout}"
     );
-    for (index, key) in hvagent::service::guestinfo::INTRINSIC_KEYS
+    for (index, key) in hvproto::service::guestinfo::INTRINSIC_KEYS
         .iter()
         .enumerate()
     {

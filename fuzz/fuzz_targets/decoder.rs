@@ -15,5 +15,5 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .map(|&size| usize::from(size) * 16 + 1)
         .collect();
-    hvagent::properties::check_stream(stream, &chunks);
+    hvproto::properties::check_stream(stream, &chunks);
 });

@@ -3,4 +3,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|body: &[u8]| hvagent::properties::check_kvp(body));
+fuzz_target!(|body: &[u8]| hvproto::properties::check_kvp(body));

@@ -3,4 +3,4 @@
 
 use libfuzzer_sys::fuzz_target;
 
-fuzz_target!(|body: &[u8]| hvagent::properties::check_timesync_data(body));
+fuzz_target!(|body: &[u8]| hvproto::properties::check_timesync_data(body));

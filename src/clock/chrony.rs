@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use log::{debug, info, warn};
 
-use super::OffsetSink;
+use hvproto::clock::OffsetSink;
 
 /// The datagram's length.
 pub const DATAGRAM_LEN: usize = 40;

@@ -27,7 +27,7 @@ use nix::sys::socket::{getsockopt, sockopt};
 
 use super::privops::{self, op, Answer, Request, MAX_SCALED_FREQUENCY, MESSAGE_LEN};
 use super::system::SystemClock;
-use super::{format_offset, Clock, ClockError};
+use hvproto::clock::{format_offset, Clock, ClockError};
 
 /// The user the agent runs as under systemd, whose uid may use the helper beside root.
 pub const AGENT_USER: &str = "hvagent";
@@ -175,7 +175,7 @@ fn bind(path: &PathBuf) -> Result<UnixListener, String> {
     if std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_socket()) {
         let _ = std::fs::remove_file(path);
     }
-    let staging = crate::transport::socket::staging_path(path);
+    let staging = hvtransport::socket::staging_path(path);
     let _ = std::fs::remove_file(&staging);
     let listener = UnixListener::bind(&staging)
         .map_err(|error| format!("cannot listen on {}: {error}", staging.display()))?;
@@ -302,7 +302,7 @@ fn log_applied(request: Request, answer: Answer, uid: u32) {
     match request {
         Request::Step { delta_ns } => info!(
             "clock-helper: stepped the clock by {} for uid {uid}",
-            format_offset(delta_ns as f64 / super::NANOS)
+            format_offset(delta_ns as f64 / hvproto::clock::NANOS)
         ),
         Request::SetFrequency { scaled } => debug!(
             "clock-helper: frequency {:+.3} ppm for uid {uid}",

@@ -1,112 +1,16 @@
-//! Time discipline: the pure math that turns offset measurements into clock corrections, and the edges
-//! that apply them.
+//! The clock edges of the agent: the real clock and the ways to it. The math they serve is
+//! `hvproto::clock`.
 //!
-//! - [`filter`]: the last 8 probe (or sample) results, the one with the smallest delay, outlier rejection.
-//! - [`discipline`]: step or steer a [`Clock`] from filtered offsets (a phase-locked loop on frequency).
-//! - [`sim`]: a simulated clock with its own frequency error, for tests; it never touches the real clock.
 //! - [`system`]: the one file that reads and changes the real clock (`clock_gettime`, `clock_settime`,
 //!   `adjtimex`), checks CAP_SYS_TIME and looks for other time daemons.
 //! - [`privops`], [`remote`], [`helper`]: privilege separation for the clock, as chronyd's privops: the
 //!   agent under systemd holds no capability, and `hvagent clock-helper` (hvagent-clock.service, socket
 //!   activated, CAP_SYS_TIME alone) steps and steers the clock on its behalf. [`privops`] is the wire (pure),
-//!   [`remote::RemoteClock`] the agent's [`Clock`] over it, [`helper`] the helper's serve loop.
+//!   [`remote::RemoteClock`] the agent's `Clock` over it, [`helper`] the helper's serve loop.
 //! - [`chrony`]: the SOCK refclock datagram for chronyd (docs/PROTOCOL.md §7.5) and the socket that sends it.
-//!
-//! Offsets are `true time − guest time` in seconds: positive means the guest clock is behind.
 
 pub mod chrony;
-pub mod discipline;
-pub mod filter;
 pub mod helper;
 pub mod privops;
 pub mod remote;
-pub mod sim;
 pub mod system;
-
-use std::fmt;
-
-/// Nanoseconds in a second, as the float the discipline math uses.
-pub const NANOS: f64 = 1e9;
-
-/// The largest frequency correction the kernel accepts through `adjtimex` ADJ_FREQUENCY, in ppm.
-pub const MAX_FREQUENCY_PPM: f64 = 500.0;
-
-/// A clock the agent may read and correct: the system's realtime clock, or a simulation.
-pub trait Clock {
-    /// The clock's time: nanoseconds since 1970-01-01 UTC (CLOCK_REALTIME).
-    fn now_ns(&self) -> i128;
-
-    /// Steps the clock by `delta_ns` (positive: forwards).
-    fn step(&mut self, delta_ns: i128) -> Result<(), ClockError>;
-
-    /// The frequency correction in force, in ppm (positive: the clock runs faster).
-    fn frequency_ppm(&self) -> Result<f64, ClockError>;
-
-    /// Sets the frequency correction, in ppm, within ±[`MAX_FREQUENCY_PPM`].
-    fn set_frequency_ppm(&mut self, ppm: f64) -> Result<(), ClockError>;
-}
-
-/// Where measured offsets go in chrony mode: chronyd's SOCK refclock, or a fake in tests.
-pub trait OffsetSink {
-    /// Reports one offset (seconds, true − guest) measured when the guest clock read `at_ns`.
-    fn send(&mut self, at_ns: i128, offset: f64);
-}
-
-/// Why the clock could not be read or changed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ClockError {
-    /// The agent lacks CAP_SYS_TIME (EPERM).
-    NotPermitted,
-    /// Any other failure of the system call.
-    Failed { call: &'static str, errno: i32 },
-    /// The clock helper (hvagent-clock.service) could not be asked, or answered nonsense.
-    Helper { call: &'static str, reason: String },
-}
-
-impl fmt::Display for ClockError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ClockError::NotPermitted => f.write_str(
-                "not permitted (setting the clock needs CAP_SYS_TIME: run the agent as root, or let the clock \
-                 helper do it, hvagent-clock.socket, whose hvagent-clock.service holds it)",
-            ),
-            ClockError::Failed { call, errno } => write!(
-                f,
-                "{call} failed: {}",
-                std::io::Error::from_raw_os_error(*errno)
-            ),
-            ClockError::Helper { call, reason } => write!(
-                f,
-                "the clock helper did not do {call}: {reason} (check `systemctl status \
-                 hvagent-clock.socket hvagent-clock.service`)"
-            ),
-        }
-    }
-}
-
-impl std::error::Error for ClockError {}
-
-/// Seconds as whole nanoseconds, rounded.
-pub fn seconds_to_nanos(seconds: f64) -> i128 {
-    (seconds * NANOS).round() as i128
-}
-
-/// A human figure for an offset: `+1.234 s`, `-25.000 ms`, `+12.3 us`.
-pub fn format_offset(seconds: f64) -> String {
-    let magnitude = seconds.abs();
-    if magnitude >= 1.0 {
-        format!("{seconds:+.3} s")
-    } else if magnitude >= 1e-3 {
-        format!("{:+.3} ms", seconds * 1e3)
-    } else {
-        format!("{:+.1} us", seconds * 1e6)
-    }
-}
-
-/// A human figure for a delay (no sign): `1.021 ms`, `63.1 us`.
-pub fn format_delay(seconds: f64) -> String {
-    format_offset(seconds).trim_start_matches('+').to_string()
-}
-
-#[cfg(test)]
-mod tests;

@@ -5,7 +5,7 @@
 //!
 //! This is chronyd's privilege separation (its `privops.c`: a privileged helper process that applies
 //! `adjtimex`, `settimeofday` and a few more on behalf of the daemon, which dropped root) cut down to what
-//! hvagent's time sync asks of a [`super::Clock`]: read the frequency correction, set it, step the clock.
+//! hvagent's time sync asks of a `hvproto::clock::Clock`: read the frequency correction, set it, step the clock.
 //! Reading the time needs no privilege, so it never crosses this wire.
 //!
 //! Every message is [`MESSAGE_LEN`] bytes, both ways:

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::privops::{self, Answer, Request, MESSAGE_LEN};
 use super::system::SystemClock;
-use super::{Clock, ClockError};
+use hvproto::clock::{Clock, ClockError};
 
 /// Where hvagent-clock.socket listens (ListenStream= in systemd/hvagent-clock.socket).
 pub const DEFAULT_SOCKET: &str = "/run/hvagent-clock.sock";

@@ -7,7 +7,7 @@ use std::path::Path;
 use nix::errno::Errno;
 use nix::time::{clock_gettime, clock_settime, ClockId};
 
-use super::{Clock, ClockError, MAX_FREQUENCY_PPM};
+use hvproto::clock::{Clock, ClockError, MAX_FREQUENCY_PPM};
 
 /// `adjtimex` expresses frequency in ppm with a 16-bit fraction.
 const FREQUENCY_SCALE: f64 = 65536.0;

@@ -31,7 +31,7 @@ pub fn check(path: &Path, metadata: &std::fs::Metadata) -> Option<String> {
         path,
         metadata.uid(),
         metadata.mode(),
-        crate::transport::peer::own_uid(),
+        hvtransport::peer::own_uid(),
     )
 }
 

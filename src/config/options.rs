@@ -11,8 +11,9 @@ use toml::Spanned;
 
 use super::program::{self, search_path};
 use super::{at, seconds_in_range, toml_string, SpanError};
-use crate::service::timesync::Mode;
-use crate::service::ServiceKind;
+use hvproto::service::shutdown::{is_default_command, ShutdownSettings};
+use hvproto::service::timesync::Mode;
+use hvproto::service::ServiceKind;
 
 /// A command as the file spells it: one line split at whitespace, or an argv array.
 #[derive(Clone, Debug, Deserialize)]
@@ -40,58 +41,19 @@ pub(super) struct RawOptions {
     pub chrony_socket: Option<Spanned<String>>,
 }
 
-/// What the shutdown service runs for each request (argv, no shell).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct ShutdownConfig {
-    pub poweroff: Vec<String>,
-    pub reboot: Vec<String>,
-    pub hibernate: Vec<String>,
-    /// How long a forced power-off or reboot may take its orderly course before systemd forces it (the
-    /// instance of hvagent-force-ACTION@.service, rounded up to seconds); zero never escalates.
-    pub force_after: Duration,
-}
-
-/// The default `force_after`: five minutes, well beyond systemd's default stop time-outs of 90 s.
-pub const DEFAULT_FORCE_AFTER: Duration = Duration::from_secs(300);
 /// The longest `force_after`, seconds.
 const FORCE_AFTER_MAX: f64 = 86_400.0;
 
-/// The built-in shutdown commands, as `Config::default()` holds them; `config::load` makes `systemctl`
-/// absolute where PATH has it. With these and no systemd as PID 1 the agent falls back to reboot(2).
-pub fn default_command(verb: &str) -> Vec<String> {
-    vec!["systemctl".to_string(), verb.to_string()]
-}
-
-/// Whether `argv` is the built-in command of `verb`: `systemctl VERB`, by that name or any absolute path to
-/// a `systemctl` (what load makes of the name). Written in the file or not, it is the default, so a guest
-/// without systemctl may name it (and gets the reboot(2) fallback), and its absolute form, as
-/// `check-config` prints it, means the same.
-pub fn is_default_command(argv: &[String], verb: &str) -> bool {
-    match argv {
-        [program, arg] => arg == verb && program.rsplit('/').next() == Some("systemctl"),
-        _ => false,
-    }
-}
-
-impl ShutdownConfig {
-    /// Makes a built-in command's bare `systemctl` absolute where `path` has one; where it has none the
-    /// name stays, which is no error: the reboot(2) fallback needs no program.
-    pub fn resolve_defaults(&mut self, path: &std::ffi::OsStr) {
-        for argv in [&mut self.poweroff, &mut self.reboot, &mut self.hibernate] {
-            if argv.first().is_some_and(|program| !program.contains('/')) {
-                let _ = program::resolve_argv(argv, path);
-            }
-        }
-    }
-}
-
-impl Default for ShutdownConfig {
-    fn default() -> ShutdownConfig {
-        ShutdownConfig {
-            poweroff: default_command("poweroff"),
-            reboot: default_command("reboot"),
-            hibernate: default_command("hibernate"),
-            force_after: DEFAULT_FORCE_AFTER,
+/// Makes a built-in shutdown command's bare `systemctl` absolute where `path` has one; where it has none the
+/// name stays, which is no error: the reboot(2) fallback needs no program.
+pub fn resolve_shutdown_defaults(settings: &mut ShutdownSettings, path: &std::ffi::OsStr) {
+    for argv in [
+        &mut settings.poweroff,
+        &mut settings.reboot,
+        &mut settings.hibernate,
+    ] {
+        if argv.first().is_some_and(|program| !program.contains('/')) {
+            let _ = program::resolve_argv(argv, path);
         }
     }
 }
@@ -196,7 +158,7 @@ impl Default for TimeSyncSettings {
 pub enum ServiceOptions {
     Heartbeat(HealthConfig),
     TimeSync(TimeSyncSettings),
-    Shutdown(ShutdownConfig),
+    Shutdown(ShutdownSettings),
     GuestInfo(GuestInfoConfig),
 }
 
@@ -205,7 +167,7 @@ impl ServiceOptions {
         match kind {
             ServiceKind::Heartbeat => ServiceOptions::Heartbeat(HealthConfig::default()),
             ServiceKind::TimeSync => ServiceOptions::TimeSync(TimeSyncSettings::default()),
-            ServiceKind::Shutdown => ServiceOptions::Shutdown(ShutdownConfig::default()),
+            ServiceKind::Shutdown => ServiceOptions::Shutdown(ShutdownSettings::default()),
             ServiceKind::GuestInfo => ServiceOptions::GuestInfo(GuestInfoConfig::default()),
         }
     }
@@ -642,15 +604,15 @@ mod tests {
             std::os::unix::fs::PermissionsExt::from_mode(0o755),
         )
         .unwrap();
-        let mut shutdown = ShutdownConfig::default();
-        shutdown.resolve_defaults(bin.path().as_os_str());
+        let mut shutdown = ShutdownSettings::default();
+        resolve_shutdown_defaults(&mut shutdown, bin.path().as_os_str());
         let absolute = systemctl.display().to_string();
         assert_eq!(shutdown.poweroff, [absolute.as_str(), "poweroff"]);
         assert!(is_default_command(&shutdown.poweroff, "poweroff"));
         assert!(!is_default_command(&shutdown.poweroff, "reboot"));
-        let mut missing = ShutdownConfig::default();
-        missing.resolve_defaults(std::ffi::OsStr::new("/nonexistent"));
-        assert_eq!(missing, ShutdownConfig::default());
+        let mut missing = ShutdownSettings::default();
+        resolve_shutdown_defaults(&mut missing, std::ffi::OsStr::new("/nonexistent"));
+        assert_eq!(missing, ShutdownSettings::default());
         assert!(!is_default_command(
             &["systemctl".into(), "reboot".into(), "--now".into()],
             "reboot"

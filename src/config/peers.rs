@@ -3,9 +3,9 @@
 use toml::Spanned;
 
 use super::{at, SpanError};
-use crate::service::ServiceKind;
-use crate::transport::address::{CID_HOST, CID_LOCAL};
-use crate::transport::peer::{AllowedCids, AllowedUids};
+use hvproto::service::ServiceKind;
+use hvtransport::address::{CID_HOST, CID_LOCAL};
+use hvtransport::peer::{AllowedCids, AllowedUids};
 
 /// The error for the key `allowed_cids` replaced. Not an alias for "any": any CID would include loopback
 /// and the guest's own CID, which must now be listed to be accepted, so an old file is stopped with the fix

@@ -16,10 +16,10 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::config::{self, Config};
-use crate::control::{self, ControlSocket};
-use crate::service::Logic;
-use crate::systemd::Notifier;
-use crate::wire::Message;
+use crate::ops::control::{self, ControlSocket};
+use crate::ops::systemd::Notifier;
+use hvproto::service::Logic;
+use hvproto::wire::Message;
 
 mod quiet;
 mod report;
@@ -345,7 +345,7 @@ impl Agent {
                     }
                 }
             }
-            Token::Logic(index) => self.services[index].logic.fd_ready(now),
+            Token::Logic(index) => self.services[index].logic.watch_ready(now),
             Token::Terminate | Token::Reload | Token::Control => {}
         }
     }

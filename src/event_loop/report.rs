@@ -1,12 +1,12 @@
-//! The agent's state as a [`crate::status`] report (for the control socket) and as the one-line summary
+//! The agent's state as a [`crate::ops::status`] report (for the control socket) and as the one-line summary
 //! systemd shows (`STATUS=`).
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::runtime::{DialState, Link, Role, Service};
 use crate::config::Endpoint;
-use crate::service::ChannelState;
-use crate::status::{AgentStatus, Detail, LinkStatus, ServiceState, ServiceStatus};
+use crate::ops::status::{AgentStatus, Detail, LinkStatus, ServiceState, ServiceStatus};
+use hvproto::service::ChannelState;
 
 /// Turns monotonic instants into wall-clock Unix seconds, as of one moment.
 pub(super) struct WallClock {

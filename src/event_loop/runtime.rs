@@ -1,7 +1,7 @@
 //! One enabled service at run time: its dialler or listener state, its links, and the logging of what
 //! happens to them. The poll loop in the parent module drives these.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use log::{info, log, warn, Level};
@@ -10,12 +10,12 @@ use nix::poll::PollFlags;
 
 use super::quiet::{Kind, Quiet};
 use crate::config::{Endpoint, ServiceConfig};
-use crate::service::{Channel, ChannelState, Event, LinkId, Logic};
-use crate::transport::backoff::Backoff;
-use crate::transport::peer::{self, PeerRules};
-use crate::transport::socket::{self, Dial, Peer, CONNECT_TIMEOUT};
-use crate::transport::{Address, Closed, Connection};
-use crate::wire::Message;
+use hvproto::service::{Channel, ChannelState, Event, LinkId, Logic};
+use hvproto::wire::Message;
+use hvtransport::backoff::Backoff;
+use hvtransport::peer::{self, PeerRules};
+use hvtransport::socket::{self, Dial, Peer, CONNECT_TIMEOUT};
+use hvtransport::{Address, Closed, Connection};
 
 /// Reads per link when stopping: 64 reads of up to 16 KiB each, more than a socket buffer holds.
 const FINAL_READS: usize = 64;
@@ -380,7 +380,12 @@ impl Service {
 
     /// The descriptor the logic wants watched, if any.
     pub(super) fn logic_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.logic.watched_fd()
+        let watch = self.logic.watched()?;
+        let fd = RawFd::try_from(watch.0).ok()?;
+        // SAFETY: a logic's edges report the number of a descriptor they keep open until they are next
+        // changed (`Watch`); the borrow of `self` keeps the logic, and so its edges, unchanged for as long
+        // as the loop holds this.
+        Some(unsafe { BorrowedFd::borrow_raw(fd) })
     }
 
     /// Runs what is due: the logic's timers, idle links, redials, connect time-outs, listener retries.
@@ -635,7 +640,7 @@ fn hint(address: &Address, what: &str) -> String {
             "is the host service running, and on Hyper-V is service GUID {} registered under \
              HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\\Virtualization\\GuestCommunicationServices? \
              Is the hv_sock (or vmw_vsock_virtio_transport) module loaded?",
-            crate::guid::ServiceId::from_port(*port)
+            hvproto::guid::ServiceId::from_port(*port)
         ),
         Address::Vsock { .. } => {
             "is AF_VSOCK available (module hv_sock on Hyper-V, vmw_vsock_virtio_transport on KVM) and the port free?"

@@ -8,18 +8,18 @@ use log::{debug, error, info, warn};
 use crate::clock::chrony::ChronySink;
 use crate::clock::remote::{self, RemoteClock};
 use crate::clock::system::{self, SystemClock};
-use crate::clock::{Clock, OffsetSink};
 use crate::config::{HealthConfig, HealthMode, ServiceConfig, ServiceOptions, TimeSyncSettings};
-use crate::service::guestinfo::GuestInfoLogic;
-use crate::service::health::{self, Checker, Health};
-use crate::service::heartbeat::HeartbeatLogic;
-use crate::service::shutdown::ShutdownLogic;
-use crate::service::timesync::{Mode, TimeSyncLogic};
-use crate::service::{Logic, ServiceKind};
 use crate::system::health::ChildCheck;
 use crate::system::kvp_store::FileStore;
 use crate::system::power::SystemPower;
 use crate::system::sysinfo::LiveSystem;
+use hvproto::clock::{Clock, OffsetSink};
+use hvproto::service::guestinfo::GuestInfoLogic;
+use hvproto::service::health::{self, Checker, Health};
+use hvproto::service::heartbeat::HeartbeatLogic;
+use hvproto::service::shutdown::ShutdownLogic;
+use hvproto::service::timesync::{Mode, TimeSyncLogic};
+use hvproto::service::{Logic, ServiceKind};
 
 /// The logic for one enabled service.
 pub(super) fn logic_for(service: &ServiceConfig) -> Box<dyn Logic> {

@@ -2,12 +2,13 @@
 //! loop watches; never waited for in the loop.
 
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::AsRawFd;
 use std::process::{Child, ChildStdout, Command, Stdio};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 
-use crate::service::health::{Checker, Outcome};
+use hvproto::service::health::{Checker, Outcome};
+use hvproto::service::Watch;
 
 /// How much of a check's stdout is kept (systemctl says one word).
 const KEEP: usize = 4096;
@@ -104,8 +105,12 @@ impl Checker for ChildCheck {
         Ok(())
     }
 
-    fn fd(&self) -> Option<BorrowedFd<'_>> {
-        self.stdout.as_ref().map(AsFd::as_fd)
+    fn watch(&self) -> Option<Watch> {
+        // The loop polls this number while the check runs; the pipe stays open until `ready` drains it or
+        // `kill` reaps the child, both of which need `&mut self`, so never while the loop holds it.
+        self.stdout
+            .as_ref()
+            .map(|pipe| Watch(i64::from(pipe.as_raw_fd())))
     }
 
     fn ready(&mut self) -> Option<Outcome> {
@@ -151,6 +156,7 @@ impl Drop for ChildCheck {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsFd;
     use std::time::{Duration, Instant};
 
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -163,8 +169,8 @@ mod tests {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             assert!(Instant::now() < deadline, "no outcome within 5 s");
-            if let Some(fd) = check.fd() {
-                let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+            if let Some(pipe) = check.stdout.as_ref() {
+                let mut fds = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
                 poll(&mut fds, PollTimeout::from(100u8)).unwrap();
             } else {
                 std::thread::sleep(Duration::from_millis(10));
@@ -229,7 +235,7 @@ mod tests {
         let pid = check.child.as_ref().unwrap().id();
         assert!(check.ready().is_none());
         check.kill();
-        assert!(check.fd().is_none());
+        assert!(check.watch().is_none());
         // Reaped: the pid is no longer ours to wait for.
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists());
     }

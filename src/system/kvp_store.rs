@@ -12,8 +12,8 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::service::guestinfo::{Pair, PoolStore, MAX_PAIRS};
-use crate::wire::kvp::{Pool, MAX_KEY_SIZE, MAX_VALUE_SIZE};
+use hvproto::service::guestinfo::{Pair, PoolStore, MAX_PAIRS};
+use hvproto::wire::kvp::{Pool, MAX_KEY_SIZE, MAX_VALUE_SIZE};
 
 const MAGIC: &[u8; 8] = b"HVKVP1\n\0";
 
@@ -148,7 +148,7 @@ pub fn decode(bytes: &[u8]) -> Option<Vec<Pair>> {
         if key_len == 0 || key_len > MAX_KEY_SIZE / 2 {
             return None;
         }
-        let key = crate::wire::utf16le_units(reader.take(key_len * 2)?).collect();
+        let key = hvproto::wire::utf16le_units(reader.take(key_len * 2)?).collect();
         let value_len = reader.u32()? as usize;
         if value_len > MAX_VALUE_SIZE {
             return None;

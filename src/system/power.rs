@@ -3,7 +3,7 @@
 
 use std::process::{Child, Command, Stdio};
 
-use crate::service::shutdown::{Power, PowerAction};
+use hvproto::service::shutdown::{Power, PowerAction};
 
 /// Runs shutdown actions on this system.
 #[derive(Default)]

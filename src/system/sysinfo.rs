@@ -10,8 +10,8 @@ use std::path::Path;
 
 use nix::net::if_::InterfaceFlags;
 
-use crate::service::guestinfo::SystemInfo;
 use crate::system::netns;
+use hvproto::service::guestinfo::SystemInfo;
 
 /// Reads the running system.
 #[derive(Default)]

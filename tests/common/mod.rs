@@ -9,12 +9,42 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use hvagent::wire::heartbeat::Heartbeat;
-use hvagent::wire::negotiate::Negotiate;
-use hvagent::wire::{Decoder, IcVersion, Message, MessageType, Status};
+use hvproto::wire::heartbeat::Heartbeat;
+use hvproto::wire::negotiate::Negotiate;
+use hvproto::wire::{Decoder, IcVersion, Message, MessageType, Status};
 
-pub const AGENT: &str = env!("CARGO_BIN_EXE_hvagent");
-pub const HOST: &str = env!("CARGO_BIN_EXE_hvhost");
+/// The agent binary, for the agent's own tests (the other crates' tests that share this file use `HOST`).
+pub const AGENT: &str = match option_env!("CARGO_BIN_EXE_hvagent") {
+    Some(path) => path,
+    None => "",
+};
+
+/// A binary of another package of the workspace, built beside this test's own (`target/PROFILE/NAME`).
+/// Cargo builds a package's binaries before its integration tests run, and hvhost's and hvbench's packages
+/// have integration tests, so `cargo test --workspace` builds them.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let test = std::env::current_exe().expect("the test's own path");
+    // target/PROFILE/deps/TEST → target/PROFILE/NAME
+    let path = test
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/PROFILE/deps")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo test --workspace` (or `cargo build --workspace --bins`) first",
+        path.display()
+    );
+    path
+}
+
+/// The hvhost binary (the host crate's).
+pub fn host_bin() -> PathBuf {
+    match option_env!("CARGO_BIN_EXE_hvhost") {
+        Some(path) => PathBuf::from(path),
+        None => workspace_bin("hvhost"),
+    }
+}
 
 /// Runs hvagent to the end with `args` (its commands other than `run`, or a config it must refuse).
 pub fn hvagent(args: &[&str]) -> std::process::Output {
@@ -26,7 +56,7 @@ pub fn hvagent(args: &[&str]) -> std::process::Output {
 
 /// Runs hvhost to the end with `args`.
 pub fn hvhost(args: &[&str]) -> std::process::Output {
-    no_vsock(&mut Command::new(HOST))
+    no_vsock(&mut Command::new(host_bin()))
         .args(args)
         .output()
         .unwrap()
@@ -300,7 +330,7 @@ pub fn negotiate_request(messages: &[IcVersion]) -> Message {
 }
 
 pub fn heartbeat_request(seq: u64, transaction_id: u8) -> Message {
-    let body = Heartbeat::new(seq, hvagent::wire::heartbeat::AppState::UNKNOWN).to_body();
+    let body = Heartbeat::new(seq, hvproto::wire::heartbeat::AppState::UNKNOWN).to_body();
     Message::request(
         MessageType::HEARTBEAT,
         v(3, 0),

@@ -1,6 +1,6 @@
 use super::*;
 use crate::clock::remote::RemoteClock;
-use crate::clock::sim::SimClock;
+use hvproto::clock::sim::SimClock;
 
 #[test]
 fn apply_reads_sets_and_steps_the_clock() {
@@ -82,7 +82,7 @@ fn helper(
 
 #[test]
 fn remote_clock_round_trips_through_serve_on_a_fake_clock() {
-    let own = crate::transport::peer::own_uid();
+    let own = hvtransport::peer::own_uid();
     let (_dir, path, thread) = helper(vec![own]);
     let mut remote = RemoteClock::new(&path);
     remote.set_frequency_ppm(17.25).unwrap();
@@ -98,7 +98,7 @@ fn remote_clock_round_trips_through_serve_on_a_fake_clock() {
 
 #[test]
 fn a_peer_of_another_uid_is_refused_as_not_permitted() {
-    let own = crate::transport::peer::own_uid();
+    let own = hvtransport::peer::own_uid();
     let (_dir, path, thread) = helper(vec![own.wrapping_add(1)]);
     let mut remote = RemoteClock::new(&path);
     assert_eq!(remote.step(1), Err(ClockError::NotPermitted));
@@ -127,7 +127,7 @@ fn a_missing_helper_is_an_error_naming_the_units() {
 
 #[test]
 fn a_request_of_another_version_is_answered_eproto_and_closed() {
-    let own = crate::transport::peer::own_uid();
+    let own = hvtransport::peer::own_uid();
     let (_dir, path, thread) = helper(vec![own]);
     let mut stream = UnixStream::connect(&path).unwrap();
     let mut bytes = Request::ReadFrequency.emit();

@@ -8,13 +8,14 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::Link;
-use crate::config::{ServiceConfig, ShutdownConfig};
+use crate::config::ServiceConfig;
 use crate::event_loop::quiet::Quiet;
-use crate::service::host::HostChannel;
-use crate::service::shutdown::{Power, PowerAction, ShutdownLogic};
-use crate::service::ServiceKind;
-use crate::wire::shutdown::ShutdownRequest;
-use crate::wire::{Decoder, IcVersion, Message, MessageType, Status};
+use hvproto::service::host::HostChannel;
+use hvproto::service::shutdown::ShutdownSettings;
+use hvproto::service::shutdown::{Power, PowerAction, ShutdownLogic};
+use hvproto::service::ServiceKind;
+use hvproto::wire::shutdown::ShutdownRequest;
+use hvproto::wire::{Decoder, IcVersion, Message, MessageType, Status};
 
 /// A power edge that, when asked to run a command, reads what the host side of the socket has received.
 struct Witness {
@@ -56,9 +57,9 @@ fn the_shutdown_answer_is_on_the_socket_before_the_command_runs() {
     let witness_end = host.try_clone().unwrap();
     witness_end.set_nonblocking(true).unwrap();
     let seen = Rc::new(RefCell::new(None));
-    let config = ShutdownConfig {
+    let config = ShutdownSettings {
         poweroff: vec!["/bin/true".into()],
-        ..ShutdownConfig::default()
+        ..ShutdownSettings::default()
     };
     let mut logic = ShutdownLogic::new(
         config,

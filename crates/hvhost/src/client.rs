@@ -1,0 +1,338 @@
+//! The host side as hvhost plays it: a client that dials a listening agent, and a server that waits for agents
+//! to dial in. Both run [`HostChannel`] over [`Connection`]s and print what they see, one line per event.
+
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use hvproto::service::host::{HostChannel, HostError, HostEvent};
+use hvproto::service::ServiceKind;
+use hvproto::wire::heartbeat::AppState;
+use hvproto::wire::{Message, Status};
+use hvtransport::socket::{self, Dial};
+use hvtransport::{Address, Closed, Connection};
+
+/// How long the host waits for any one answer.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a host-side exchange failed.
+#[derive(Debug)]
+pub enum PeerError {
+    Connect(String),
+    Closed(Closed),
+    Protocol(HostError),
+    Timeout(&'static str),
+}
+
+impl std::fmt::Display for PeerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerError::Connect(why) => f.write_str(why),
+            PeerError::Closed(closed) => write!(f, "connection lost: {closed}"),
+            PeerError::Protocol(error) => write!(f, "{error}"),
+            PeerError::Timeout(what) => write!(
+                f,
+                "no answer to the {what} within {} s",
+                ANSWER_TIMEOUT.as_secs()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for PeerError {}
+
+/// Waits until `fd` is ready for `flags`, or the deadline passes.
+fn wait_ready(fd: BorrowedFd<'_>, flags: PollFlags, deadline: Instant) -> bool {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let millis = left.as_millis().min(i32::MAX as u128) as i32;
+        let mut fds = [PollFd::new(fd, flags)];
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(0) => return false,
+            Ok(_) => return true,
+            Err(Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// Dials an agent that listens at `address`: Unix, vsock (a KVM host to its guest) or hybrid vsock.
+pub fn dial(address: &Address) -> Result<OwnedFd, PeerError> {
+    let failed = |error: &dyn std::fmt::Display| {
+        PeerError::Connect(format!(
+            "cannot connect to {address}: {error}; is the agent running with listen = \"...\" for this service?"
+        ))
+    };
+    match address {
+        Address::Hybrid { path, port } => {
+            let stream = socket::connect_hybrid(path, *port, ANSWER_TIMEOUT)
+                .map_err(|error| failed(&error))?;
+            stream
+                .set_nonblocking(true)
+                .map_err(|error| failed(&error))?;
+            Ok(OwnedFd::from(stream))
+        }
+        _ => match socket::connect(address).map_err(|error| failed(&error))? {
+            Dial::Connected(fd) => Ok(fd),
+            Dial::InProgress(fd) => {
+                if !wait_ready(
+                    fd.as_fd(),
+                    PollFlags::POLLOUT,
+                    Instant::now() + ANSWER_TIMEOUT,
+                ) {
+                    return Err(failed(&"timed out"));
+                }
+                socket::finish_connect(fd.as_fd()).map_err(|error| failed(&error))?;
+                Ok(fd)
+            }
+        },
+    }
+}
+
+/// A host-side channel on one connection, driven step by step.
+pub struct Client {
+    connection: Connection,
+    channel: HostChannel,
+    inbox: Vec<Message>,
+}
+
+impl Client {
+    pub fn new(fd: OwnedFd, kind: ServiceKind) -> Client {
+        Client {
+            connection: Connection::new(fd),
+            channel: HostChannel::new(kind),
+            inbox: Vec::new(),
+        }
+    }
+
+    fn send(&mut self, message: &Message) -> Result<(), PeerError> {
+        self.connection.queue(message).map_err(PeerError::Closed)?;
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        loop {
+            self.connection.flush().map_err(PeerError::Closed)?;
+            if !self.connection.wants_write() {
+                return Ok(());
+            }
+            if !wait_ready(self.connection.fd(), PollFlags::POLLOUT, deadline) {
+                return Err(PeerError::Timeout("send"));
+            }
+        }
+    }
+
+    /// The next message from the agent, waiting up to [`ANSWER_TIMEOUT`].
+    fn next(&mut self, what: &'static str) -> Result<Message, PeerError> {
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        while self.inbox.is_empty() {
+            if !wait_ready(self.connection.fd(), PollFlags::POLLIN, deadline) {
+                return Err(PeerError::Timeout(what));
+            }
+            self.connection
+                .receive(&mut self.inbox)
+                .map_err(PeerError::Closed)?;
+        }
+        Ok(self.inbox.remove(0))
+    }
+
+    /// Offers versions and checks the agent's choice.
+    pub fn negotiate(&mut self) -> Result<HostEvent, PeerError> {
+        let offer = self.channel.offer();
+        self.send(&offer)?;
+        let answer = self.next("negotiation")?;
+        self.channel
+            .handle(&answer, Instant::now())
+            .map_err(PeerError::Protocol)
+    }
+
+    /// Sends `depth` heartbeats back to back, then reads their answers; returns (round trip, state) of each.
+    pub fn heartbeats(
+        &mut self,
+        depth: usize,
+    ) -> Result<Vec<(Duration, Option<AppState>)>, PeerError> {
+        let now = Instant::now();
+        for _ in 0..depth {
+            let request = self.channel.heartbeat(now);
+            self.connection.queue(&request).map_err(PeerError::Closed)?;
+        }
+        self.send_queued()?;
+        let mut results = Vec::with_capacity(depth);
+        while self.channel.in_flight() > 0 {
+            let answer = self.next("heartbeat")?;
+            match self.channel.handle(&answer, Instant::now()) {
+                Ok(HostEvent::HeartbeatAnswered {
+                    round_trip, state, ..
+                }) => results.push((round_trip, state)),
+                Ok(other) => {
+                    return Err(PeerError::Protocol(HostError::Unexpected(format!(
+                        "{other:?}"
+                    ))))
+                }
+                Err(error) => return Err(PeerError::Protocol(error)),
+            }
+        }
+        Ok(results)
+    }
+
+    /// Sends one request of the channel's message type and waits for its answer: (status, body).
+    pub fn exchange(&mut self, body: Vec<u8>) -> Result<(Status, Vec<u8>), PeerError> {
+        let request = self.channel.request(body, Instant::now());
+        self.send(&request)?;
+        let answer = self.next("request")?;
+        match self.channel.handle(&answer, Instant::now()) {
+            Ok(HostEvent::Answered { status, body, .. }) => Ok((status, body)),
+            Ok(other) => Err(PeerError::Protocol(HostError::Unexpected(format!(
+                "{other:?}"
+            )))),
+            Err(error) => Err(PeerError::Protocol(error)),
+        }
+    }
+
+    fn send_queued(&mut self) -> Result<(), PeerError> {
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        loop {
+            self.connection.flush().map_err(PeerError::Closed)?;
+            if !self.connection.wants_write() {
+                return Ok(());
+            }
+            // Read answers meanwhile, so an agent blocked on its own sends can make progress.
+            let mut fds = [PollFd::new(
+                self.connection.fd(),
+                PollFlags::POLLOUT | PollFlags::POLLIN,
+            )];
+            let _ = poll(&mut fds, PollTimeout::from(100u8));
+            if fds[0]
+                .revents()
+                .is_some_and(|events| events.contains(PollFlags::POLLIN))
+            {
+                self.connection
+                    .receive(&mut self.inbox)
+                    .map_err(PeerError::Closed)?;
+            }
+            if Instant::now() > deadline {
+                return Err(PeerError::Timeout("send"));
+            }
+        }
+    }
+}
+
+/// Round-trip figures of a run. [`RoundTrips::default`] keeps every sample, for exact quantiles;
+/// [`RoundTrips::bounded`] keeps at most a fixed number, for a server that runs for months.
+#[derive(Debug, Default, Clone)]
+pub struct RoundTrips {
+    micros: Vec<f64>,
+    /// Most samples kept; none means all.
+    cap: Option<usize>,
+    /// Every `stride`-th sample is kept: 1 until the cap is first reached, then doubled each time.
+    stride: usize,
+    count: usize,
+    max: f64,
+}
+
+impl RoundTrips {
+    /// Keeps at most `cap` samples (at least 2), an evenly spaced subset of all of them: when the cap is
+    /// reached every other sample is dropped and from then on only every second one recorded, and so on.
+    /// The count and the maximum stay exact; quantiles are those of the subset.
+    pub fn bounded(cap: usize) -> RoundTrips {
+        RoundTrips {
+            cap: Some(cap.max(2)),
+            ..RoundTrips::default()
+        }
+    }
+
+    pub fn record(&mut self, round_trip: Duration) {
+        let micros = round_trip.as_secs_f64() * 1e6;
+        self.max = self.max.max(micros);
+        self.count += 1;
+        if (self.count - 1) % self.stride.max(1) != 0 {
+            return;
+        }
+        self.micros.push(micros);
+        if self.cap.is_some_and(|cap| self.micros.len() >= cap) {
+            let mut index = 0;
+            self.micros.retain(|_| {
+                index += 1;
+                index % 2 == 1
+            });
+            self.stride = self.stride.max(1) * 2;
+        }
+    }
+
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// The `q` quantile (0..=1) in microseconds, by nearest rank; `q` = 1 is the exact maximum.
+    pub fn quantile(&self, q: f64) -> f64 {
+        if self.micros.is_empty() {
+            return 0.0;
+        }
+        if q >= 1.0 {
+            return self.max;
+        }
+        let mut sorted = self.micros.clone();
+        sorted.sort_by(f64::total_cmp);
+        let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+        sorted[rank - 1]
+    }
+
+    /// `done heartbeats=N p50_us=X p99_us=Y max_us=Z`
+    pub fn summary(&self) -> String {
+        format!(
+            "done heartbeats={} p50_us={:.1} p99_us={:.1} max_us={:.1}",
+            self.count(),
+            self.quantile(0.5),
+            self.quantile(0.99),
+            self.quantile(1.0)
+        )
+    }
+}
+
+/// Prints one line and flushes, so a reader of a pipe sees it at once.
+pub fn say(out: &mut dyn Write, line: &str) {
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// `heartbeat seq=N rtt_us=X state=S`
+pub fn heartbeat_line(seq: u64, round_trip: Duration, state: Option<AppState>) -> String {
+    format!(
+        "heartbeat seq={seq} rtt_us={:.1} state={}",
+        round_trip.as_secs_f64() * 1e6,
+        state.map_or("absent", AppState::name)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_use_nearest_rank() {
+        let mut trips = RoundTrips::default();
+        for micros in 1..=100 {
+            trips.record(Duration::from_micros(micros));
+        }
+        assert_eq!(trips.quantile(0.5), 50.0);
+        assert_eq!(trips.quantile(0.99), 99.0);
+        assert_eq!(trips.quantile(1.0), 100.0);
+        assert_eq!(RoundTrips::default().quantile(0.5), 0.0);
+    }
+
+    #[test]
+    fn bounded_round_trips_keep_an_even_subset_and_the_exact_count_and_maximum() {
+        let mut trips = RoundTrips::bounded(256);
+        for micros in 1..=100_000 {
+            trips.record(Duration::from_micros(micros));
+        }
+        assert!(trips.micros.len() <= 256, "{} kept", trips.micros.len());
+        assert_eq!(trips.count(), 100_000);
+        assert_eq!(trips.quantile(1.0), 100_000.0);
+        let p50 = trips.quantile(0.5);
+        assert!((45_000.0..=55_000.0).contains(&p50), "p50 {p50}");
+    }
+}

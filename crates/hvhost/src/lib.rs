@@ -1,0 +1,9 @@
+//! hvhost: the host side of hvagent's integration services, on Linux hosts (vsock, Unix and hybrid-vsock
+//! sockets). The protocol is `hvproto`'s; this crate is the host's edges around it.
+//!
+//! - [`client`]: one connection to a guest's service: dialing, negotiating, round trips, printing them.
+//! - [`server`]: `hvhost serve`, many agents at once in one poll loop.
+//! - [`requests`]: `hvhost shutdown` and `hvhost kvp`, one request each.
+pub mod client;
+pub mod requests;
+pub mod server;

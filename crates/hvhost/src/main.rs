@@ -1,0 +1,260 @@
+//! hvhost: the host-side peer of hvagent, for Linux hosts and for tests. Parses arguments and calls the
+//! library.
+//!
+//! Exit status: 0 ok, 1 the agent answered wrongly or the connection failed, 2 usage error.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use hvhost::client::{self, heartbeat_line, say, Client, RoundTrips};
+use hvhost::requests::{self, parse_pool, KvpCommand, ShutdownOptions};
+use hvhost::server::{serve, ServeOptions};
+use hvproto::service::host::HostEvent;
+use hvproto::service::ServiceKind;
+use hvtransport::Address;
+
+const USAGE: &str = "\
+usage: hvhost serve ADDR [--service heartbeat|timesync] [--interval SECONDS] [--count N] [--quiet]
+                  [--sample-interval SECONDS] [--clock-offset SECONDS]
+           listen for agents that dial in and negotiate with each. heartbeat (the default): a heartbeat every
+           --interval (default 1, 0 = back to back); with --count, exit 0 once N heartbeats were answered on
+           one connection. timesync: a SYNC at once, then a SAMPLE every --sample-interval (default 5), and
+           an answer to every probe; with --count, exit 0 after N probes. --clock-offset makes the host
+           report times that far ahead (negative: behind) of its real clock, which it never changes
+       hvhost heartbeat ADDR [--count N] [--interval SECONDS] [--quiet]
+           dial a listening agent and send N heartbeats (default 1)
+       hvhost shutdown ADDR [--reboot|--hibernate] [--force] [--reason N] [--message TEXT]
+           ask a listening agent to power off (reboot, hibernate); exit 0 when it answers HV_S_OK
+       hvhost kvp ADDR enumerate [--pool P] | get KEY [--pool P] | set KEY VALUE [--pool P] | delete KEY [--pool P]
+           key-value exchange with a listening agent; P is external (default for get/set/delete), guest,
+           auto (default for enumerate), auto-external, auto-internal or a number
+
+ADDR is unix:PATH, vsock:CID:PORT (a KVM host to its guest) or hybrid:PATH:PORT (the Unix socket of
+Firecracker, Cloud Hypervisor or vhost-device-vsock). PORT is decimal, 0x-hex or a template GUID.";
+
+struct Options {
+    command: String,
+    address: Address,
+    interval: Option<Duration>,
+    count: Option<u64>,
+    quiet: bool,
+    service: ServiceKind,
+    sample_interval: Option<Duration>,
+    clock_offset: f64,
+    shutdown: ShutdownOptions,
+    /// Positional arguments after the address (the kvp operation and its operands).
+    rest: Vec<String>,
+    pool: Option<String>,
+}
+
+/// The next argument as a string.
+fn string_value(parser: &mut lexopt::Parser) -> Result<String, String> {
+    use lexopt::ValueExt;
+    parser
+        .value()
+        .map_err(|e| e.to_string())?
+        .string()
+        .map_err(|e| e.to_string())
+}
+
+/// The next argument as a finite number of seconds, at least `min`.
+fn seconds_value(parser: &mut lexopt::Parser, name: &str, min: f64) -> Result<f64, String> {
+    let text = string_value(parser)?;
+    text.parse()
+        .ok()
+        .filter(|seconds: &f64| seconds.is_finite() && *seconds >= min && seconds.abs() < 1e9)
+        .ok_or(format!("{name} '{text}' is not a number of seconds"))
+}
+
+/// A u32 in decimal or 0x-hex.
+fn parse_u32(text: &str) -> Option<u32> {
+    match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16).ok(),
+        None => text.parse().ok(),
+    }
+}
+
+fn parse_args() -> Result<Option<Options>, String> {
+    use lexopt::prelude::*;
+    let mut parser = lexopt::Parser::from_env();
+    let mut positional = Vec::new();
+    let mut interval = None;
+    let mut count = None;
+    let mut quiet = false;
+    let mut service = ServiceKind::Heartbeat;
+    let mut sample_interval = None;
+    let mut clock_offset = 0.0;
+    let mut shutdown = ShutdownOptions::default();
+    let mut pool = None;
+    while let Some(arg) = parser.next().map_err(|error| error.to_string())? {
+        match arg {
+            Long("help") | Short('h') => return Ok(None),
+            Long("interval") => {
+                let seconds = seconds_value(&mut parser, "--interval", 0.0)?;
+                interval = Some(Duration::from_secs_f64(seconds));
+            }
+            Long("sample-interval") => {
+                let seconds = seconds_value(&mut parser, "--sample-interval", 0.001)?;
+                sample_interval = Some(Duration::from_secs_f64(seconds));
+            }
+            Long("clock-offset") => {
+                clock_offset = seconds_value(&mut parser, "--clock-offset", f64::MIN)?;
+            }
+            Long("service") => {
+                service = match string_value(&mut parser)?.as_str() {
+                    "heartbeat" => ServiceKind::Heartbeat,
+                    "timesync" => ServiceKind::TimeSync,
+                    other => {
+                        return Err(format!(
+                            "--service '{other}' is not a service hvhost serves (heartbeat or timesync)"
+                        ))
+                    }
+                };
+            }
+            Long("count") | Short('n') => {
+                let text = string_value(&mut parser)?;
+                count = Some(
+                    text.parse()
+                        .map_err(|_| format!("--count '{text}' is not a number"))?,
+                );
+            }
+            Long("quiet") | Short('q') => quiet = true,
+            Long("reboot") => shutdown.reboot = true,
+            Long("hibernate") => shutdown.hibernate = true,
+            Long("force") => shutdown.force = true,
+            Long("reason") => {
+                let text = string_value(&mut parser)?;
+                shutdown.reason = parse_u32(&text).ok_or(format!(
+                    "--reason '{text}' is not a number (decimal or 0x-hex)"
+                ))?;
+            }
+            Long("message") => shutdown.message = string_value(&mut parser)?,
+            Long("pool") => pool = Some(string_value(&mut parser)?),
+            Value(value) => positional.push(value.string().map_err(|e| e.to_string())?),
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    if shutdown.reboot && shutdown.hibernate {
+        return Err("--reboot and --hibernate exclude each other".to_string());
+    }
+    if positional.len() < 2 {
+        return Err("expected a command and an address".to_string());
+    }
+    let rest = positional.split_off(2);
+    let [command, address] = <[String; 2]>::try_from(positional)
+        .map_err(|_| "expected a command and an address".to_string())?;
+    if !rest.is_empty() && command != "kvp" {
+        return Err(format!("unexpected argument '{}'", rest[0]));
+    }
+    let address = address.parse().map_err(|error| format!("{error}"))?;
+    Ok(Some(Options {
+        command,
+        address,
+        interval,
+        count,
+        quiet,
+        service,
+        sample_interval,
+        clock_offset,
+        shutdown,
+        rest,
+        pool,
+    }))
+}
+
+fn main() -> ExitCode {
+    let options = match parse_args() {
+        Ok(Some(options)) => options,
+        Ok(None) => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("hvhost: {message}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let result = match options.command.as_str() {
+        "serve" => serve(
+            &options.address,
+            &ServeOptions {
+                interval: options.interval.unwrap_or(Duration::from_secs(1)),
+                count: options.count,
+                quiet: options.quiet,
+                service: options.service,
+                sample_interval: options.sample_interval.unwrap_or(Duration::from_secs(5)),
+                clock_offset: options.clock_offset,
+            },
+            &mut out,
+        ),
+        "heartbeat" => heartbeat(&options, &mut out),
+        "kvp" => {
+            let command = match KvpCommand::parse(&options.rest) {
+                Ok(command) => command,
+                Err(message) => {
+                    eprintln!("hvhost: {message}\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            };
+            let pool = match options.pool.as_deref().map(parse_pool).transpose() {
+                Ok(pool) => pool,
+                Err(message) => {
+                    eprintln!("hvhost: {message}");
+                    return ExitCode::from(2);
+                }
+            };
+            match requests::kvp(&options.address, pool, &command, &mut out) {
+                Ok(true) => Ok(()),
+                Ok(false) => return ExitCode::from(1),
+                Err(error) => Err(error),
+            }
+        }
+        "shutdown" => match requests::shutdown(&options.address, &options.shutdown, &mut out) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::from(1),
+            Err(error) => Err(error),
+        },
+        other => {
+            eprintln!("hvhost: unknown command '{other}'\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("hvhost: {error}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn heartbeat(options: &Options, out: &mut dyn Write) -> Result<(), client::PeerError> {
+    let fd = client::dial(&options.address)?;
+    say(out, &format!("connected {}", options.address));
+    let mut client = Client::new(fd, ServiceKind::Heartbeat);
+    if let HostEvent::Negotiated { framework, message } = client.negotiate()? {
+        say(
+            out,
+            &format!("negotiated framework={framework} message={message}"),
+        );
+    }
+    let mut trips = RoundTrips::default();
+    for seq in 0..options.count.unwrap_or(1) {
+        if seq > 0 {
+            if let Some(interval) = options.interval {
+                std::thread::sleep(interval);
+            }
+        }
+        for (round_trip, state) in client.heartbeats(1)? {
+            trips.record(round_trip);
+            if !options.quiet {
+                say(out, &heartbeat_line(seq, round_trip, state));
+            }
+        }
+    }
+    say(out, &trips.summary());
+    Ok(())
+}

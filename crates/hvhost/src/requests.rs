@@ -1,0 +1,266 @@
+//! hvhost's one-shot requests to a listening agent: `hvhost shutdown` and `hvhost kvp`. Each dials, negotiates,
+//! sends its request(s) and prints what the guest answered, one line each.
+
+use std::io::Write;
+
+use crate::client::{self, say, Client, PeerError};
+use hvproto::service::host::HostEvent;
+use hvproto::service::shutdown::display_text;
+use hvproto::service::ServiceKind;
+use hvproto::wire::kvp::{
+    display_value, lossy, utf16, utf16_bytes, value_type, KvpBody, KvpMessage, Operation, Pool,
+    ValueRecord,
+};
+use hvproto::wire::shutdown::{flags, ShutdownRequest, DISPLAY_MESSAGE_LEN};
+use hvproto::wire::Status;
+use hvtransport::Address;
+
+/// What `hvhost shutdown` sends.
+#[derive(Clone, Debug, Default)]
+pub struct ShutdownOptions {
+    pub reboot: bool,
+    pub hibernate: bool,
+    pub force: bool,
+    pub reason: u32,
+    pub message: String,
+}
+
+impl ShutdownOptions {
+    /// The request body: flags from the options, the message as bytes padded to Linux's 2048.
+    pub fn body(&self) -> ShutdownRequest {
+        let mut value = 0;
+        if self.reboot {
+            value |= flags::REBOOT;
+        }
+        if self.hibernate {
+            value |= flags::HIBERNATE;
+        }
+        if self.force {
+            value |= flags::FORCE;
+        }
+        let mut display_message = self.message.as_bytes().to_vec();
+        display_message.truncate(DISPLAY_MESSAGE_LEN - 1);
+        display_message.resize(DISPLAY_MESSAGE_LEN, 0);
+        ShutdownRequest {
+            reason_code: self.reason,
+            timeout_seconds: 0,
+            flags: value,
+            display_message,
+        }
+    }
+}
+
+/// Dials `address` and negotiates `kind`, printing both steps.
+pub fn open(
+    address: &Address,
+    kind: ServiceKind,
+    out: &mut dyn Write,
+) -> Result<Client, PeerError> {
+    let fd = client::dial(address)?;
+    say(out, &format!("connected {address}"));
+    let mut client = Client::new(fd, kind);
+    if let HostEvent::Negotiated { framework, message } = client.negotiate()? {
+        say(
+            out,
+            &format!("negotiated framework={framework} message={message}"),
+        );
+    }
+    Ok(client)
+}
+
+/// A refusal by the guest: the status it answered with.
+#[derive(Debug)]
+pub struct Refused(pub Status);
+
+/// `hvhost shutdown`: Ok(true) when the guest answered HV_S_OK.
+pub fn shutdown(
+    address: &Address,
+    options: &ShutdownOptions,
+    out: &mut dyn Write,
+) -> Result<bool, PeerError> {
+    let mut client = open(address, ServiceKind::Shutdown, out)?;
+    let body = options.body();
+    let (status, _) = client.exchange(body.to_body())?;
+    say(
+        out,
+        &format!(
+            "shutdown flags={:#x} reason={:#010x} message=\"{}\" answer={status}",
+            body.flags,
+            body.reason_code,
+            display_text(&body.display_message)
+        ),
+    );
+    Ok(status == Status::OK)
+}
+
+/// What `hvhost kvp` does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvpCommand {
+    Enumerate,
+    Get(String),
+    Set(String, String),
+    Delete(String),
+}
+
+impl KvpCommand {
+    /// The operation and its operands from the words after the address.
+    pub fn parse(words: &[String]) -> Result<KvpCommand, String> {
+        let words: Vec<&str> = words.iter().map(String::as_str).collect();
+        match words.as_slice() {
+            ["enumerate"] => Ok(KvpCommand::Enumerate),
+            ["get", key] => Ok(KvpCommand::Get(key.to_string())),
+            ["set", key, value] => Ok(KvpCommand::Set(key.to_string(), value.to_string())),
+            ["delete", key] => Ok(KvpCommand::Delete(key.to_string())),
+            _ => Err(
+                "kvp needs enumerate, get KEY, set KEY VALUE or delete KEY after the address"
+                    .to_string(),
+            ),
+        }
+    }
+
+    /// The pool used when none is given: auto for enumerate, external otherwise.
+    pub fn default_pool(&self) -> Pool {
+        match self {
+            KvpCommand::Enumerate => Pool::AUTO,
+            _ => Pool::EXTERNAL,
+        }
+    }
+}
+
+/// A pool by name (external, guest, auto, auto-external, auto-internal) or number.
+pub fn parse_pool(text: &str) -> Result<Pool, String> {
+    let pool = match text {
+        "external" => Pool::EXTERNAL,
+        "guest" => Pool::GUEST,
+        "auto" => Pool::AUTO,
+        "auto-external" => Pool::AUTO_EXTERNAL,
+        "auto-internal" => Pool::AUTO_INTERNAL,
+        number => Pool(number.parse().map_err(|_| {
+            format!("--pool '{text}' is not external, guest, auto, auto-external, auto-internal or a number")
+        })?),
+    };
+    Ok(pool)
+}
+
+/// Most items `hvhost kvp enumerate` asks for before it stops on its own.
+const MAX_ENUMERATE: u32 = 2048;
+
+fn record_for(key: &str, value: Option<&str>) -> ValueRecord {
+    let value = value.map_or_else(Vec::new, |text| utf16_bytes(&utf16(text)));
+    ValueRecord::new(value_type::STRING, &utf16(key), &value)
+}
+
+/// `hvhost kvp`: Ok(true) when the guest answered as a success (for enumerate: items, then HV_S_CONT).
+pub fn kvp(
+    address: &Address,
+    pool: Option<Pool>,
+    command: &KvpCommand,
+    out: &mut dyn Write,
+) -> Result<bool, PeerError> {
+    let pool = pool.unwrap_or_else(|| command.default_pool());
+    let mut client = open(address, ServiceKind::GuestInfo, out)?;
+    let mut ask = |message: KvpMessage| -> Result<(Status, Option<KvpMessage>), PeerError> {
+        let (status, body) = client.exchange(message.to_body())?;
+        Ok((status, KvpMessage::parse(&body).ok()))
+    };
+    let shown = |answer: &Option<KvpMessage>| -> (String, String) {
+        answer.as_ref().and_then(KvpMessage::record).map_or(
+            (String::new(), String::new()),
+            |record| {
+                let key = record.key().map(|units| lossy(&units)).unwrap_or_default();
+                let value = record
+                    .value()
+                    .map(|bytes| display_value(record.value_type, bytes))
+                    .unwrap_or_default();
+                (key, value)
+            },
+        )
+    };
+    let pool_name = pool.name();
+    match command {
+        KvpCommand::Enumerate => {
+            let mut index = 0;
+            let status = loop {
+                let record = record_for("", None);
+                let (status, answer) = ask(KvpMessage::new(
+                    Operation::ENUMERATE,
+                    pool,
+                    KvpBody::Enumerate { index, record },
+                ))?;
+                if status != Status::OK || index >= MAX_ENUMERATE {
+                    break status;
+                }
+                let (key, value) = shown(&answer);
+                say(
+                    out,
+                    &format!(
+                        "kvp pool={pool_name} index={index} key={} value=\"{}\"",
+                        key.escape_debug(),
+                        value.escape_debug()
+                    ),
+                );
+                index += 1;
+            };
+            say(
+                out,
+                &format!("done items={index} pool={pool_name} last={status}"),
+            );
+            Ok(status == Status::CONTINUE)
+        }
+        KvpCommand::Get(key) => {
+            let (status, answer) = ask(KvpMessage::new(
+                Operation::GET,
+                pool,
+                KvpBody::Value(record_for(key, None)),
+            ))?;
+            let value = if status == Status::OK {
+                format!(" value=\"{}\"", shown(&answer).1.escape_debug())
+            } else {
+                String::new()
+            };
+            say(
+                out,
+                &format!(
+                    "kvp get pool={pool_name} key={} answer={status}{value}",
+                    key.escape_debug()
+                ),
+            );
+            Ok(status == Status::OK)
+        }
+        KvpCommand::Set(key, value) => {
+            let (status, _) = ask(KvpMessage::new(
+                Operation::SET,
+                pool,
+                KvpBody::Value(record_for(key, Some(value))),
+            ))?;
+            say(
+                out,
+                &format!(
+                    "kvp set pool={pool_name} key={} value=\"{}\" answer={status}",
+                    key.escape_debug(),
+                    value.escape_debug()
+                ),
+            );
+            Ok(status == Status::OK)
+        }
+        KvpCommand::Delete(key) => {
+            let key_area = utf16_bytes(&utf16(key));
+            let (status, _) = ask(KvpMessage::new(
+                Operation::DELETE,
+                pool,
+                KvpBody::Delete {
+                    key_size: key_area.len() as u32,
+                    key_area,
+                },
+            ))?;
+            say(
+                out,
+                &format!(
+                    "kvp delete pool={pool_name} key={} answer={status}",
+                    key.escape_debug()
+                ),
+            );
+            Ok(status == Status::OK)
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! One state machine per integration-service channel: (message, now) in, replies and events out. No I/O.
+//!
+//! A connection is one service channel, as one VMBus channel is on Hyper-V. The host speaks first with a
+//! NEGOTIATE request; the channel answers it with the versions it chose (docs/PROTOCOL.md §4) and from then on serves
+//! its own message type. Requests of another type, and any request before a successful negotiation, are
+//! answered with HV_E_FAIL. A message without the RESPONSE flag is a request: it is answered only when it
+//! carries TRANSACTION, and processed silently otherwise (docs/PROTOCOL.md §5.1).
+
+pub mod guestinfo;
+pub mod health;
+pub mod heartbeat;
+pub mod host;
+pub mod logic;
+pub mod shutdown;
+pub mod timesync;
+
+use std::time::Instant;
+
+pub use logic::{LinkId, Logic, Refusal, StatusLine, Watch};
+
+use crate::wire::negotiate::Negotiate;
+use crate::wire::{IcVersion, Message, MessageType, Status};
+
+/// Framework versions the guest accepts, in preference order.
+pub const FRAMEWORK_VERSIONS: [IcVersion; 2] = [IcVersion::new(3, 0), IcVersion::new(1, 0)];
+
+/// The integration services hvagent knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ServiceKind {
+    Heartbeat,
+    GuestInfo,
+    Shutdown,
+    TimeSync,
+}
+
+impl ServiceKind {
+    pub const ALL: [ServiceKind; 4] = [
+        ServiceKind::Heartbeat,
+        ServiceKind::GuestInfo,
+        ServiceKind::Shutdown,
+        ServiceKind::TimeSync,
+    ];
+
+    /// The IC message type this service carries.
+    pub fn msgtype(self) -> MessageType {
+        match self {
+            ServiceKind::Heartbeat => MessageType::HEARTBEAT,
+            ServiceKind::GuestInfo => MessageType::KVP_EXCHANGE,
+            ServiceKind::Shutdown => MessageType::SHUTDOWN,
+            ServiceKind::TimeSync => MessageType::TIMESYNC,
+        }
+    }
+
+    /// The name used in config sections and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ServiceKind::Heartbeat => "heartbeat",
+            ServiceKind::GuestInfo => "guestinfo",
+            ServiceKind::Shutdown => "shutdown",
+            ServiceKind::TimeSync => "timesync",
+        }
+    }
+
+    /// hvagent's default vsock port: 0x48560000 + icmsgtype.
+    pub fn default_port(self) -> u32 {
+        0x4856_0000 + u32::from(self.msgtype().0)
+    }
+
+    /// Message versions the guest accepts, in preference order (Linux's lists; time sync adds hvagent's 4.1).
+    pub fn message_versions(self) -> &'static [IcVersion] {
+        const HEARTBEAT: [IcVersion; 2] = [IcVersion::new(3, 0), IcVersion::new(1, 0)];
+        const GUEST_INFO: [IcVersion; 3] = [
+            IcVersion::new(5, 0),
+            IcVersion::new(4, 0),
+            IcVersion::new(3, 0),
+        ];
+        const SHUTDOWN: [IcVersion; 4] = [
+            IcVersion::new(3, 2),
+            IcVersion::new(3, 1),
+            IcVersion::new(3, 0),
+            IcVersion::new(1, 0),
+        ];
+        const TIME_SYNC: [IcVersion; 4] = [
+            IcVersion::new(4, 1),
+            IcVersion::new(4, 0),
+            IcVersion::new(3, 0),
+            IcVersion::new(1, 0),
+        ];
+        match self {
+            ServiceKind::Heartbeat => &HEARTBEAT,
+            ServiceKind::GuestInfo => &GUEST_INFO,
+            ServiceKind::Shutdown => &SHUTDOWN,
+            ServiceKind::TimeSync => &TIME_SYNC,
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Where a channel stands in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelState {
+    /// Connected; the host has not negotiated yet.
+    AwaitingNegotiation,
+    /// Versions agreed.
+    Ready {
+        framework: IcVersion,
+        message: IcVersion,
+    },
+    /// The host offered nothing we speak; it may negotiate again.
+    NoCommonVersion,
+}
+
+/// What happened on a channel, for logs and status; the edge decides how loud each is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    Negotiated {
+        framework: IcVersion,
+        message: IcVersion,
+    },
+    NoCommonVersion {
+        offered_frameworks: Vec<IcVersion>,
+        offered_messages: Vec<IcVersion>,
+    },
+    /// A request of the service's own type was handed to its logic and answered with HV_S_OK.
+    Served { msgtype: MessageType },
+    /// A request answered with an error status.
+    Refused {
+        msgtype: MessageType,
+        status: Status,
+        why: String,
+    },
+    /// A response to a request the service's logic sent.
+    ResponseTaken { msgtype: MessageType },
+    /// A response nobody asked for, dropped.
+    UnexpectedResponse {
+        msgtype: MessageType,
+        transaction_id: u8,
+    },
+}
+
+/// The guest side of one service channel: negotiation and the IC rules; the rest is the service's logic.
+#[derive(Debug)]
+pub struct Channel {
+    kind: ServiceKind,
+    link: LinkId,
+    state: ChannelState,
+}
+
+impl Channel {
+    pub fn new(kind: ServiceKind, link: LinkId) -> Channel {
+        Channel {
+            kind,
+            link,
+            state: ChannelState::AwaitingNegotiation,
+        }
+    }
+
+    pub fn kind(&self) -> ServiceKind {
+        self.kind
+    }
+
+    pub fn link(&self) -> LinkId {
+        self.link
+    }
+
+    pub fn state(&self) -> ChannelState {
+        self.state
+    }
+
+    /// The message version agreed, once negotiated.
+    pub fn version(&self) -> Option<IcVersion> {
+        match self.state {
+            ChannelState::Ready { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+
+    /// Handles one decoded message, appending the replies to send to `replies`.
+    pub fn handle(
+        &mut self,
+        message: &Message,
+        logic: &mut dyn Logic,
+        now: Instant,
+        replies: &mut Vec<Message>,
+    ) -> Event {
+        let header = &message.header;
+        if header.flags.is_response() {
+            if header.msgtype == self.kind.msgtype()
+                && self.version().is_some()
+                && logic.response(self.link, message, now)
+            {
+                return Event::ResponseTaken {
+                    msgtype: header.msgtype,
+                };
+            }
+            return Event::UnexpectedResponse {
+                msgtype: header.msgtype,
+                transaction_id: header.transaction_id,
+            };
+        }
+        let (reply, event) = self.answer(message, logic, now);
+        if header.flags.expects_answer() {
+            replies.push(reply);
+        }
+        event
+    }
+
+    /// The answer to a request and what it means, whether or not the host wants the answer.
+    fn answer(
+        &mut self,
+        request: &Message,
+        logic: &mut dyn Logic,
+        now: Instant,
+    ) -> (Message, Event) {
+        let msgtype = request.header.msgtype;
+        if msgtype == MessageType::NEGOTIATE {
+            return match Negotiate::parse(&request.body) {
+                Ok(offer) => {
+                    let (reply, event) = self.negotiate(request, &offer);
+                    if let Event::Negotiated { message, .. } = event {
+                        logic.negotiated(self.link, message, now);
+                    }
+                    (reply, event)
+                }
+                Err(error) => refuse(request, &Refusal::new(Status::INVALID_ARG, error)),
+            };
+        }
+        if msgtype != self.kind.msgtype() {
+            let why = format!(
+                "the {} channel does not serve {msgtype} requests",
+                self.kind
+            );
+            return refuse(request, &Refusal::new(Status::FAIL, why));
+        }
+        let Some(version) = self.version() else {
+            return refuse(
+                request,
+                &Refusal::new(Status::FAIL, "no versions were negotiated yet"),
+            );
+        };
+        match logic.request(self.link, request, version, now) {
+            Ok(reply) => (reply, Event::Served { msgtype }),
+            Err(refusal) => refuse(request, &refusal),
+        }
+    }
+
+    fn negotiate(&mut self, request: &Message, offer: &Negotiate) -> (Message, Event) {
+        let chosen = offer.choose(&FRAMEWORK_VERSIONS, self.kind.message_versions());
+        let reply = request.reply(Status::OK, Negotiate::answer(chosen).to_body());
+        let event = match chosen {
+            Some((framework, message)) => {
+                self.state = ChannelState::Ready { framework, message };
+                Event::Negotiated { framework, message }
+            }
+            None => {
+                self.state = ChannelState::NoCommonVersion;
+                Event::NoCommonVersion {
+                    offered_frameworks: offer.framework_versions.clone(),
+                    offered_messages: offer.message_versions.clone(),
+                }
+            }
+        };
+        (reply, event)
+    }
+}
+
+/// An error answer: the request's body echoed with the refusal's status, as Linux's hv_utils answers in
+/// place.
+fn refuse(request: &Message, refusal: &Refusal) -> (Message, Event) {
+    let event = Event::Refused {
+        msgtype: request.header.msgtype,
+        status: refusal.status,
+        why: refusal.why.clone(),
+    };
+    (request.reply(refusal.status, request.body.clone()), event)
+}
+
+#[cfg(test)]
+mod tests;
