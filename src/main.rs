@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use hvagent::config;
-use hvagent::event_loop::Agent;
+use hvagent::event_loop::GuestLoop;
 use hvproto::guid::{self, ServiceId};
 
 const USAGE: &str = "\
@@ -385,7 +385,7 @@ fn run(options: Options) -> ExitCode {
         return ExitCode::from(2);
     }
     hvagent::ops::systemd::init_logging(config.log_level);
-    let mut agent = match Agent::new(config, path) {
+    let mut agent = match GuestLoop::new(config, path) {
         Ok(agent) => agent
             .with_notifier(notifier)
             .with_control_socket(control, explicit_control),

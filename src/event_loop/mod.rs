@@ -21,12 +21,12 @@ use crate::ops::systemd::Notifier;
 use hvproto::service::Logic;
 use hvproto::wire::Message;
 
+mod edges;
 mod quiet;
 mod report;
 mod runtime;
-mod services;
 use quiet::Quiet;
-use runtime::{DialState, Link, Role, Service};
+use runtime::{DialState, Link, Role, RunningService};
 
 /// How long a stopping agent waits for its peers to take the answers queued for them.
 const FINISH_LIMIT: Duration = Duration::from_secs(1);
@@ -46,11 +46,11 @@ enum Token {
     Control,
 }
 
-/// The running agent.
-pub struct Agent {
+/// The guest side: the running agent's poll loop over its services, control socket and signals.
+pub struct GuestLoop {
     config: Config,
     config_path: Option<PathBuf>,
-    services: Vec<Service>,
+    services: Vec<RunningService>,
     terminate: UnixStream,
     reload: UnixStream,
     seed: u64,
@@ -105,9 +105,9 @@ fn drain(pipe: &mut UnixStream) -> bool {
     any
 }
 
-impl Agent {
+impl GuestLoop {
     /// Sets up signal handling and the services of `config`. Opens no socket yet.
-    pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Agent, StartError> {
+    pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<GuestLoop, StartError> {
         let terminate = signal_pipe(&[libc::SIGTERM, libc::SIGINT])?;
         let reload = signal_pipe(&[libc::SIGHUP])?;
         let seed = std::time::SystemTime::now()
@@ -119,11 +119,11 @@ impl Agent {
             .enabled()
             .enumerate()
             .map(|(index, service)| {
-                let logic = services::logic_for(service);
-                Service::new(service.clone(), logic, now, seed.wrapping_add(index as u64))
+                let logic = edges::logic_for(service);
+                RunningService::new(service.clone(), logic, now, seed.wrapping_add(index as u64))
             })
             .collect();
-        Ok(Agent {
+        Ok(GuestLoop {
             config,
             config_path,
             services,
@@ -140,7 +140,7 @@ impl Agent {
     }
 
     /// Tells systemd through `notifier` (READY=1, STATUS=, RELOADING=1, STOPPING=1, WATCHDOG=1).
-    pub fn with_notifier(mut self, notifier: Notifier) -> Agent {
+    pub fn with_notifier(mut self, notifier: Notifier) -> GuestLoop {
         self.notifier = notifier;
         self
     }
@@ -148,7 +148,7 @@ impl Agent {
     /// Answers `hvagent status` on a Unix socket at `path` (opened when the agent runs). `explicit` says
     /// the user asked for this path; the default one is skipped quietly when its directory (systemd's
     /// RuntimeDirectory=) does not exist, as when the agent is run by hand.
-    pub fn with_control_socket(mut self, path: PathBuf, explicit: bool) -> Agent {
+    pub fn with_control_socket(mut self, path: PathBuf, explicit: bool) -> GuestLoop {
         self.control_path = Some((path, explicit));
         self
     }
@@ -254,7 +254,7 @@ impl Agent {
             let timeout = self
                 .services
                 .iter()
-                .filter_map(Service::deadline)
+                .filter_map(RunningService::deadline)
                 .chain(self.watchdog_at)
                 .min()
                 .map(|deadline| deadline.saturating_duration_since(Instant::now()));
@@ -366,7 +366,7 @@ impl Agent {
             let mut fds: Vec<PollFd> = self
                 .services
                 .iter()
-                .flat_map(Service::links)
+                .flat_map(RunningService::links)
                 .filter(|link| link.connection.wants_write() && link.can_still_send())
                 .map(|link| PollFd::new(link.connection.fd(), PollFlags::POLLOUT))
                 .collect();
@@ -402,9 +402,10 @@ impl Agent {
         // A service's whole settings (endpoint, limits and its own options) are its ServiceConfig. The ones
         // that changed or went close before their successors open, so that what a closing service puts back
         // (time sync's frequency correction) is in place when the new one reads it.
-        let (mut kept, gone): (Vec<Service>, Vec<Service>) = std::mem::take(&mut self.services)
-            .into_iter()
-            .partition(|service| config.enabled().any(|wanted| *wanted == service.config));
+        let (mut kept, gone): (Vec<RunningService>, Vec<RunningService>) =
+            std::mem::take(&mut self.services)
+                .into_iter()
+                .partition(|service| config.enabled().any(|wanted| *wanted == service.config));
         let mut reopened = Vec::new();
         for service in &gone {
             if config
@@ -426,9 +427,9 @@ impl Agent {
                         info!("{}: now configured, opening", wanted.kind);
                     }
                     let seed = self.seed.wrapping_add(index as u64 + 1000);
-                    let logic = services::logic_for(wanted);
+                    let logic = edges::logic_for(wanted);
                     self.services
-                        .push(Service::new(wanted.clone(), logic, now, seed));
+                        .push(RunningService::new(wanted.clone(), logic, now, seed));
                 }
             }
         }
@@ -452,14 +453,14 @@ fn serve_link(
     replies: &mut Vec<Message>,
 ) {
     if events.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
-        link.service(quiet, logic, now, inbox, replies);
+        link.read_and_answer(quiet, logic, now, inbox, replies);
     } else if events.contains(PollFlags::POLLOUT) {
         link.flush();
     }
 }
 
 fn watch<'a>(
-    service: &'a Service,
+    service: &'a RunningService,
     index: usize,
     fds: &mut Vec<PollFd<'a>>,
     tokens: &mut Vec<Token>,

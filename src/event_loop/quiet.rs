@@ -167,7 +167,7 @@ impl Quiet {
     }
 
     /// The service's name, which begins each line.
-    pub(super) fn service(&self) -> &'static str {
+    pub(super) fn service_name(&self) -> &'static str {
         self.service
     }
 

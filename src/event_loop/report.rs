@@ -3,9 +3,9 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use super::runtime::{DialState, Link, Role, Service};
+use super::runtime::{DialState, Link, Role, RunningService};
 use crate::config::Endpoint;
-use crate::ops::status::{AgentStatus, Detail, LinkStatus, ServiceState, ServiceStatus};
+use crate::ops::status::{AgentStatus, Detail, LinkStatus, Mode, ServiceState, ServiceStatus};
 use hvproto::service::ChannelState;
 
 /// Turns monotonic instants into wall-clock Unix seconds, as of one moment.
@@ -33,7 +33,7 @@ impl WallClock {
 
 /// The report of all services.
 pub(super) fn agent_status(
-    services: &[Service],
+    services: &[RunningService],
     started: Instant,
     config: Option<String>,
     now: Instant,
@@ -52,10 +52,10 @@ pub(super) fn agent_status(
     }
 }
 
-fn service_status(service: &Service, clock: &WallClock) -> ServiceStatus {
+fn service_status(service: &RunningService, clock: &WallClock) -> ServiceStatus {
     let (mode, address) = match &service.config.endpoint {
-        Endpoint::Connect(address) => ("connect", address),
-        Endpoint::Listen(address) => ("listen", address),
+        Endpoint::Connect(address) => (Mode::Connect, address),
+        Endpoint::Listen(address) => (Mode::Listen, address),
     };
     let state = match &service.role {
         Role::Dialer(DialState::Waiting { retry_at }) => ServiceState::Dialling {
@@ -80,7 +80,7 @@ fn service_status(service: &Service, clock: &WallClock) -> ServiceStatus {
     };
     ServiceStatus {
         name: service.name().to_string(),
-        mode: mode.to_string(),
+        mode,
         address: address.to_string(),
         guid: address.service_id().map(|id| id.to_string()),
         state,
@@ -120,7 +120,7 @@ fn link_status(link: &Link, clock: &WallClock) -> LinkStatus {
 }
 
 /// `heartbeat connected, timesync dialling`: what `systemctl status` shows.
-pub(super) fn summary(services: &[Service]) -> String {
+pub(super) fn summary(services: &[RunningService]) -> String {
     if services.is_empty() {
         return "no service enabled".to_string();
     }

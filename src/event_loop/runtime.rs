@@ -66,7 +66,7 @@ impl Link {
     }
 
     /// Reads what is there, answers it and sends what can be sent; returns how many messages were read.
-    pub(super) fn service(
+    pub(super) fn read_and_answer(
         &mut self,
         quiet: &mut Quiet,
         logic: &mut dyn Logic,
@@ -137,7 +137,7 @@ fn log_event(quiet: &mut Quiet, peer: &str, event: &Event, now: Instant) {
     match event {
         Event::Negotiated { framework, message } => info!(
             "{}: negotiated framework {framework}, message version {message} with {peer}",
-            quiet.service()
+            quiet.service_name()
         ),
         Event::NoCommonVersion {
             offered_frameworks,
@@ -145,7 +145,7 @@ fn log_event(quiet: &mut Quiet, peer: &str, event: &Event, now: Instant) {
         } => warn!(
             "{}: {peer} offered no version we speak (frameworks {offered_frameworks:?}, messages \
              {offered_messages:?}); answered with counts 0",
-            quiet.service()
+            quiet.service_name()
         ),
         Event::Served { .. } | Event::ResponseTaken { .. } => {}
         Event::Refused {
@@ -245,8 +245,8 @@ impl Role {
     }
 }
 
-/// One enabled service at run time.
-pub(super) struct Service {
+/// One enabled service as the loop runs it: its listener or dialer, its links and its logic.
+pub(super) struct RunningService {
     pub(super) config: ServiceConfig,
     pub(super) logic: Box<dyn Logic>,
     pub(super) role: Role,
@@ -259,13 +259,13 @@ pub(super) struct Service {
     pub(super) quiet: Quiet,
 }
 
-impl Service {
+impl RunningService {
     pub(super) fn new(
         config: ServiceConfig,
         logic: Box<dyn Logic>,
         now: Instant,
         seed: u64,
-    ) -> Service {
+    ) -> RunningService {
         let role = match config.endpoint {
             Endpoint::Connect(_) => Role::Dialer(DialState::Waiting { retry_at: now }),
             Endpoint::Listen(_) => Role::Listener(Listening {
@@ -278,7 +278,7 @@ impl Service {
         };
         let limits = config.limits;
         let quiet = Quiet::new(config.kind.name());
-        Service {
+        RunningService {
             config,
             logic,
             role,
@@ -300,7 +300,7 @@ impl Service {
     /// Logs a failed attempt (loudly the first time, with what to check) and returns when to retry.
     pub(super) fn failed(
         &mut self,
-        what: &str,
+        what: Attempt,
         error: &dyn std::fmt::Display,
         now: Instant,
     ) -> Instant {
@@ -313,8 +313,9 @@ impl Service {
         self.failures += 1;
         log!(
             level,
-            "{}: cannot {what} {}: {error}; {}; retrying in {} ms (backoff up to 30 s, further failures logged at debug)",
+            "{}: cannot {} {}: {error}; {}; retrying in {} ms (backoff up to 30 s, further failures logged at debug)",
             self.name(),
+            what.verb(),
             self.address(),
             hint(self.address(), what),
             delay.as_millis()
@@ -370,7 +371,7 @@ impl Service {
         for link in self.role.links_mut() {
             for _ in 0..FINAL_READS {
                 if link.closed.is_some()
-                    || link.service(quiet, logic, Instant::now(), inbox, replies) == 0
+                    || link.read_and_answer(quiet, logic, Instant::now(), inbox, replies) == 0
                 {
                     break;
                 }
@@ -398,7 +399,7 @@ impl Service {
         match &mut self.role {
             Role::Dialer(DialState::Waiting { retry_at }) if *retry_at <= now => self.dial(now),
             Role::Dialer(DialState::Connecting { deadline, .. }) if *deadline <= now => {
-                let retry_at = self.failed("connect to", &Errno::ETIMEDOUT, now);
+                let retry_at = self.failed(Attempt::Connect, &Errno::ETIMEDOUT, now);
                 self.role = Role::Dialer(DialState::Waiting { retry_at });
             }
             Role::Listener(listening) if listening.paused_until.is_some_and(|at| at <= now) => {
@@ -417,7 +418,7 @@ impl Service {
                         self.failures = 0;
                     }
                     Err(error) => {
-                        let retry_at = self.failed("listen on", &error, now);
+                        let retry_at = self.failed(Attempt::Listen, &error, now);
                         if let Role::Listener(listening) = &mut self.role {
                             listening.retry_at = Some(retry_at);
                         }
@@ -436,7 +437,7 @@ impl Service {
                 deadline: now + CONNECT_TIMEOUT + Duration::from_secs(1),
             },
             Err(error) => DialState::Waiting {
-                retry_at: self.failed("connect to", &error, now),
+                retry_at: self.failed(Attempt::Connect, &error, now),
             },
         };
         self.role = Role::Dialer(state);
@@ -459,7 +460,7 @@ impl Service {
                 self.connected(fd, now)
             }
             Err(error) => DialState::Waiting {
-                retry_at: self.failed("connect to", &error, now),
+                retry_at: self.failed(Attempt::Connect, &error, now),
             },
         };
         self.role = Role::Dialer(state);
@@ -597,7 +598,7 @@ impl Service {
                     }
                     AcceptError::Listener => {
                         listening.listener = None;
-                        let retry_at = self.failed("accept on", &error, now);
+                        let retry_at = self.failed(Attempt::Accept, &error, now);
                         if let Role::Listener(listening) = &mut self.role {
                             listening.retry_at = Some(retry_at);
                         }
@@ -609,7 +610,7 @@ impl Service {
     }
 }
 
-impl Drop for Service {
+impl Drop for RunningService {
     /// Logs what is still counted, and a Unix listener removes its socket file, so the next start finds no
     /// stale one.
     fn drop(&mut self) {
@@ -633,10 +634,29 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
+/// What a service tried when it failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Attempt {
+    Connect,
+    Listen,
+    Accept,
+}
+
+impl Attempt {
+    /// The words of the log line: "cannot connect to ADDRESS".
+    fn verb(self) -> &'static str {
+        match self {
+            Attempt::Connect => "connect to",
+            Attempt::Listen => "listen on",
+            Attempt::Accept => "accept on",
+        }
+    }
+}
+
 /// What to check after a failed attempt, in words a user can act on.
-fn hint(address: &Address, what: &str) -> String {
+fn hint(address: &Address, what: Attempt) -> String {
     match address {
-        Address::Vsock { port, .. } if what == "connect to" => format!(
+        Address::Vsock { port, .. } if what == Attempt::Connect => format!(
             "is the host service running, and on Hyper-V is service GUID {} registered under \
              HKLM\\SOFTWARE\\Microsoft\\Windows NT\\CurrentVersion\\Virtualization\\GuestCommunicationServices? \
              Is the hv_sock (or vmw_vsock_virtio_transport) module loaded?",
@@ -646,7 +666,7 @@ fn hint(address: &Address, what: &str) -> String {
             "is AF_VSOCK available (module hv_sock on Hyper-V, vmw_vsock_virtio_transport on KVM) and the port free?"
                 .to_string()
         }
-        Address::Unix(path) if what == "connect to" => {
+        Address::Unix(path) if what == Attempt::Connect => {
             format!("is hvhost (or another host peer) listening at {}?", path.display())
         }
         Address::Unix(path) => format!("can this user create {}?", path.display()),

@@ -26,8 +26,7 @@ pub struct AgentStatus {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     pub name: String,
-    /// `connect` (the guest dials) or `listen` (the host dials).
-    pub mode: String,
+    pub mode: Mode,
     pub address: String,
     /// The Hyper-V service GUID, for vsock addresses.
     pub guid: Option<String>,
@@ -35,6 +34,25 @@ pub struct ServiceStatus {
     pub links: Vec<LinkStatus>,
     /// The service logic's own lines (`Logic::status`): counters, modes, last values.
     pub details: Vec<Detail>,
+}
+
+/// Who dials: the JSON says `connect` or `listen`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The guest dials the host.
+    Connect,
+    /// The guest listens and the host dials.
+    Listen,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Connect => "connect",
+            Mode::Listen => "listen",
+        }
+    }
 }
 
 /// Where a service stands.
@@ -123,7 +141,9 @@ fn render_service(out: &mut String, service: &ServiceStatus, now: f64) {
     let _ = writeln!(
         out,
         "{}: {} {}",
-        service.name, service.mode, service.address
+        service.name,
+        service.mode.name(),
+        service.address
     );
     let mut line = |label: &str, value: &str| {
         let _ = writeln!(out, "  {label:<18} {value}");
@@ -139,7 +159,7 @@ fn render_service(out: &mut String, service: &ServiceStatus, now: f64) {
             }
             _ => link.negotiation.clone(),
         };
-        if service.mode == "connect" {
+        if service.mode == Mode::Connect {
             // The one link of a dialling service is its address, connected since the state says.
             line("versions", &versions);
         } else {
@@ -241,7 +261,7 @@ mod tests {
             services: vec![
                 ServiceStatus {
                     name: "heartbeat".into(),
-                    mode: "connect".into(),
+                    mode: Mode::Connect,
                     address: "vsock:host:0x48560001".into(),
                     guid: Some("48560001-facb-11e6-bd58-64006a7986d3".into()),
                     state: ServiceState::Connected {
@@ -261,7 +281,7 @@ mod tests {
                 },
                 ServiceStatus {
                     name: "timesync".into(),
-                    mode: "connect".into(),
+                    mode: Mode::Connect,
                     address: "unix:/tmp/t".into(),
                     guid: None,
                     state: ServiceState::Dialling {

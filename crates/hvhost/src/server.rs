@@ -75,8 +75,8 @@ impl TimeStats {
     }
 }
 
-/// One agent connected to the server.
-struct Agent {
+/// One guest's agent connected to the server, as the host side holds it.
+struct ServedGuest {
     connection: Connection,
     channel: HostChannel,
     peer: String,
@@ -89,7 +89,7 @@ struct Agent {
     first_delay: Duration,
 }
 
-impl Agent {
+impl ServedGuest {
     fn interest(&self) -> PollFlags {
         if self.connection.wants_write() {
             PollFlags::POLLIN | PollFlags::POLLOUT
@@ -128,7 +128,7 @@ pub fn serve(
         ))
     })?;
     say(out, &format!("listening on {address}"));
-    let mut agents: Vec<Agent> = Vec::new();
+    let mut agents: Vec<ServedGuest> = Vec::new();
     let mut inbox = Vec::new();
     let slack = heartbeat_slack(options.interval);
     loop {
@@ -219,7 +219,7 @@ fn first_heartbeat_delay(serial: usize, interval: Duration) -> Duration {
 
 fn accept_agents(
     listener: &std::os::fd::OwnedFd,
-    agents: &mut Vec<Agent>,
+    agents: &mut Vec<ServedGuest>,
     options: &ServeOptions,
     out: &mut dyn Write,
 ) {
@@ -233,7 +233,7 @@ fn accept_agents(
         say(out, &format!("connected {peer}"));
         let channel = HostChannel::new(options.service);
         let offer = channel.offer();
-        let mut agent = Agent {
+        let mut agent = ServedGuest {
             connection: Connection::new(fd),
             channel,
             peer,
@@ -262,7 +262,7 @@ fn host_now_ns(options: &ServeOptions) -> i128 {
 }
 
 /// Sends what is due: the next heartbeat, or the next time sample (the first is a SYNC).
-fn send_next(agent: &mut Agent, options: &ServeOptions, now: Instant) {
+fn send_next(agent: &mut ServedGuest, options: &ServeOptions, now: Instant) {
     match options.service {
         ServiceKind::TimeSync => {
             let flags = if agent.time.sent == 0 {
@@ -285,7 +285,7 @@ fn send_next(agent: &mut Agent, options: &ServeOptions, now: Instant) {
 
 /// Handles one message from an agent; true when `--count` is reached.
 fn handle_message(
-    agent: &mut Agent,
+    agent: &mut ServedGuest,
     message: &Message,
     options: &ServeOptions,
     out: &mut dyn Write,
@@ -312,7 +312,7 @@ fn handle_message(
 
 /// Answers a guest's probe with the host's time; true when `--count` probes were answered.
 fn answer_probe(
-    agent: &mut Agent,
+    agent: &mut ServedGuest,
     probe: &Message,
     options: &ServeOptions,
     out: &mut dyn Write,
@@ -351,7 +351,7 @@ fn answer_probe(
 
 /// Handles one answer; true when `--count` is reached.
 fn handle_answer(
-    agent: &mut Agent,
+    agent: &mut ServedGuest,
     message: &Message,
     options: &ServeOptions,
     out: &mut dyn Write,

@@ -87,7 +87,7 @@ fn the_shutdown_answer_is_on_the_socket_before_the_command_runs() {
     host.write_all(&offer.to_bytes().unwrap()).unwrap();
     host.write_all(&request.to_bytes().unwrap()).unwrap();
     let (mut inbox, mut replies) = (Vec::new(), Vec::new());
-    link.service(
+    link.read_and_answer(
         &mut Quiet::new("shutdown"),
         &mut logic,
         now,

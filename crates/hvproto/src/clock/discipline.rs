@@ -14,7 +14,7 @@
 //! The discipline keeps the total phase it has commanded (the integral of its frequency corrections, and its
 //! steps), so that the filter can bring older measurements up to date ([`Discipline::correction_at`]).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::filter::Correction;
 use super::{seconds_to_nanos, Clock, ClockError, MAX_FREQUENCY_PPM};
@@ -207,10 +207,5 @@ impl Discipline {
         self.command_ppm = command;
         self.slew_ppm = slew_ppm;
         Ok(Outcome::Steered { ppm: command })
-    }
-
-    /// How long since the last update, if there was one.
-    pub fn since_update(&self, now: Instant) -> Option<Duration> {
-        self.last_update.map(|at| now.saturating_duration_since(at))
     }
 }

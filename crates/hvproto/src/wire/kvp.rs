@@ -360,15 +360,6 @@ impl ValueRecord {
         }
         Ok(&self.value_area[..size])
     }
-
-    /// Puts a value into the record, as the guest answers a GET or ENUMERATE.
-    pub fn set_value(&mut self, value_type: u32, value: &[u8]) {
-        let value = &value[..value.len().min(MAX_VALUE_SIZE)];
-        self.value_type = value_type;
-        self.value_size = value.len() as u32;
-        self.value_area = value.to_vec();
-        self.value_area.resize(MAX_VALUE_SIZE, 0);
-    }
 }
 
 /// Appends `bytes` as an area of exactly `len` bytes (zero-padded or cut).
@@ -480,13 +471,6 @@ impl KvpMessage {
     /// The value record of a GET, SET or ENUMERATE.
     pub fn record(&self) -> Option<&ValueRecord> {
         match &self.body {
-            KvpBody::Value(record) | KvpBody::Enumerate { record, .. } => Some(record),
-            _ => None,
-        }
-    }
-
-    pub fn record_mut(&mut self) -> Option<&mut ValueRecord> {
-        match &mut self.body {
             KvpBody::Value(record) | KvpBody::Enumerate { record, .. } => Some(record),
             _ => None,
         }
