@@ -4,14 +4,14 @@
 
 use std::path::Path;
 
-use hvagent::service::host::HostChannel;
-use hvagent::service::ServiceKind;
-use hvagent::wire::heartbeat::{AppState, Heartbeat};
-use hvagent::wire::negotiate::Negotiate;
-use hvagent::wire::kvp::{self, KvpBody, KvpMessage, Operation, Pool, ValueRecord};
-use hvagent::wire::shutdown::{self, ShutdownRequest};
-use hvagent::wire::timesync::{TimeSyncData, TimeSyncFlags, TimeSyncRef, UNIX_EPOCH_TICKS};
-use hvagent::wire::{IcVersion, Message, MessageType, Status};
+use hvproto::service::host::HostChannel;
+use hvproto::service::ServiceKind;
+use hvproto::wire::heartbeat::{AppState, Heartbeat};
+use hvproto::wire::negotiate::Negotiate;
+use hvproto::wire::kvp::{self, KvpBody, KvpMessage, Operation, Pool, ValueRecord};
+use hvproto::wire::shutdown::{self, ShutdownRequest};
+use hvproto::wire::timesync::{TimeSyncData, TimeSyncFlags, TimeSyncRef, UNIX_EPOCH_TICKS};
+use hvproto::wire::{IcVersion, Message, MessageType, Status};
 
 /// A time near 2026 in ticks since 1601.
 const TICKS: u64 = UNIX_EPOCH_TICKS + 17_800_000_000_000_000;

@@ -97,7 +97,7 @@ fn fail(why: impl std::fmt::Display) -> Refusal {
 }
 
 fn invalid(why: KvpError) -> Refusal {
-    Refusal::new(Status::INVALID_ARG, why)
+    Refusal::invalid(why)
 }
 
 /// A pair in its canonical form, or why it has none.
@@ -293,7 +293,7 @@ impl Logic for GuestInfoLogic {
         _now: Instant,
     ) -> Result<Message, Refusal> {
         let mut message = KvpMessage::parse(&request.body)
-            .map_err(|error| Refusal::new(Status::INVALID_ARG, error))?;
+            .map_err(Refusal::invalid)?;
         let status = self.serve(&mut message)?;
         self.served += 1;
         Ok(request.reply(status, message.to_body()))

@@ -33,6 +33,11 @@ impl Refusal {
             why: why.to_string(),
         }
     }
+
+    /// HV_E_INVALIDARG: a body that does not parse, or a value the service cannot take.
+    pub fn invalid(why: impl std::fmt::Display) -> Refusal {
+        Refusal::new(Status::INVALID_ARG, why)
+    }
 }
 
 /// Something an edge asks the loop to watch for input on a logic's behalf (a child's stdout, say), in the

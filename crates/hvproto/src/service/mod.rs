@@ -227,7 +227,7 @@ impl Channel {
                     }
                     (reply, event)
                 }
-                Err(error) => refuse(request, &Refusal::new(Status::INVALID_ARG, error)),
+                Err(error) => refuse(request, &Refusal::invalid(error)),
             };
         }
         if msgtype != self.kind.msgtype() {

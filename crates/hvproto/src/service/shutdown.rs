@@ -451,7 +451,7 @@ impl Logic for ShutdownLogic {
         _now: Instant,
     ) -> Result<Message, Refusal> {
         let body = ShutdownRequest::parse(&request.body)
-            .map_err(|error| Refusal::new(Status::INVALID_ARG, error))?;
+            .map_err(Refusal::invalid)?;
         info!(
             "shutdown: request flags {:#x}, reason {:#010x}, timeout {} s (not waited for), message \"{}\"",
             body.flags,

@@ -452,7 +452,7 @@ impl Drop for TimeSyncLogic {
 
 /// The sample in a host request: its flags and parenttime, from the body the version calls for.
 fn parse_sample(body: &[u8], version: IcVersion) -> Result<(TimeSyncFlags, u64), Refusal> {
-    let invalid = |error| Refusal::new(Status::INVALID_ARG, error);
+    let invalid = Refusal::invalid;
     if version >= IcVersion::new(4, 0) {
         let sample = TimeSyncRef::parse(body).map_err(invalid)?;
         Ok((sample.flags, sample.parent_time))
