@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    host_bin, hvagent, hvhost, start_agent, text, voluntary_switches, wait_for_path, write_config,
-    Running, AGENT,
+    agent_log, host_bin, hvagent, hvhost, start_agent, start_agent_logging, text,
+    voluntary_switches, wait_for_path, write_config, Running, AGENT,
 };
 
 #[test]
@@ -460,8 +460,7 @@ fn sighup_reopens_only_the_service_whose_own_settings_changed() {
         )
     };
     let config = write_config(dir.path(), "a.toml", &text_with("0"));
-    let log = dir.path().join("agent.log");
-    let agent = start_agent(&config, Some(&log));
+    let agent = start_agent_logging(&config, dir.path());
     wait_for_path(&heartbeat);
     let mut peer = common::Peer::connect(&heartbeat);
     peer.negotiate_heartbeat();
@@ -481,7 +480,7 @@ fn sighup_reopens_only_the_service_whose_own_settings_changed() {
     );
     let (_second, _) = host.accept().unwrap();
     peer.heartbeat(2);
-    let log = std::fs::read_to_string(&log).unwrap();
+    let log = agent_log(dir.path());
     assert!(
         log.contains("timesync: settings changed, reopening"),
         "{log}"

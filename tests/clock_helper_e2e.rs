@@ -23,31 +23,18 @@ fn deny_clock_changes() -> std::io::Result<()> {
     const NR: u32 = 0;
     const ARCH: u32 = 4;
     const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-    let statement = |code: u32, k: u32| libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let jump = |k: i64, jt: u8| libc::sock_filter {
-        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-        jt,
-        jf: 0,
-        k: k as u32,
-    };
-    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
-    let ret = libc::BPF_RET | libc::BPF_K;
+    use common::bpf::{jump, statement, LOAD, RET};
     let mut filter = [
-        statement(load, ARCH),
-        jump(i64::from(AUDIT_ARCH_X86_64), 1),
-        statement(ret, libc::SECCOMP_RET_KILL_PROCESS),
-        statement(load, NR),
-        jump(libc::SYS_settimeofday, 4),
-        jump(libc::SYS_clock_settime, 3),
-        jump(libc::SYS_adjtimex, 2),
-        jump(libc::SYS_clock_adjtime, 1),
-        statement(ret, libc::SECCOMP_RET_ALLOW),
-        statement(ret, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        statement(LOAD, ARCH),
+        jump(AUDIT_ARCH_X86_64, 1, 0),
+        statement(RET, libc::SECCOMP_RET_KILL_PROCESS),
+        statement(LOAD, NR),
+        jump(libc::SYS_settimeofday as u32, 4, 0),
+        jump(libc::SYS_clock_settime as u32, 3, 0),
+        jump(libc::SYS_adjtimex as u32, 2, 0),
+        jump(libc::SYS_clock_adjtime as u32, 1, 0),
+        statement(RET, libc::SECCOMP_RET_ALLOW),
+        statement(RET, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
     ];
     common::install_filter(&mut filter)
 }

@@ -25,7 +25,7 @@ fn listening_agent(dir: &Path, extra: &str, service_extra: &str) -> (Running, st
             socket.display()
         ),
     );
-    let agent = start_agent(&config, Some(&dir.join("agent.log")));
+    let agent = start_agent_logging(&config, dir);
     wait_for_path(&socket);
     (agent, socket)
 }
@@ -43,7 +43,7 @@ fn dialling_agent(dir: &Path, extra: &str) -> (Running, UnixListener) {
             socket.display()
         ),
     );
-    let agent = start_agent(&config, Some(&dir.join("agent.log")));
+    let agent = start_agent_logging(&config, dir);
     (agent, host)
 }
 
@@ -146,7 +146,7 @@ fn half_a_header_then_nothing_is_dropped_after_the_idle_timeout_while_others_are
     assert!(seq > 10, "the healthy peer was served meanwhile ({seq})");
     quiet.heartbeat(1);
     healthy.heartbeat(seq + 1);
-    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    let log = agent_log(dir.path());
     assert!(log.contains("idle_timeout"), "{log}");
 }
 
@@ -221,7 +221,7 @@ fn a_thousand_peers_at_once_are_capped_at_max_connections_and_the_rest_refused()
         rss_after <= rss_before + 1024,
         "RSS grew from {rss_before} KiB to {rss_after} KiB holding 64 connections after a flood of 1,000"
     );
-    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    let log = agent_log(dir.path());
     assert!(log.contains("max_connections"), "{log}");
 }
 
@@ -368,7 +368,7 @@ fn a_peer_that_never_reads_is_dropped_with_its_queue_bounded() {
         "RSS grew from {rss_before} KiB to {rss_after} KiB for a peer that never reads"
     );
     healthy.heartbeat(seq + 1);
-    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    let log = agent_log(dir.path());
     assert!(log.contains("stopped reading"), "{log}");
 }
 
@@ -463,17 +463,7 @@ fn test_agents_cannot_open_vsock_sockets() {
         "agent.toml",
         "[heartbeat]\nconnect = \"vsock:host:0x48560101\"\n",
     );
-    let log = dir.path().join("agent.log");
-    let _agent = start_agent(&config, Some(&log));
-    wait_until(
-        Duration::from_secs(10),
-        || {
-            std::fs::read_to_string(&log)
-                .unwrap_or_default()
-                .contains("cannot connect")
-        },
-        || std::fs::read_to_string(&log).unwrap_or_default(),
-    );
-    let text = std::fs::read_to_string(&log).unwrap();
+    let _agent = start_agent_logging(&config, dir.path());
+    let text = wait_for_log(dir.path(), "cannot connect", Duration::from_secs(10));
     assert!(text.contains("EACCES"), "{text}");
 }

@@ -19,13 +19,9 @@ fn listening_agent(dir: &Path, service_extra: &str) -> (Running, std::path::Path
         socket.display()
     );
     let config = write_config(dir, "agent.toml", &text);
-    let agent = start_agent(&config, Some(&dir.join("agent.log")));
+    let agent = start_agent_logging(&config, dir);
     wait_for_path(&socket);
     (agent, socket)
-}
-
-fn log_of(dir: &Path) -> String {
-    std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default()
 }
 
 #[test]
@@ -53,10 +49,10 @@ fn a_unix_listener_is_0600_and_refuses_uids_it_does_not_allow() {
     assert!(!other.status.success(), "uid 65534 was served");
     wait_until(
         Duration::from_secs(5),
-        || log_of(dir.path()).contains("refused unix peer (uid 65534"),
-        || format!("no refusal logged:\n{}", log_of(dir.path())),
+        || agent_log(dir.path()).contains("refused unix peer (uid 65534"),
+        || format!("no refusal logged:\n{}", agent_log(dir.path())),
     );
-    let log = log_of(dir.path());
+    let log = agent_log(dir.path());
     assert!(log.contains("allowed_uids"), "{log}");
 }
 
@@ -99,7 +95,7 @@ fn out_of_descriptors_the_agent_pauses_accepting_without_spinning_and_recovers()
         .env_remove("JOURNAL_STREAM")
         .env_remove("NOTIFY_SOCKET")
         .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("agent.log")).unwrap());
+        .stderr(std::fs::File::create(dir.path().join(AGENT_LOG)).unwrap());
     // SAFETY: runs in the forked child before exec; setrlimit and dup2 are async-signal-safe and touch only
     // a stack value.
     unsafe {
@@ -129,7 +125,7 @@ fn out_of_descriptors_the_agent_pauses_accepting_without_spinning_and_recovers()
     let before = cpu_ticks(agent.pid());
     std::thread::sleep(Duration::from_secs(3));
     let spent = cpu_ticks(agent.pid()) - before;
-    let log = log_of(dir.path());
+    let log = agent_log(dir.path());
     let pauses = log.matches("cannot accept").count();
     println!(
         "EMFILE run: limit {LIMIT}, {} descriptors open, 48 peers; CPU over 3 s: {spent} ticks; \
@@ -256,7 +252,7 @@ fn a_flood_of_refused_requests_and_peers_logs_a_count_not_a_line_each() {
     const PEERS: usize = 1_000;
     let dir = tempfile::tempdir().unwrap();
     let (mut agent, socket) = listening_agent(dir.path(), "");
-    let lines_at_start = log_of(dir.path()).lines().count();
+    let lines_at_start = agent_log(dir.path()).lines().count();
     let mut peer = Peer::connect(&socket);
     for batch in 0..REQUESTS / 100 {
         let bytes: Vec<u8> = (0..100)
@@ -283,16 +279,16 @@ fn a_flood_of_refused_requests_and_peers_logs_a_count_not_a_line_each() {
     if as_root {
         wait_until(
             Duration::from_secs(10),
-            || log_of(dir.path()).contains("refused unix peer (uid 65534"),
-            || format!("no refused peer logged:\n{}", log_of(dir.path())),
+            || agent_log(dir.path()).contains("refused unix peer (uid 65534"),
+            || format!("no refused peer logged:\n{}", agent_log(dir.path())),
         );
         // Let the agent accept and refuse every one of them before it is stopped.
         std::thread::sleep(Duration::from_millis(500));
     }
-    let running = log_of(dir.path()).lines().count();
+    let running = agent_log(dir.path()).lines().count();
     agent.signal(libc::SIGTERM);
     assert!(agent.wait_for(Duration::from_secs(10)).is_some());
-    let log = log_of(dir.path());
+    let log = agent_log(dir.path());
     let refusals = log.matches("heartbeat: refused a ").count();
     let refused_peers = log.matches("heartbeat: refused unix peer").count();
     println!(

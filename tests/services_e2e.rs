@@ -9,7 +9,8 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use common::{
-    host_bin, no_vsock, start_agent, wait_for_path, wait_until, write_config, Peer, Running,
+    agent_log, host_bin, no_vsock, start_agent, start_agent_logging, wait_for_path, wait_until,
+    write_config, Peer, Running,
 };
 use hvproto::wire::shutdown::ShutdownRequest;
 use hvproto::wire::{IcVersion, Message, MessageType, Status};
@@ -67,7 +68,7 @@ fn shutdown_agent(dir: &Path, marker: &Path) -> (Running, String) {
             fake = fake.display()
         ),
     );
-    let agent = start_agent(&config, Some(&dir.join("agent.log")));
+    let agent = start_agent_logging(&config, dir);
     wait_for_listener(&socket);
     (agent, format!("unix:{}", socket.display()))
 }
@@ -204,7 +205,7 @@ fn health_agent(dir: &Path, argv: &[&str], timeout: &str) -> (Running, String) {
             argv.join(", ")
         ),
     );
-    let agent = start_agent(&config, Some(&dir.join("agent.log")));
+    let agent = start_agent_logging(&config, dir);
     wait_for_listener(&socket);
     (agent, format!("unix:{}", socket.display()))
 }
@@ -240,7 +241,7 @@ fn health_command_exit_0_reports_healthy_after_the_first_check() {
         "the first reply cannot wait for a check: {stdout}"
     );
     assert_eq!(lines[5].1, "healthy", "{stdout}");
-    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    let log = agent_log(dir.path());
     assert!(
         log.contains("application state unknown -> healthy"),
         "the change is logged at info: {log}"
@@ -339,7 +340,7 @@ fn kvp_agent(dir: &Path) -> (Running, String) {
             dir.join("state").display()
         ),
     );
-    let agent = start_agent(&config, Some(&dir.join("agent.log")));
+    let agent = start_agent_logging(&config, dir);
     wait_for_listener(&socket);
     (agent, format!("unix:{}", socket.display()))
 }

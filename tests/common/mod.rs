@@ -179,20 +179,7 @@ fn deny_vsock() -> std::io::Result<()> {
     // _IOWR('X', 119, int) and _IOWR('X', 120, int), include/uapi/linux/fs.h.
     const FIFREEZE: u32 = 0xc004_5877;
     const FITHAW: u32 = 0xc004_5878;
-    let statement = |code: u32, k: u32| libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    };
-    let jump = |k: u32, jt: u8, jf: u8| libc::sock_filter {
-        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
-        jt,
-        jf,
-        k,
-    };
-    let load = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
-    let ret = libc::BPF_RET | libc::BPF_K;
+    use bpf::{jump, statement, LOAD as load, RET as ret};
     // Jumps only go forwards; each offset counts the statements skipped.
     let mut filter = [
         /* 0 */ statement(load, ARCH),
@@ -215,6 +202,34 @@ fn deny_vsock() -> std::io::Result<()> {
         /* 17 */ statement(ret, libc::SECCOMP_RET_ALLOW),
     ];
     install_filter(&mut filter)
+}
+
+/// The two classic-BPF instructions the test filters are made of.
+pub mod bpf {
+    /// Loads the 32-bit word at an offset of `struct seccomp_data`.
+    pub const LOAD: u32 = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
+    /// Returns a SECCOMP_RET_* value.
+    pub const RET: u32 = libc::BPF_RET | libc::BPF_K;
+
+    /// An instruction that does not jump.
+    pub fn statement(code: u32, k: u32) -> libc::sock_filter {
+        libc::sock_filter {
+            code: code as u16,
+            jt: 0,
+            jf: 0,
+            k,
+        }
+    }
+
+    /// Skips `jt` instructions when the loaded word equals `k`, else `jf`.
+    pub fn jump(k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+        libc::sock_filter {
+            code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+            jt,
+            jf,
+            k,
+        }
+    }
 }
 
 /// Installs a seccomp filter program in the calling process, after PR_SET_NO_NEW_PRIVS. Only prctl calls on
@@ -276,6 +291,35 @@ pub fn errnos_under_guard(calls: fn() -> [i32; 3]) -> [i32; 3] {
         }
         errnos
     }
+}
+
+/// The agent's log in a test's directory, as `start_agent_logging` writes it.
+pub const AGENT_LOG: &str = "agent.log";
+
+/// Starts the agent with `config`, its log going to `dir/agent.log` (read it with `agent_log`).
+pub fn start_agent_logging(config: &Path, dir: &Path) -> Running {
+    start_agent(config, Some(&dir.join(AGENT_LOG)))
+}
+
+/// What the agent started by `start_agent_logging(_, dir)` logged so far (empty before its first line).
+pub fn agent_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join(AGENT_LOG)).unwrap_or_default()
+}
+
+/// Waits up to `limit` for the agent's log in `dir` to contain `needle`, and returns the log; the test fails
+/// with the log when it does not.
+pub fn wait_for_log(dir: &Path, needle: &str, limit: Duration) -> String {
+    wait_until(
+        limit,
+        || agent_log(dir).contains(needle),
+        || {
+            format!(
+                "no {needle:?} in the agent's log within {limit:?}:\n{}",
+                agent_log(dir)
+            )
+        },
+    );
+    agent_log(dir)
 }
 
 /// Starts the agent with `config`; its log goes to `log` when given.

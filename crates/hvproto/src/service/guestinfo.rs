@@ -292,8 +292,7 @@ impl Logic for GuestInfoLogic {
         _version: IcVersion,
         _now: Instant,
     ) -> Result<Message, Refusal> {
-        let mut message = KvpMessage::parse(&request.body)
-            .map_err(Refusal::invalid)?;
+        let mut message = KvpMessage::parse(&request.body).map_err(Refusal::invalid)?;
         let status = self.serve(&mut message)?;
         self.served += 1;
         Ok(request.reply(status, message.to_body()))

@@ -13,8 +13,7 @@ use crate::wire::{IcVersion, Message, Status};
 
 /// The reply to a heartbeat request and the sequence number it carried.
 pub fn answer(request: &Message, state: AppState) -> Result<(Message, u64), Refusal> {
-    let heartbeat = Heartbeat::parse(&request.body)
-        .map_err(Refusal::invalid)?;
+    let heartbeat = Heartbeat::parse(&request.body).map_err(Refusal::invalid)?;
     let reply = request.reply(Status::OK, heartbeat.answer(state).to_body());
     Ok((reply, heartbeat.seq_num))
 }

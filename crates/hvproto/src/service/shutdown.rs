@@ -450,8 +450,7 @@ impl Logic for ShutdownLogic {
         _version: IcVersion,
         _now: Instant,
     ) -> Result<Message, Refusal> {
-        let body = ShutdownRequest::parse(&request.body)
-            .map_err(Refusal::invalid)?;
+        let body = ShutdownRequest::parse(&request.body).map_err(Refusal::invalid)?;
         info!(
             "shutdown: request flags {:#x}, reason {:#010x}, timeout {} s (not waited for), message \"{}\"",
             body.flags,
