@@ -1,5 +1,6 @@
-# hvagent: make (release build), make test (lint, unit-test, interop-test, packaging-test, vm-test), make demo,
-# make status-demo, make bench, make bench-hostscale, make fuzz, make vm-test, make packaging-test,
+# hvagent: make (release build), make test (lint, unit-test, windows-test, interop-test, packaging-test, vm-test),
+# make demo, make status-demo, make bench, make bench-hostscale, make fuzz, make vm-test, make packaging-test,
+# make windows-test,
 # make host-setup-scripts, make install, make uninstall, make deb, make clean.
 CARGO   ?= cargo
 PREFIX  ?= /usr/local
@@ -20,16 +21,17 @@ SYSCONFDIR ?= /etc
 
 .PHONY: all build test unit-test interop-test packaging-test vm-test lint demo bench bench-hostscale fuzz install \
 	uninstall deb clean host-setup-scripts status-demo
+.PHONY: windows-test
 
 all: build
 
 build:
 	$(CARGO) build --workspace --release --bins
 
-# Every test: format and clippy, unit and end-to-end tests, the two independent hosts (tests/interop),
-# the systemd unit and packages, and the real-vsock VM test (which explains itself and skips when it cannot run, unless
-# HVAGENT_REQUIRE_VM=1).
-test: lint unit-test interop-test packaging-test vm-test
+# Every test: format and clippy, unit and end-to-end tests, the protocol crate for Windows, the two independent
+# hosts (tests/interop), the systemd unit and packages, and the real-vsock VM test (which explains itself and skips
+# when it cannot run, unless HVAGENT_REQUIRE_VM=1).
+test: lint unit-test windows-test interop-test packaging-test vm-test
 
 lint:
 	$(CARGO) fmt --all -- --check
@@ -37,6 +39,11 @@ lint:
 
 unit-test:
 	$(CARGO) test --workspace
+
+# hvproto built for x86_64-pc-windows-gnu, and its tests run under wine where wine is installed (all must pass);
+# skipped loudly when the target, mingw or wine is missing, unless HVAGENT_REQUIRE_WINDOWS=1.
+windows-test:
+	CARGO="$(CARGO)" scripts/windows-test.sh
 
 # Two independent hosts: spec_host.py written from docs/PROTOCOL.md, openvmm_host.py from the public openvmm and
 # Linux sources alone (openvmm's host devices: their headers, flags, body sizes, version lists and parsers).
