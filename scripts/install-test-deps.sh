@@ -4,6 +4,9 @@
 # The VM test provisions its own packages (tests/vm/provision.sh).
 set -euo pipefail
 
+# The Windows target, mingw and wine, for the protocol crate's Windows test.
+"$(dirname "$0")/install-windows-test-deps.sh"
+
 missing=()
 command -v systemd-analyze >/dev/null || missing+=(systemd)
 command -v dpkg-deb >/dev/null || missing+=(dpkg)
