@@ -26,8 +26,12 @@ if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
     exit 0
 fi
 echo "install-windows-test-deps: installing ${missing[*]}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
 install_quietly() {
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >"$log" 2>&1
 }
-install_quietly "${missing[@]}" || { apt-get update -q >/dev/null && install_quietly "${missing[@]}"; } ||
+if ! install_quietly "${missing[@]}" && ! { apt-get update -q >"$log" 2>&1 && install_quietly "${missing[@]}"; }; then
+    cat "$log" >&2
     echo "install-windows-test-deps: could not install ${missing[*]}" >&2
+fi
