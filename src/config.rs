@@ -19,10 +19,7 @@ mod access;
 mod options;
 mod peers;
 pub mod program;
-pub use options::{
-    GuestInfoConfig, HealthConfig, HealthMode, ServiceOptions, TimeSyncSettings,
-    DEFAULT_CHRONY_SOCKET, DEFAULT_STATE_DIR,
-};
+pub use options::ServiceOptions;
 
 /// Where the agent looks when no `--config` is given; a missing file there means built-in defaults.
 pub const DEFAULT_PATH: &str = "/etc/hvagent/hvagent.toml";
@@ -581,7 +578,8 @@ impl fmt::Display for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hvproto::service::timesync::Mode;
+    use hvproto::service::guestinfo::GuestInfoSettings;
+    use hvproto::service::timesync::{Mode, TimeSyncSettings};
 
     /// The `[timesync]` settings of a parsed config.
     fn timesync_of(config: &Config) -> TimeSyncSettings {
@@ -827,7 +825,7 @@ mod tests {
         );
         assert_eq!(
             config.services[3].options,
-            ServiceOptions::GuestInfo(GuestInfoConfig {
+            ServiceOptions::GuestInfo(GuestInfoSettings {
                 state_dir: "/var/lib/hv\"agent\u{7f}".into()
             })
         );

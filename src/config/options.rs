@@ -11,8 +11,10 @@ use toml::Spanned;
 
 use super::program::{self, search_path};
 use super::{at, seconds_in_range, toml_string, SpanError};
+use hvproto::service::guestinfo::GuestInfoSettings;
+use hvproto::service::health::{self, HealthSettings};
 use hvproto::service::shutdown::{is_default_command, ShutdownSettings};
-use hvproto::service::timesync::Mode;
+use hvproto::service::timesync::{Mode, TimeSyncSettings};
 use hvproto::service::ServiceKind;
 
 /// A command as the file spells it: one line split at whitespace, or an argv array.
@@ -58,117 +60,27 @@ pub fn resolve_shutdown_defaults(settings: &mut ShutdownSettings, path: &std::ff
     }
 }
 
-/// Where the heartbeat's application state comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum HealthMode {
-    /// Not set: `systemd` when the system was booted with systemd, `none` otherwise.
-    Auto,
-    /// `systemctl is-system-running`.
-    Systemd,
-    /// `health_command`'s exit status.
-    Command,
-    /// Always UNKNOWN, as Linux's hv_utils reports.
-    None,
-}
-
-impl HealthMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            HealthMode::Auto => "auto",
-            HealthMode::Systemd => "systemd",
-            HealthMode::Command => "command",
-            HealthMode::None => "none",
-        }
-    }
-}
-
-/// The heartbeat's health check.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct HealthConfig {
-    pub mode: HealthMode,
-    pub command: Vec<String>,
-    /// A check starts when a heartbeat arrives and the state is older than this.
-    pub interval: Duration,
-    /// A check still running after this is killed.
-    pub timeout: Duration,
-}
-
-impl Default for HealthConfig {
-    fn default() -> HealthConfig {
-        HealthConfig {
-            mode: HealthMode::Auto,
-            command: Vec::new(),
-            interval: Duration::from_secs(30),
-            timeout: Duration::from_secs(10),
-        }
-    }
-}
-
-/// The guest-info service's settings.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct GuestInfoConfig {
-    /// The key-value pools live in `state_dir/kvp/`.
-    pub state_dir: PathBuf,
-}
-
-/// The default state directory.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/hvagent";
-
-impl Default for GuestInfoConfig {
-    fn default() -> GuestInfoConfig {
-        GuestInfoConfig {
-            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
-        }
-    }
-}
-
-/// Where chronyd's SOCK refclock listens by default (`refclock SOCK /run/chrony.hvagent.sock`).
-pub const DEFAULT_CHRONY_SOCKET: &str = "/run/chrony.hvagent.sock";
 /// Bounds of `probe_interval` when it is not 0 (off), seconds.
 const PROBE_INTERVAL_RANGE: (f64, f64) = (0.05, 3600.0);
 /// Bounds of `step_threshold`, seconds.
 const STEP_THRESHOLD_RANGE: (f64, f64) = (0.001, 86400.0);
 
-/// The `[timesync]` settings beyond the endpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TimeSyncSettings {
-    /// adjust (step and steer the clock), monitor (measure only) or chrony (feed chronyd).
-    pub mode: Mode,
-    /// Offsets beyond this are stepped; smaller ones are steered.
-    pub step_threshold: Duration,
-    /// How often the agent probes the host (message version 4.1); zero turns probes off.
-    pub probe_interval: Duration,
-    /// chronyd's SOCK refclock socket, for mode chrony.
-    pub chrony_socket: PathBuf,
-}
-
-impl Default for TimeSyncSettings {
-    fn default() -> TimeSyncSettings {
-        TimeSyncSettings {
-            mode: Mode::Adjust,
-            step_threshold: Duration::from_secs(1),
-            probe_interval: Duration::from_secs(2),
-            chrony_socket: PathBuf::from(DEFAULT_CHRONY_SOCKET),
-        }
-    }
-}
-
 /// The settings a service has beyond its connection.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ServiceOptions {
-    Heartbeat(HealthConfig),
+    Heartbeat(HealthSettings),
     TimeSync(TimeSyncSettings),
     Shutdown(ShutdownSettings),
-    GuestInfo(GuestInfoConfig),
+    GuestInfo(GuestInfoSettings),
 }
 
 impl ServiceOptions {
     pub fn default_for(kind: ServiceKind) -> ServiceOptions {
         match kind {
-            ServiceKind::Heartbeat => ServiceOptions::Heartbeat(HealthConfig::default()),
+            ServiceKind::Heartbeat => ServiceOptions::Heartbeat(HealthSettings::default()),
             ServiceKind::TimeSync => ServiceOptions::TimeSync(TimeSyncSettings::default()),
             ServiceKind::Shutdown => ServiceOptions::Shutdown(ShutdownSettings::default()),
-            ServiceKind::GuestInfo => ServiceOptions::GuestInfo(GuestInfoConfig::default()),
+            ServiceKind::GuestInfo => ServiceOptions::GuestInfo(GuestInfoSettings::default()),
         }
     }
 }
@@ -315,7 +227,7 @@ fn refuse_foreign(kind: ServiceKind, raw: &RawOptions) -> Result<(), SpanError> 
     Ok(())
 }
 
-fn apply_health(raw: &RawOptions, health: &mut HealthConfig) -> Result<(), SpanError> {
+fn apply_health(raw: &RawOptions, health: &mut HealthSettings) -> Result<(), SpanError> {
     if let Some(command_value) = &raw.health_command {
         health.command = command(command_value, "heartbeat.health_command")?;
     }
@@ -327,10 +239,10 @@ fn apply_health(raw: &RawOptions, health: &mut HealthConfig) -> Result<(), SpanE
     }
     if let Some(mode) = &raw.health {
         health.mode = match mode.get_ref().as_str() {
-            "auto" => HealthMode::Auto,
-            "systemd" => HealthMode::Systemd,
-            "command" => HealthMode::Command,
-            "none" => HealthMode::None,
+            "auto" => health::Mode::Auto,
+            "systemd" => health::Mode::Systemd,
+            "command" => health::Mode::Command,
+            "none" => health::Mode::None,
             other => {
                 return Err(at(
                     mode,
@@ -340,7 +252,7 @@ fn apply_health(raw: &RawOptions, health: &mut HealthConfig) -> Result<(), SpanE
                 ))
             }
         };
-        if health.mode == HealthMode::Command && health.command.is_empty() {
+        if health.mode == health::Mode::Command && health.command.is_empty() {
             return Err(at(
                 mode,
                 "key 'heartbeat.health': health = \"command\" needs health_command".to_string(),
@@ -641,7 +553,7 @@ mod tests {
         let ServiceOptions::Heartbeat(health) = options_of(&config, ServiceKind::Heartbeat) else {
             panic!("no heartbeat options");
         };
-        assert_eq!(health.mode, HealthMode::Command);
+        assert_eq!(health.mode, health::Mode::Command);
         assert_eq!(health.command, ["/bin/true"]);
         assert_eq!(health.interval, Duration::from_secs(5));
         assert_eq!(health.timeout, Duration::from_millis(500));
@@ -681,7 +593,7 @@ mod tests {
         let config = parse_text("[guestinfo]\nstate_dir = \"/srv/hv\"\n").unwrap();
         assert_eq!(
             options_of(&config, ServiceKind::GuestInfo),
-            ServiceOptions::GuestInfo(GuestInfoConfig {
+            ServiceOptions::GuestInfo(GuestInfoSettings {
                 state_dir: "/srv/hv".into()
             })
         );

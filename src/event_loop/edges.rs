@@ -8,17 +8,17 @@ use log::{debug, error, info, warn};
 use crate::clock::chrony::ChronySink;
 use crate::clock::remote::{self, RemoteClock};
 use crate::clock::system::{self, SystemClock};
-use crate::config::{HealthConfig, HealthMode, ServiceConfig, ServiceOptions, TimeSyncSettings};
+use crate::config::{ServiceConfig, ServiceOptions};
 use crate::system::health::ChildCheck;
 use crate::system::kvp_store::FileStore;
 use crate::system::power::SystemPower;
 use crate::system::sysinfo::LiveSystem;
 use hvproto::clock::{Clock, OffsetSink};
 use hvproto::service::guestinfo::GuestInfoLogic;
-use hvproto::service::health::{self, Checker, Health};
+use hvproto::service::health::{Check, Health, HealthSettings, Reading};
 use hvproto::service::heartbeat::HeartbeatLogic;
 use hvproto::service::shutdown::ShutdownLogic;
-use hvproto::service::timesync::{Mode, TimeSyncLogic};
+use hvproto::service::timesync::{Mode, TimeSyncLogic, TimeSyncSettings};
 use hvproto::service::{Logic, ServiceKind};
 
 /// The logic for one enabled service.
@@ -109,25 +109,22 @@ fn timesync_logic(settings: &TimeSyncSettings, proc_root: &Path, helper: &Path) 
 }
 
 /// The heartbeat's health check from its settings; `auto` is systemd where systemd is PID 1, none elsewhere.
-fn health_for(config: &HealthConfig) -> Health {
-    let (mode, checker): (health::Mode, Option<Box<dyn Checker>>) = match config.mode {
-        HealthMode::Auto if crate::system::systemd_booted() => {
-            (health::Mode::Systemd, Some(Box::new(ChildCheck::systemd())))
-        }
-        HealthMode::Systemd => (health::Mode::Systemd, Some(Box::new(ChildCheck::systemd()))),
-        HealthMode::Command => (
-            health::Mode::Command,
-            Some(Box::new(ChildCheck::new(config.command.clone()))),
-        ),
-        HealthMode::Auto | HealthMode::None => (health::Mode::None, None),
-    };
+fn health_for(settings: &HealthSettings) -> Health {
+    let reading = settings.mode.reading(crate::system::systemd_booted());
     debug!(
         "heartbeat: application health from {}",
-        match mode {
-            health::Mode::Systemd => "systemctl is-system-running".to_string(),
-            health::Mode::Command => format!("the command {}", config.command.join(" ")),
-            health::Mode::None => "nowhere (reported as unknown)".to_string(),
+        match reading {
+            Some(Reading::SystemState) => "systemctl is-system-running".to_string(),
+            Some(Reading::ExitStatus) => format!("the command {}", settings.command.join(" ")),
+            None => "nowhere (reported as unknown)".to_string(),
         }
     );
-    Health::new(mode, checker, config.interval, config.timeout)
+    let check = reading.map(|reading| Check {
+        reading,
+        checker: match reading {
+            Reading::SystemState => Box::new(ChildCheck::systemd()),
+            Reading::ExitStatus => Box::new(ChildCheck::new(settings.command.clone())),
+        },
+    });
+    Health::new(check, settings.interval, settings.timeout)
 }

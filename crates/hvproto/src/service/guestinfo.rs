@@ -14,8 +14,11 @@
 //! and for a key that is not there; HV_E_FAIL for a full pool, a pool that cannot be written (the auto pool,
 //! unknown pools) or a failed write; HV_INVALIDARG for a key or value no host could read back;
 //! HV_ERROR_NOT_SUPPORTED for the IP-injection operations.
+//!
+//! [`GuestInfoSettings`] (`[guestinfo]`) say where the agent's [`PoolStore`] keeps the pools.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use log::{info, warn};
@@ -26,6 +29,24 @@ use crate::wire::kvp::{
     Pool, ValueRecord,
 };
 use crate::wire::{IcVersion, Message, Status};
+
+/// The default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/hvagent";
+
+/// The guest-info service's settings.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GuestInfoSettings {
+    /// The agent's [`PoolStore`] keeps the pools in `state_dir/kvp/`.
+    pub state_dir: PathBuf,
+}
+
+impl Default for GuestInfoSettings {
+    fn default() -> GuestInfoSettings {
+        GuestInfoSettings {
+            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+        }
+    }
+}
 
 /// Most pairs one pool holds.
 pub const MAX_PAIRS: usize = 1024;

@@ -1,7 +1,8 @@
-//! Application health for the heartbeat: which check to run, how its outcome maps to the application state
-//! a Hyper-V host shows (docs/PROTOCOL.md §6.4; openvmm `hyperv_ic_protocol/src/heartbeat.rs`), and when a
-//! check is due. The check itself runs as a child process behind [`Checker`] (the real one is
-//! `crate::system::health`); tests use fakes.
+//! Application health for the heartbeat: its settings ([`HealthSettings`], the `health*` keys of
+//! `[heartbeat]`), which check to run, how its outcome maps to the application state a Hyper-V host shows
+//! (docs/PROTOCOL.md §6.4; openvmm `hyperv_ic_protocol/src/heartbeat.rs`), and when a check is due. The
+//! check itself runs as a child process behind [`Checker`] (the real one is `crate::system::health`);
+//! tests use fakes.
 //!
 //! A reply never waits for a check: it carries the last known state. A check starts only after a heartbeat
 //! was answered and the state is older than the interval, so health costs no wake-ups of its own; a check
@@ -14,15 +15,74 @@ use log::{info, warn};
 use super::logic::Watch;
 use crate::wire::heartbeat::AppState;
 
-/// Where the state comes from (the config's `auto` already resolved).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Where the application state comes from: the heartbeat's `health` setting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Mode {
+    /// `Systemd` where systemd is PID 1, `None` elsewhere.
+    Auto,
     /// `systemctl is-system-running`'s answer.
     Systemd,
-    /// A command's exit status.
+    /// `HealthSettings::command`'s exit status.
     Command,
-    /// Always UNKNOWN.
+    /// No check: always UNKNOWN, as Linux's hv_utils reports.
     None,
+}
+
+impl Mode {
+    /// Every mode, in the order messages and docs list them.
+    pub const ALL: [Mode; 4] = [Mode::Auto, Mode::Systemd, Mode::Command, Mode::None];
+
+    /// The mode's name in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Systemd => "systemd",
+            Mode::Command => "command",
+            Mode::None => "none",
+        }
+    }
+
+    /// How this mode's checks are read, on a system booted with systemd or not; `None` when it runs none.
+    pub fn reading(self, systemd_booted: bool) -> Option<Reading> {
+        match self {
+            Mode::Auto if systemd_booted => Some(Reading::SystemState),
+            Mode::Systemd => Some(Reading::SystemState),
+            Mode::Command => Some(Reading::ExitStatus),
+            Mode::Auto | Mode::None => None,
+        }
+    }
+}
+
+/// The heartbeat's health settings (the `health*` keys of `[heartbeat]`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HealthSettings {
+    pub mode: Mode,
+    /// The check of [`Mode::Command`], argv without a shell.
+    pub command: Vec<String>,
+    /// A check starts when a heartbeat arrives and the state is older than this.
+    pub interval: Duration,
+    /// A check still running after this is killed.
+    pub timeout: Duration,
+}
+
+impl Default for HealthSettings {
+    fn default() -> HealthSettings {
+        HealthSettings {
+            mode: Mode::Auto,
+            command: Vec::new(),
+            interval: Duration::from_secs(30),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a finished check's outcome is read as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reading {
+    /// The system state `systemctl is-system-running` prints.
+    SystemState,
+    /// The exit status of a command: 0 is healthy.
+    ExitStatus,
 }
 
 /// How a check ended.
@@ -36,19 +96,18 @@ pub enum Outcome {
     SpawnFailed(String),
 }
 
-/// The application state an outcome means in `mode`.
-pub fn map(mode: Mode, outcome: &Outcome) -> AppState {
-    match (mode, outcome) {
-        (Mode::None, _) => AppState::UNKNOWN,
-        (Mode::Command, Outcome::Exited { code: Some(0), .. }) => AppState::HEALTHY,
-        (Mode::Command, _) => AppState::CRITICAL,
-        (Mode::Systemd, Outcome::Exited { stdout, .. }) => match stdout.trim() {
+/// The application state an outcome means, read as `reading`.
+pub fn map(reading: Reading, outcome: &Outcome) -> AppState {
+    match (reading, outcome) {
+        (Reading::ExitStatus, Outcome::Exited { code: Some(0), .. }) => AppState::HEALTHY,
+        (Reading::ExitStatus, _) => AppState::CRITICAL,
+        (Reading::SystemState, Outcome::Exited { stdout, .. }) => match stdout.trim() {
             "running" => AppState::HEALTHY,
             "degraded" | "maintenance" => AppState::CRITICAL,
             "stopping" => AppState::STOPPED,
             _ => AppState::UNKNOWN,
         },
-        (Mode::Systemd, _) => AppState::UNKNOWN,
+        (Reading::SystemState, _) => AppState::UNKNOWN,
     }
 }
 
@@ -70,10 +129,16 @@ pub trait Checker: Send {
 /// descriptors a moment before the process becomes a zombie).
 const REAP_RETRY: Duration = Duration::from_millis(10);
 
+/// A check to run and how to read its outcome.
+pub struct Check {
+    pub reading: Reading,
+    pub checker: Box<dyn Checker>,
+}
+
 /// The health state of the heartbeat service.
 pub struct Health {
-    mode: Mode,
-    checker: Option<Box<dyn Checker>>,
+    /// None: no check runs and the state stays UNKNOWN.
+    check: Option<Check>,
     interval: Duration,
     timeout: Duration,
     state: AppState,
@@ -88,17 +153,10 @@ pub struct Health {
 }
 
 impl Health {
-    /// Health in `mode`; `checker` runs the checks (none for [`Mode::None`]).
-    pub fn new(
-        mode: Mode,
-        checker: Option<Box<dyn Checker>>,
-        interval: Duration,
-        timeout: Duration,
-    ) -> Health {
-        let mode = if checker.is_none() { Mode::None } else { mode };
+    /// Health from `check` (none: always UNKNOWN), run at most every `interval` and killed after `timeout`.
+    pub fn new(check: Option<Check>, interval: Duration, timeout: Duration) -> Health {
         Health {
-            mode,
-            checker,
+            check,
             interval,
             timeout,
             state: AppState::UNKNOWN,
@@ -111,16 +169,12 @@ impl Health {
 
     /// Health that always reports UNKNOWN.
     pub fn none() -> Health {
-        Health::new(Mode::None, None, Duration::MAX, Duration::MAX)
+        Health::new(None, Duration::MAX, Duration::MAX)
     }
 
     /// The last known state, for the reply.
     pub fn state(&self) -> AppState {
         self.state
-    }
-
-    pub fn mode(&self) -> Mode {
-        self.mode
     }
 
     pub fn running(&self) -> bool {
@@ -132,7 +186,7 @@ impl Health {
         let stale = self.checked_at.map_or(true, |at| {
             now.saturating_duration_since(at) >= self.interval
         });
-        if self.mode != Mode::None && !self.running() && stale {
+        if self.check.is_some() && !self.running() && stale {
             self.due = true;
         }
     }
@@ -142,13 +196,13 @@ impl Health {
         if !std::mem::take(&mut self.due) {
             return;
         }
-        let Some(checker) = self.checker.as_mut() else {
+        let Some(check) = self.check.as_mut() else {
             return;
         };
-        match checker.start() {
+        match check.checker.start() {
             Ok(()) => self.running_since = Some(now),
             Err(why) => {
-                let what = checker.describe();
+                let what = check.checker.describe();
                 if self.checked_at.is_none() {
                     warn!("heartbeat: cannot run the health check {what}: {why}");
                 }
@@ -166,14 +220,12 @@ impl Health {
     }
 
     pub fn on_timer(&mut self, now: Instant) {
-        let Some(since) = self.running_since else {
+        let (Some(since), Some(check)) = (self.running_since, self.check.as_mut()) else {
             self.retry_at = None;
             return;
         };
         if now >= since + self.timeout {
-            if let Some(checker) = self.checker.as_mut() {
-                checker.kill();
-            }
+            check.checker.kill();
             self.finish(Outcome::TimedOut, now);
         } else if self.retry_at.is_some_and(|at| at <= now) {
             self.retry_at = None;
@@ -183,39 +235,35 @@ impl Health {
 
     pub fn watched(&self) -> Option<Watch> {
         self.running_since?;
-        self.checker.as_ref()?.watch()
+        self.check.as_ref()?.checker.watch()
     }
 
     pub fn watch_ready(&mut self, now: Instant) {
-        let Some(checker) = self
-            .checker
-            .as_mut()
-            .filter(|_| self.running_since.is_some())
-        else {
+        let Some(check) = self.check.as_mut().filter(|_| self.running_since.is_some()) else {
             return;
         };
-        match checker.ready() {
+        match check.checker.ready() {
             Some(outcome) => self.finish(outcome, now),
-            None if checker.watch().is_none() => self.retry_at = Some(now + REAP_RETRY),
+            None if check.checker.watch().is_none() => self.retry_at = Some(now + REAP_RETRY),
             None => {}
         }
     }
 
+    /// A check ended with `outcome`: the state it means from now on.
     fn finish(&mut self, outcome: Outcome, now: Instant) {
-        let state = map(self.mode, &outcome);
-        if state != self.state {
-            let what = self
-                .checker
-                .as_ref()
-                .map_or_else(String::new, |checker| checker.describe());
-            info!(
-                "heartbeat: application state {} -> {} ({what}: {})",
-                self.state.name(),
-                state.name(),
-                describe(&outcome)
-            );
+        if let Some(check) = &self.check {
+            let state = map(check.reading, &outcome);
+            if state != self.state {
+                info!(
+                    "heartbeat: application state {} -> {} ({}: {})",
+                    self.state.name(),
+                    state.name(),
+                    check.checker.describe(),
+                    describe(&outcome)
+                );
+            }
+            self.state = state;
         }
-        self.state = state;
         self.checked_at = Some(now);
         self.running_since = None;
         self.retry_at = None;

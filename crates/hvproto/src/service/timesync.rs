@@ -38,6 +38,9 @@ use crate::wire::timesync::{
 };
 use crate::wire::{IcVersion, Message, MessageType, Status};
 
+mod settings;
+pub use settings::{Mode, TimeSyncSettings, DEFAULT_CHRONY_SOCKET};
+
 /// The message version that adds guest probes (hvagent's extension).
 pub const PROBE_VERSION: IcVersion = IcVersion::new(4, 1);
 /// A SYNC within `step_threshold` leads to a step only when the next probe answer, whose delay is measured,
@@ -56,27 +59,6 @@ const PEGGED_PPM: f64 = MAX_FREQUENCY_PPM - 0.01;
 const PROBE_STALE_INTERVALS: u32 = 4;
 /// The most often the routine summary is logged at info.
 pub const SUMMARY_EVERY: Duration = Duration::from_secs(600);
-
-/// What the service does with the offsets it measures.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Mode {
-    /// Step and steer the system clock.
-    Adjust,
-    /// Measure and report only.
-    Monitor,
-    /// Hand the offsets to chronyd's SOCK refclock; change nothing.
-    Chrony,
-}
-
-impl Mode {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::Adjust => "adjust",
-            Mode::Monitor => "monitor",
-            Mode::Chrony => "chrony",
-        }
-    }
-}
 
 /// A probe on its way.
 #[derive(Clone, Copy, Debug)]

@@ -27,34 +27,54 @@ fn systemd_states_map_as_documented() {
     ];
     for (stdout, state) in cases {
         // is-system-running exits non-zero for every state but running; the text decides.
-        assert_eq!(map(Mode::Systemd, &exited(1, stdout)), state, "{stdout:?}");
+        assert_eq!(
+            map(Reading::SystemState, &exited(1, stdout)),
+            state,
+            "{stdout:?}"
+        );
     }
-    assert_eq!(map(Mode::Systemd, &Outcome::TimedOut), AppState::UNKNOWN);
     assert_eq!(
-        map(Mode::Systemd, &Outcome::SpawnFailed("ENOENT".into())),
+        map(Reading::SystemState, &Outcome::TimedOut),
+        AppState::UNKNOWN
+    );
+    assert_eq!(
+        map(Reading::SystemState, &Outcome::SpawnFailed("ENOENT".into())),
         AppState::UNKNOWN
     );
 }
 
 #[test]
 fn command_exit_status_maps_as_documented() {
-    assert_eq!(map(Mode::Command, &exited(0, "")), AppState::HEALTHY);
-    assert_eq!(map(Mode::Command, &exited(1, "")), AppState::CRITICAL);
+    assert_eq!(map(Reading::ExitStatus, &exited(0, "")), AppState::HEALTHY);
+    assert_eq!(map(Reading::ExitStatus, &exited(1, "")), AppState::CRITICAL);
     assert_eq!(
-        map(Mode::Command, &exited(255, "running")),
+        map(Reading::ExitStatus, &exited(255, "running")),
         AppState::CRITICAL
     );
     let signalled = Outcome::Exited {
         code: None,
         stdout: String::new(),
     };
-    assert_eq!(map(Mode::Command, &signalled), AppState::CRITICAL);
-    assert_eq!(map(Mode::Command, &Outcome::TimedOut), AppState::CRITICAL);
+    assert_eq!(map(Reading::ExitStatus, &signalled), AppState::CRITICAL);
     assert_eq!(
-        map(Mode::Command, &Outcome::SpawnFailed("ENOENT".into())),
+        map(Reading::ExitStatus, &Outcome::TimedOut),
         AppState::CRITICAL
     );
-    assert_eq!(map(Mode::None, &exited(0, "running")), AppState::UNKNOWN);
+    assert_eq!(
+        map(Reading::ExitStatus, &Outcome::SpawnFailed("ENOENT".into())),
+        AppState::CRITICAL
+    );
+}
+
+#[test]
+fn auto_reads_the_system_state_only_where_systemd_booted_and_none_reads_nothing() {
+    for booted in [true, false] {
+        assert_eq!(Mode::Systemd.reading(booted), Some(Reading::SystemState));
+        assert_eq!(Mode::Command.reading(booted), Some(Reading::ExitStatus));
+        assert_eq!(Mode::None.reading(booted), None);
+    }
+    assert_eq!(Mode::Auto.reading(true), Some(Reading::SystemState));
+    assert_eq!(Mode::Auto.reading(false), None);
 }
 
 /// What the fake checker was asked and will answer.
@@ -96,14 +116,13 @@ impl Checker for FakeChecker {
 const INTERVAL: Duration = Duration::from_secs(30);
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-fn logic(mode: Mode) -> (HeartbeatLogic, Arc<Mutex<Script>>) {
+fn logic(reading: Reading) -> (HeartbeatLogic, Arc<Mutex<Script>>) {
     let script = Arc::new(Mutex::new(Script::default()));
-    let health = Health::new(
-        mode,
-        Some(Box::new(FakeChecker(script.clone()))),
-        INTERVAL,
-        TIMEOUT,
-    );
+    let check = Check {
+        reading,
+        checker: Box::new(FakeChecker(script.clone())),
+    };
+    let health = Health::new(Some(check), INTERVAL, TIMEOUT);
     (HeartbeatLogic::with_health(health), script)
 }
 
@@ -125,7 +144,7 @@ fn beat(logic: &mut HeartbeatLogic, now: Instant) -> AppState {
 
 #[test]
 fn replies_carry_the_last_state_and_checks_start_only_when_stale() {
-    let (mut logic, script) = logic(Mode::Command);
+    let (mut logic, script) = logic(Reading::ExitStatus);
     let t0 = Instant::now();
     assert_eq!(logic.deadline(), None, "no check, no wake-up");
     assert_eq!(beat(&mut logic, t0), AppState::UNKNOWN);
@@ -158,7 +177,7 @@ fn replies_carry_the_last_state_and_checks_start_only_when_stale() {
 
 #[test]
 fn a_hanging_check_is_killed_at_the_limit_while_heartbeats_are_answered() {
-    let (mut logic, script) = logic(Mode::Command);
+    let (mut logic, script) = logic(Reading::ExitStatus);
     let t0 = Instant::now();
     beat(&mut logic, t0);
     assert_eq!(logic.deadline(), Some(t0 + TIMEOUT));
@@ -178,7 +197,7 @@ fn a_hanging_check_is_killed_at_the_limit_while_heartbeats_are_answered() {
 
 #[test]
 fn a_hanging_systemctl_means_unknown() {
-    let (mut logic, script) = logic(Mode::Systemd);
+    let (mut logic, script) = logic(Reading::SystemState);
     let t0 = Instant::now();
     beat(&mut logic, t0);
     script.lock().unwrap().outcome = Some(exited(1, "degraded\n"));
@@ -191,7 +210,7 @@ fn a_hanging_systemctl_means_unknown() {
 
 #[test]
 fn a_check_that_cannot_start_is_not_retried_on_every_heartbeat() {
-    let (mut logic, script) = logic(Mode::Command);
+    let (mut logic, script) = logic(Reading::ExitStatus);
     script.lock().unwrap().start_fails = true;
     let t0 = Instant::now();
     assert_eq!(beat(&mut logic, t0), AppState::UNKNOWN);
@@ -205,7 +224,7 @@ fn a_check_that_cannot_start_is_not_retried_on_every_heartbeat() {
 
 #[test]
 fn a_child_reaped_late_is_looked_at_again_soon() {
-    let (mut logic, script) = logic(Mode::Command);
+    let (mut logic, script) = logic(Reading::ExitStatus);
     let t0 = Instant::now();
     beat(&mut logic, t0);
     // Stdout closed (the fake has no fd) but the child is not reaped yet.
@@ -230,7 +249,7 @@ fn mode_none_never_checks() {
 
 #[test]
 fn a_readiness_report_without_a_running_check_schedules_nothing() {
-    let (mut logic, script) = logic(Mode::Command);
+    let (mut logic, script) = logic(Reading::ExitStatus);
     let t0 = Instant::now();
     logic.watch_ready(t0);
     assert_eq!(logic.deadline(), None, "nothing runs: no wake-up");
