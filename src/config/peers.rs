@@ -1,8 +1,6 @@
 //! `allowed_cids` and `allowed_uids`: who may connect to a listening service.
 
-use toml::Spanned;
-
-use super::{at, SpanError};
+use super::values::typed;
 use hvproto::service::ServiceKind;
 use hvtransport::address::{CID_HOST, CID_LOCAL};
 use hvtransport::peer::{AllowedCids, AllowedUids};
@@ -19,15 +17,12 @@ pub(super) fn replaced_allow_any_cid(kind: ServiceKind) -> String {
 }
 
 /// `allowed_cids = [2, 5, "local", "any"]`.
-pub(super) fn allowed_cids(
-    list: &Spanned<Vec<toml::Value>>,
-    kind: ServiceKind,
-) -> Result<AllowedCids, SpanError> {
+pub(super) fn allowed_cids(list: &toml::Value) -> Result<AllowedCids, String> {
     let mut allowed = AllowedCids {
         any: false,
         cids: Vec::new(),
     };
-    for value in list.get_ref() {
+    for value in &typed::<Vec<toml::Value>>(list)? {
         match value {
             toml::Value::String(name) if name == "any" => allowed.any = true,
             toml::Value::String(name) if name == "host" => allowed.cids.push(CID_HOST),
@@ -36,13 +31,9 @@ pub(super) fn allowed_cids(
                 allowed.cids.push(*cid as u32)
             }
             other => {
-                return Err(at(
-                    list,
-                    format!(
-                        "key '{kind}.allowed_cids': {} is not a CID (a number below 4294967295, \"host\", \
-                         \"local\" or \"any\")",
-                        show(other)
-                    ),
+                return Err(format!(
+                    "{} is not a CID (a number below 4294967295, \"host\", \"local\" or \"any\")",
+                    show(other)
                 ))
             }
         }
@@ -51,25 +42,19 @@ pub(super) fn allowed_cids(
 }
 
 /// `allowed_uids = [0, 1000]`.
-pub(super) fn allowed_uids(
-    list: &Spanned<Vec<toml::Value>>,
-    kind: ServiceKind,
-) -> Result<AllowedUids, SpanError> {
-    list.get_ref()
+pub(super) fn allowed_uids(list: &toml::Value) -> Result<AllowedUids, String> {
+    typed::<Vec<toml::Value>>(list)?
         .iter()
         .map(|value| match value {
             toml::Value::Integer(uid) if u32::try_from(*uid).is_ok_and(|uid| uid != u32::MAX) => {
                 Ok(*uid as u32)
             }
-            other => Err(at(
-                list,
-                format!(
-                    "key '{kind}.allowed_uids': {} is not a uid (a number below 4294967295)",
-                    show(other)
-                ),
+            other => Err(format!(
+                "{} is not a uid (a number below 4294967295)",
+                show(other)
             )),
         })
-        .collect::<Result<Vec<u32>, SpanError>>()
+        .collect::<Result<Vec<u32>, String>>()
         .map(AllowedUids)
 }
 

@@ -75,6 +75,23 @@ pub fn resolve_argv(argv: &mut [String], path: &OsStr) -> Result<(), ProgramErro
     Ok(())
 }
 
+/// Whether `argv` is the built-in command `builtin` (a bare program name and its arguments), as written or
+/// with its program made absolute: `systemctl reboot` and `/usr/bin/systemctl reboot` both are. Such a
+/// command may name a program that is missing (a guest without systemd), so it is not refused at load.
+pub fn is_builtin(argv: &[String], builtin: &[String]) -> bool {
+    let (Some((program, args)), Some((name, builtin_args))) =
+        (argv.split_first(), builtin.split_first())
+    else {
+        return false;
+    };
+    let in_a_directory = |dir: &str| dir.starts_with('/') && dir.ends_with('/');
+    args == builtin_args
+        && (program == name
+            || program
+                .strip_suffix(name.as_str())
+                .is_some_and(in_a_directory))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,6 +133,28 @@ mod tests {
         assert_eq!(error, ProgramError::Relative("./check".into()));
         assert!(error.message("k").contains("relative path"), "{error:?}");
         assert!(resolve("bin/check", &path).is_err());
+    }
+
+    #[test]
+    fn a_builtin_command_is_itself_by_name_or_absolute_path_only() {
+        let builtin = ["systemctl".to_string(), "reboot".to_string()];
+        let argv = |words: &[&str]| words.iter().map(|w| w.to_string()).collect::<Vec<_>>();
+        assert!(is_builtin(&argv(&["systemctl", "reboot"]), &builtin));
+        assert!(is_builtin(
+            &argv(&["/usr/bin/systemctl", "reboot"]),
+            &builtin
+        ));
+        assert!(!is_builtin(&argv(&["./systemctl", "reboot"]), &builtin));
+        assert!(!is_builtin(
+            &argv(&["/usr/bin/mysystemctl", "reboot"]),
+            &builtin
+        ));
+        assert!(!is_builtin(
+            &argv(&["systemctl", "reboot", "--now"]),
+            &builtin
+        ));
+        assert!(!is_builtin(&argv(&["systemctl", "poweroff"]), &builtin));
+        assert!(!is_builtin(&argv(&["true"]), &[]));
     }
 
     #[test]

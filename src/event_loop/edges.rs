@@ -8,7 +8,7 @@ use log::{debug, error, info, warn};
 use crate::clock::chrony::ChronySink;
 use crate::clock::remote::{self, RemoteClock};
 use crate::clock::system::{self, SystemClock};
-use crate::config::{ServiceConfig, ServiceOptions};
+use crate::config::{ServiceConfig, ServiceSettings};
 use crate::system::health::ChildCheck;
 use crate::system::kvp_store::FileStore;
 use crate::system::power::SystemPower;
@@ -19,42 +19,26 @@ use hvproto::service::health::{Check, Health, HealthSettings, Reading};
 use hvproto::service::heartbeat::HeartbeatLogic;
 use hvproto::service::shutdown::ShutdownLogic;
 use hvproto::service::timesync::{Mode, TimeSyncLogic, TimeSyncSettings};
-use hvproto::service::{Logic, ServiceKind};
+use hvproto::service::Logic;
 
 /// The logic for one enabled service.
 pub(super) fn logic_for(service: &ServiceConfig) -> Box<dyn Logic> {
-    match service.kind {
-        ServiceKind::Heartbeat => match &service.options {
-            ServiceOptions::Heartbeat(health) => {
-                Box::new(HeartbeatLogic::with_health(health_for(health)))
-            }
-            _ => Box::new(HeartbeatLogic::new()),
-        },
-        ServiceKind::GuestInfo => {
-            let config = match &service.options {
-                ServiceOptions::GuestInfo(config) => config.clone(),
-                _ => Default::default(),
-            };
-            Box::new(GuestInfoLogic::new(
-                Box::new(FileStore::new(&config.state_dir)),
-                Box::new(LiveSystem),
-            ))
+    match &service.settings {
+        ServiceSettings::Heartbeat(settings) => {
+            Box::new(HeartbeatLogic::with_health(health_for(settings)))
         }
-        ServiceKind::TimeSync => {
-            let settings = match &service.options {
-                ServiceOptions::TimeSync(settings) => settings.clone(),
-                _ => Default::default(),
-            };
+        ServiceSettings::GuestInfo(settings) => Box::new(GuestInfoLogic::new(
+            Box::new(FileStore::new(&settings.state_dir)),
+            Box::new(LiveSystem),
+        )),
+        ServiceSettings::TimeSync(settings) => {
             let helper = Path::new(remote::DEFAULT_SOCKET);
-            Box::new(timesync_logic(&settings, Path::new("/proc"), helper))
+            Box::new(timesync_logic(settings, Path::new("/proc"), helper))
         }
-        ServiceKind::Shutdown => {
-            let config = match &service.options {
-                ServiceOptions::Shutdown(config) => config.clone(),
-                _ => Default::default(),
-            };
-            Box::new(ShutdownLogic::new(config, Box::new(SystemPower::new())))
-        }
+        ServiceSettings::Shutdown(settings) => Box::new(ShutdownLogic::new(
+            settings.clone(),
+            Box::new(SystemPower::new()),
+        )),
     }
 }
 

@@ -410,10 +410,10 @@ impl GuestLoop {
         for service in &gone {
             if config
                 .enabled()
-                .any(|wanted| wanted.kind == service.config.kind)
+                .any(|wanted| wanted.kind() == service.config.kind())
             {
                 info!("{}: settings changed, reopening", service.name());
-                reopened.push(service.config.kind);
+                reopened.push(service.config.kind());
             } else {
                 info!("{}: no longer configured, closing", service.name());
             }
@@ -423,8 +423,8 @@ impl GuestLoop {
             match kept.iter().position(|service| service.config == *wanted) {
                 Some(at) => self.services.push(kept.swap_remove(at)),
                 None => {
-                    if !reopened.contains(&wanted.kind) {
-                        info!("{}: now configured, opening", wanted.kind);
+                    if !reopened.contains(&wanted.kind()) {
+                        info!("{}: now configured, opening", wanted.kind());
                     }
                     let seed = self.seed.wrapping_add(index as u64 + 1000);
                     let logic = edges::logic_for(wanted);

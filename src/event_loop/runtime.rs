@@ -43,7 +43,7 @@ impl Link {
     ) -> Link {
         Link {
             connection: Connection::new(fd),
-            channel: Channel::new(config.kind, id),
+            channel: Channel::new(config.kind(), id),
             peer,
             since: now,
             last_input: now,
@@ -277,7 +277,7 @@ impl RunningService {
             }),
         };
         let limits = config.limits;
-        let quiet = Quiet::new(config.kind.name());
+        let quiet = Quiet::new(config.kind().name());
         RunningService {
             config,
             logic,
@@ -290,7 +290,7 @@ impl RunningService {
     }
 
     pub(super) fn name(&self) -> &'static str {
-        self.config.kind.name()
+        self.config.kind().name()
     }
 
     pub(super) fn address(&self) -> &Address {
@@ -410,7 +410,7 @@ impl RunningService {
                     Ok(fd) => {
                         info!(
                             "{}: listening on {}",
-                            self.config.kind,
+                            self.config.kind(),
                             self.config.endpoint.address()
                         );
                         listening.listener = Some(fd);
@@ -490,7 +490,7 @@ impl RunningService {
 
     /// Closes links marked closed; a dialler schedules its redial.
     pub(super) fn sweep(&mut self, now: Instant) {
-        let name = self.config.kind.name();
+        let name = self.config.kind().name();
         match &mut self.role {
             Role::Dialer(DialState::Up(link)) => {
                 if let Some(closed) = link.closed.take() {
@@ -538,9 +538,9 @@ impl RunningService {
             match socket::accept(listener.as_fd()) {
                 Ok(Some((fd, peer))) => {
                     if listening.next_pause.take().is_some() {
-                        info!("{}: accepting connections again", self.config.kind);
+                        info!("{}: accepting connections again", self.config.kind());
                     }
-                    let name = self.config.kind.name();
+                    let name = self.config.kind().name();
                     let rules = PeerRules {
                         cids: &self.config.allowed_cids,
                         uids: &self.config.allowed_uids,
@@ -588,7 +588,7 @@ impl RunningService {
                             "{}: cannot accept: {error}; not accepting for {} ms (doubling up to {} s while it \
                              lasts, logged at debug), or until a connection closes; check the open-file limit \
                              (LimitNOFILE=) and max_connections",
-                            self.config.kind,
+                            self.config.kind(),
                             pause.as_millis(),
                             MAX_PAUSE.as_secs()
                         );

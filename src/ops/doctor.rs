@@ -106,12 +106,12 @@ impl Doctor {
         }
         let timesync = config
             .as_ref()
-            .is_some_and(|config| config.enabled().any(|s| s.kind == ServiceKind::TimeSync));
+            .is_some_and(|config| config.enabled().any(|s| s.kind() == ServiceKind::TimeSync));
         findings.push(self.check_cap_sys_time(timesync));
         findings.push(self.check_time_daemons(timesync));
         let shutdown = config
             .as_ref()
-            .is_some_and(|config| config.enabled().any(|s| s.kind == ServiceKind::Shutdown));
+            .is_some_and(|config| config.enabled().any(|s| s.kind() == ServiceKind::Shutdown));
         findings.push(self.check_user());
         findings.push(self.check_capabilities());
         findings.push(self.check_polkit(shutdown));
@@ -133,7 +133,7 @@ impl Doctor {
         });
         match loaded {
             Ok(config) => {
-                let names: Vec<&str> = config.enabled().map(|s| s.kind.name()).collect();
+                let names: Vec<&str> = config.enabled().map(|s| s.kind().name()).collect();
                 let text = format!(
                     "{source}: {} service(s) enabled ({})",
                     names.len(),
@@ -258,7 +258,7 @@ impl Doctor {
     }
 
     fn check_service(&self, service: &ServiceConfig, vsock: bool) -> Finding {
-        let topic = service.kind.name();
+        let topic = service.kind().name();
         let address = match &service.endpoint {
             Endpoint::Listen(address) => {
                 return finding(

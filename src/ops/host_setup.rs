@@ -67,13 +67,13 @@ pub fn registrations(config: &Config) -> (Vec<Registration>, Vec<String>) {
         };
         match address {
             Address::Vsock { port, .. } => needed.push(Registration {
-                kind: service.kind,
+                kind: service.kind(),
                 guid: ServiceId::from_port(*port),
                 guest_dials,
             }),
             other => skipped.push(format!(
                 "{}: {other} is not a vsock address; the host needs nothing",
-                service.kind
+                service.kind()
             )),
         }
     }
