@@ -18,8 +18,9 @@ usage: hvagent [run] [--config FILE] [--control PATH]
                                       check vsock, the transport, the host, CAP_SYS_TIME, time daemons and
                                       the config, with the fix for each problem (exit 1 when one is found;
                                       --root reads /proc, /sys, /dev and /etc below DIR, for tests)
-       hvagent check-config [--config FILE]
-                                      print the effective configuration, or the errors
+       hvagent check-config [--config FILE | --keys]
+                                      print the effective configuration, or the errors (--keys: every
+                                      key the file takes, with what it takes and its default)
        hvagent host-setup [--format powershell|reg] [--config FILE | --all]
                                       what the Windows host must register for the enabled services
                                       (--all: every service at its default port)
@@ -56,6 +57,7 @@ struct Options {
     idle: Option<String>,
     peer_uids: Vec<String>,
     fake_clock: bool,
+    keys: bool,
 }
 
 impl Options {
@@ -70,6 +72,7 @@ enum Command {
     Run(Options),
     Status(Options),
     CheckConfig(Option<PathBuf>),
+    Keys,
     HostSetup(Options),
     Doctor(Options),
     Guid(String),
@@ -124,6 +127,10 @@ fn parse_args() -> Result<Command, Usage> {
                 options.peer_uids.push(parser.value()?.string()?);
                 given.push("--peer-uid");
             }
+            Long("keys") => {
+                options.keys = true;
+                given.push("--keys");
+            }
             Long("fake-clock") => {
                 options.fake_clock = true;
                 given.push("--fake-clock");
@@ -160,6 +167,13 @@ fn parse_args() -> Result<Command, Usage> {
         Some("status") => {
             only(&["--json", "--control"])?;
             no_operand().map(|()| Command::Status(options))
+        }
+        Some("check-config") if options.keys => {
+            if options.config.is_some() {
+                return Err(Usage("--keys and --config exclude each other".to_string()));
+            }
+            only(&["--keys"])?;
+            no_operand().map(|()| Command::Keys)
         }
         Some("check-config") => {
             only(&["--config"])?;
@@ -235,6 +249,10 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Command::Keys => {
+            print!("{}", config::docs::key_list());
+            ExitCode::SUCCESS
+        }
         Command::Run(options) => run(options),
         Command::Status(options) => status(&options),
         Command::HostSetup(options) => host_setup(&options),

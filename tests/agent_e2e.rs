@@ -225,6 +225,23 @@ fn check_config_prints_the_effective_config_with_guids() {
 }
 
 #[test]
+fn check_config_keys_lists_every_section_and_key_without_reading_a_file() {
+    let output = hvagent(&["check-config", "--keys"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let stdout = text(&output.stdout);
+    for line in [
+        "In [heartbeat]:",
+        "  idle_timeout     a number of seconds from 0.001 to 86400; default 30",
+        "  force_after      0 (never force) or a number of seconds up to 86400; default 300",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing:\n{stdout}");
+    }
+    let output = hvagent(&["check-config", "--keys", "--config", "/nonexistent"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("--keys and --config exclude each other"));
+}
+
+#[test]
 fn guid_and_port_commands_print_the_known_vectors() {
     let output = hvagent(&["guid", "2761"]);
     assert_eq!(
