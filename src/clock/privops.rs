@@ -279,6 +279,17 @@ mod tests {
     }
 
     #[test]
+    fn reserved_and_unused_fields_are_ignored() {
+        let mut bytes = Request::ReadFrequency.emit();
+        bytes[4..8].fill(0xff);
+        bytes[8..16].fill(0x5a);
+        assert_eq!(Request::parse(&bytes), Ok(Request::ReadFrequency));
+        let mut bytes = Request::Step { delta_ns: -7 }.emit();
+        bytes[4..8].fill(0xff);
+        assert_eq!(Request::parse(&bytes), Ok(Request::Step { delta_ns: -7 }));
+    }
+
+    #[test]
     fn wrong_length_and_version_are_errors() {
         assert_eq!(Request::parse(&[]), Err(PrivopsError::Length(0)));
         assert_eq!(Answer::parse(&[1; 17]), Err(PrivopsError::Length(17)));
@@ -308,7 +319,12 @@ mod tests {
         fn requests_round_trip(bytes in proptest::array::uniform16(any::<u8>())) {
             let mut bytes = bytes;
             bytes[0..2].copy_from_slice(&VERSION.to_le_bytes());
+            // The canonical form: reserved zero, and READ_FREQUENCY, which has no value, with zero there
+            // (parse ignores both; `reserved_and_unused_fields_are_ignored` checks that).
             bytes[4..8].fill(0);
+            if u16::from_le_bytes([bytes[2], bytes[3]]) == op::READ_FREQUENCY {
+                bytes[8..16].fill(0);
+            }
             let request = Request::parse(&bytes).unwrap();
             prop_assert_eq!(request.emit(), bytes);
         }
