@@ -54,8 +54,17 @@ impl Clock for SystemClock {
 
     fn step(&mut self, delta_ns: i128) -> Result<(), ClockError> {
         let target = self.now_ns() + delta_ns;
-        let seconds = target.div_euclid(1_000_000_000) as libc::time_t;
-        let nanos = target.rem_euclid(1_000_000_000) as libc::c_long;
+        // time_t is inferred rather than named (libc marks the name deprecated on musl); a time it cannot
+        // hold is refused as EOVERFLOW, never wrapped.
+        let overflow = || clock_error("clock_settime", Errno::EOVERFLOW);
+        let seconds = target
+            .div_euclid(1_000_000_000)
+            .try_into()
+            .map_err(|_| overflow())?;
+        let nanos = target
+            .rem_euclid(1_000_000_000)
+            .try_into()
+            .map_err(|_| overflow())?;
         let spec = nix::sys::time::TimeSpec::new(seconds, nanos);
         clock_settime(ClockId::CLOCK_REALTIME, spec)
             .map_err(|errno| clock_error("clock_settime", errno))

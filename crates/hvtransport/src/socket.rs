@@ -48,9 +48,11 @@ fn stream_socket(family: AddressFamily) -> Result<OwnedFd, Errno> {
 
 /// Sets SO_VM_SOCKETS_CONNECT_TIMEOUT, which nix does not wrap.
 fn set_vsock_connect_timeout(fd: BorrowedFd<'_>, timeout: Duration) -> Result<(), Errno> {
+    // The field types (time_t, suseconds_t) are inferred rather than named: libc marks their names
+    // deprecated on musl, and a timeout too long for time_t is refused rather than cut.
     let value = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+        tv_sec: timeout.as_secs().try_into().map_err(|_| Errno::EINVAL)?,
+        tv_usec: timeout.subsec_micros().into(),
     };
     // SAFETY: fd is a live socket; the kernel reads size_of::<timeval>() bytes from &value, which lives for
     // the call. The level of vsock options is the address family (linux/vm_sockets.h).
