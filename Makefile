@@ -1,7 +1,7 @@
 # hvagent: make (release build), make test (lint, unit-test, windows-test, interop-test, packaging-test, vm-test),
 # make demo, make status-demo, make bench, make bench-hostscale, make fuzz, make vm-test, make packaging-test,
 # make windows-test,
-# make host-setup-scripts, make man-keys, make install, make uninstall, make deb, make clean.
+# make host-setup-scripts, make man-keys, make install, make uninstall, make deb, make static, make clean.
 CARGO   ?= cargo
 PREFIX  ?= /usr/local
 DESTDIR ?=
@@ -22,6 +22,7 @@ SYSCONFDIR ?= /etc
 .PHONY: all build test unit-test interop-test packaging-test vm-test lint demo bench bench-hostscale fuzz install \
 	uninstall deb clean host-setup-scripts man-keys status-demo
 .PHONY: windows-test
+.PHONY: static
 
 all: build
 
@@ -136,6 +137,12 @@ uninstall:
 # target/debian/hvagent_VERSION_ARCH.deb, built with dpkg-deb from a `make install` tree.
 deb: build
 	scripts/build-deb.sh
+
+# target/static/hvagent-VERSION-x86_64-linux.tar.gz: the agent built fully static (x86_64-unknown-linux-musl;
+# the rustup target is installed when missing), its units, config, man pages and an install.sh, for images
+# that are not Debian.
+static:
+	scripts/build-static.sh
 
 clean:
 	$(CARGO) clean

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system tools the tests need (systemd-analyze, dpkg-deb, man, lintian; python3 for the interop
-# test), when they are missing and we are root with apt-get. Idempotent: with everything present it asks nothing of the network.
+# test; file and readelf for the static tarball's), when they are missing and we are root with apt-get. Idempotent: with everything present it asks nothing of the network.
 # The VM test provisions its own packages (tests/vm/provision.sh).
 set -euo pipefail
 
@@ -13,6 +13,9 @@ command -v dpkg-deb >/dev/null || missing+=(dpkg)
 command -v man >/dev/null || missing+=(man-db)
 command -v lintian >/dev/null || missing+=(lintian)
 command -v python3 >/dev/null || missing+=(python3)
+# The static tarball's check (scripts/packaging-test-static.sh): is the agent static?
+command -v file >/dev/null || missing+=(file)
+command -v readelf >/dev/null || missing+=(binutils)
 [ ${#missing[@]} = 0 ] && exit 0
 
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then

@@ -3,7 +3,8 @@
 # capabilities, the escalation units and `systemd-analyze verify`, the man pages (groff -ww, hvhost(1) against `hvhost --help`), the `make install` tree (the commented
 # default config, the sysusers.d file and polkit rule, uninstall), and the Debian package's contents, control
 # fields, modes, conffile and maintainer scripts (the user created),
-# and lintian on it (no error, no warning). Needs a release build (`make packaging-test` makes one). Builds nothing into the real root and
+# and lintian on it (no error, no warning), and the static tarball of `make static` (scripts/packaging-test-static.sh).
+# Needs a release build (`make packaging-test` makes one). Builds nothing into the real root and
 # starts nothing.
 #
 # Output: one "PASS name" or "FAIL name: why" line per check (SKIP where a tool is missing), then
@@ -364,6 +365,9 @@ check_postinst_into_dpkg_root() {
     fi
 }
 
+# shellcheck source=SCRIPTDIR/packaging-test-static.sh
+source "$REPO/scripts/packaging-test-static.sh"
+
 check_exposure unit_exposure_score_is_at_most_$MAX_EXPOSURE hvagent.service "$MAX_EXPOSURE"
 check_exposure clock_helper_exposure_score_is_at_most_$MAX_HELPER_EXPOSURE hvagent-clock.service "$MAX_HELPER_EXPOSURE"
 check_unit_user
@@ -372,6 +376,7 @@ verify_unit unit_passes_systemd_analyze_verify "$REPO/target/release/hvagent"
 check_man_pages
 check_install_tree
 check_deb
+check_static
 
 echo "packaging-test: $passed passed, $failed failed"
 [ "$failed" = 0 ]
