@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # vm-test: prove hvagent on real AF_VSOCK by booting Linux guests under QEMU (TCG) whose virtio-vsock
 # device is served by vhost-device-vsock, and driving their scenarios:
-#   - a busybox initramfs running the static agent by hand: tests/vm/scenarios.sh;
+#   - a busybox initramfs running the static agent of `make static` (its tarball's, musl) by hand:
+#     tests/vm/scenarios.sh;
 #   - a Debian (bookworm) systemd image with the package of `make deb` installed in it by dpkg -i and the
 #     agent run as hvagent.service: tests/vm/image-scenarios.sh (the scenarios named sd-*). The image is
 #     built once with mmdebstrap into the cache (rebuilt when its package list or files change), made an
@@ -31,8 +32,8 @@ VM_DIR=$REPO/tests/vm
 CACHE=${HVAGENT_VM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/hvagent-vm}
 VHOST_VERSION=0.3.0
 VHOST_BIN=$CACHE/vhost-device-vsock-$VHOST_VERSION/bin/vhost-device-vsock
-TARGET=x86_64-unknown-linux-gnu
-STATIC_RUSTFLAGS='-C target-feature=+crt-static'
+# The target of `make static`, whose agent the busybox guest runs: musl links statically by default.
+STATIC_TARGET=x86_64-unknown-linux-musl
 GUEST_CID=3
 # Modules the guest loads, each after the ones it depends on; ones built into the kernel are skipped.
 GUEST_MODULES=(virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci vsock

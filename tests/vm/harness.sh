@@ -32,16 +32,21 @@ wait_until() {
 
 # ---------------------------------------------------------------------------------------------- builds
 
+# The guest runs the agent of `make static` (musl, fully static), taken from its tarball as a user would;
+# hvhost runs on this machine, an ordinary build.
 build_guest_programs() {
-    local log=$RUN/build.log release=$CARGO_TARGET_DIR/$TARGET/release
-    say "building static hvagent, hvhost (cargo, $CARGO_TARGET_DIR)"
-    if ! (cd "$REPO" && RUSTFLAGS=$STATIC_RUSTFLAGS cargo build --release --target "$TARGET" --bins) \
-        >>"$log" 2>&1; then
+    local log=$RUN/build.log tarball
+    say "building the static agent (make static) and hvhost (cargo, $CARGO_TARGET_DIR)"
+    # make static keeps its own target dir (the tarball goes to REPO/target/static either way).
+    if ! tarball=$(cd "$REPO" && env -u CARGO_TARGET_DIR scripts/build-static.sh 2>>"$log") ||
+        ! (cd "$REPO" && cargo build --release -p hvhost --bin hvhost) >>"$log" 2>&1; then
         tail -n 30 "$log" | sed 's/^/    | /'
         return 1
     fi
-    HVAGENT=$release/hvagent
-    HVHOST=$release/hvhost
+    mkdir -p "$RUN/static"
+    tar -xzf "$REPO/$tarball" -C "$RUN/static"
+    HVAGENT=$(find "$RUN/static" -path '*/sbin/hvagent' -print -quit)
+    HVHOST=$CARGO_TARGET_DIR/release/hvhost
     VSOCK_ECHO=$CARGO_TARGET_DIR/vsock_echo
     cc -O2 -static -Wall -o "$VSOCK_ECHO" "$VM_DIR/vsock_echo.c" >>"$log" 2>&1 || {
         tail -n 30 "$log" | sed 's/^/    | /'
@@ -50,18 +55,18 @@ build_guest_programs() {
     build_libtests
 }
 
-# Sets LIBTESTS to the static lib unit-test executable, or leaves it empty (scenario in-guest-loopback
-# then reports why).
+# Sets LIBTESTS to hvtransport's lib unit-test executable (its real_vsock tests), built static for the same
+# target as the agent, or leaves it empty (scenario in-guest-loopback then reports why).
 build_libtests() {
     LIBTESTS=
-    say "building the static lib unit-test binary"
-    if ! (cd "$REPO" && RUSTFLAGS=$STATIC_RUSTFLAGS cargo test --lib --no-run --release --target "$TARGET" \
+    say "building the static hvtransport unit-test binary"
+    if ! (cd "$REPO" && cargo test -p hvtransport --lib --no-run --release --target "$STATIC_TARGET" \
         --message-format=json) >"$RUN/libtests.json" 2>>"$RUN/build.log"; then
-        say "the lib unit tests did not build (see $RUN/build.log)"
+        say "the hvtransport unit tests did not build (see $RUN/build.log)"
         return 0
     fi
-    LIBTESTS=$(grep '"test":true' "$RUN/libtests.json" | grep -o '"executable":"[^"]*"' | tail -n 1 |
-        cut -d'"' -f4) || true
+    LIBTESTS=$(grep '"test":true' "$RUN/libtests.json" | grep '"name":"hvtransport"' |
+        grep -o '"executable":"[^"]*"' | tail -n 1 | cut -d'"' -f4) || true
 }
 
 # add_module NAME ROOT: put module NAME, after the modules it depends on, into ROOT/lib/modules and its
