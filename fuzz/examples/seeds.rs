@@ -23,6 +23,7 @@ fn negotiate_bodies() -> Vec<Vec<u8>> {
             Message::parse(&HostChannel::new(kind).offer().to_bytes().unwrap())
                 .unwrap()
                 .body
+                .to_vec()
         })
         .collect();
     bodies.push(Negotiate::answer(Some((IcVersion::new(3, 0), IcVersion::new(4, 0)))).to_body());

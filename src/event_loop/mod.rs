@@ -19,7 +19,6 @@ use crate::config::{self, Config};
 use crate::ops::control::{self, ControlSocket};
 use crate::ops::systemd::Notifier;
 use hvproto::service::Logic;
-use hvproto::wire::Message;
 
 mod edges;
 mod quiet;
@@ -225,8 +224,6 @@ impl GuestLoop {
 
     /// Runs until SIGTERM or SIGINT.
     pub fn run(&mut self) -> Result<(), StartError> {
-        let mut inbox = Vec::new();
-        let mut replies = Vec::new();
         let mut tokens = Vec::new();
         info!(
             "hvagent {} running with {} service(s)",
@@ -292,7 +289,7 @@ impl GuestLoop {
                         if drain(&mut self.terminate) {
                             info!("hvagent: stopping on signal");
                             self.notifier.stopping();
-                            self.finish(&mut inbox, &mut replies);
+                            self.finish();
                             self.services.clear();
                             self.control = None;
                             return Ok(());
@@ -307,7 +304,7 @@ impl GuestLoop {
                         }
                     }
                     Token::Control => self.answer_control_clients(now),
-                    other => self.handle(other, events, now, &mut inbox, &mut replies),
+                    other => self.handle(other, events, now),
                 }
             }
             for service in &mut self.services {
@@ -316,14 +313,7 @@ impl GuestLoop {
         }
     }
 
-    fn handle(
-        &mut self,
-        token: Token,
-        events: PollFlags,
-        now: Instant,
-        inbox: &mut Vec<Message>,
-        replies: &mut Vec<Message>,
-    ) {
+    fn handle(&mut self, token: Token, events: PollFlags, now: Instant) {
         match token {
             Token::Dialing(index) => self.services[index].connect_finished(now),
             Token::DialLink(index) => {
@@ -331,7 +321,7 @@ impl GuestLoop {
                 if let Role::Dialer(DialState::Up(link)) = &mut service.role {
                     let logic = &mut *service.logic;
                     let quiet = &mut service.quiet;
-                    serve_link(link, quiet, logic, events, now, inbox, replies);
+                    serve_link(link, quiet, logic, events, now);
                 }
             }
             Token::Listener(index) => self.services[index].accept_all(now),
@@ -341,7 +331,7 @@ impl GuestLoop {
                     if let Some(link) = listening.links.get_mut(slot) {
                         let logic = &mut *service.logic;
                         let quiet = &mut service.quiet;
-                        serve_link(link, quiet, logic, events, now, inbox, replies);
+                        serve_link(link, quiet, logic, events, now);
                     }
                 }
             }
@@ -353,9 +343,9 @@ impl GuestLoop {
     /// Before exiting: answers the requests already received, then sends every queued answer, waiting at
     /// most [`FINISH_LIMIT`] for peers to take them, so a peer loses no answer to a request it completed
     /// before the signal.
-    fn finish(&mut self, inbox: &mut Vec<Message>, replies: &mut Vec<Message>) {
+    fn finish(&mut self) {
         for service in &mut self.services {
-            service.answer_waiting(inbox, replies);
+            service.answer_waiting();
         }
         let until = Instant::now() + FINISH_LIMIT;
         loop {
@@ -449,11 +439,9 @@ fn serve_link(
     logic: &mut dyn Logic,
     events: PollFlags,
     now: Instant,
-    inbox: &mut Vec<Message>,
-    replies: &mut Vec<Message>,
 ) {
     if events.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
-        link.read_and_answer(quiet, logic, now, inbox, replies);
+        link.read_and_answer(quiet, logic, now);
     } else if events.contains(PollFlags::POLLOUT) {
         link.flush();
     }

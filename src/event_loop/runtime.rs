@@ -65,35 +65,35 @@ impl Link {
         }
     }
 
-    /// Reads what is there, answers it and sends what can be sent; returns how many messages were read.
+    /// Reads what is there, answers it (each answer written into the connection's output queue as the
+    /// channel handles its request) and sends what can be sent; returns how many messages were read.
     pub(super) fn read_and_answer(
         &mut self,
         quiet: &mut Quiet,
         logic: &mut dyn Logic,
         now: Instant,
-        inbox: &mut Vec<Message>,
-        replies: &mut Vec<Message>,
     ) -> usize {
         self.last_input = now;
-        if let Err(closed) = self.connection.receive(inbox) {
-            self.closed = Some(closed);
-        }
-        let count = inbox.len();
-        for message in inbox.drain(..) {
-            let event = self.channel.handle(&message, logic, now, replies);
-            log_event(quiet, &self.peer, &event, now);
-        }
-        self.send(replies);
+        let (channel, peer) = (&mut self.channel, &self.peer);
+        let count = self
+            .connection
+            .receive_and_answer(|message, out| {
+                let event = channel.handle(message, logic, now, out);
+                log_event(quiet, peer, &event, now);
+            })
+            .unwrap_or_else(|closed| {
+                self.closed = Some(closed);
+                0
+            });
+        self.flush();
         logic.after_send(now);
         count
     }
 
-    /// Queues messages and sends what the socket takes.
-    pub(super) fn send(&mut self, messages: &mut Vec<Message>) {
-        for message in messages.drain(..) {
-            if let Err(closed) = self.connection.queue(&message) {
-                self.closed.get_or_insert(closed);
-            }
+    /// Queues a message and sends what the socket takes.
+    pub(super) fn send(&mut self, message: &Message) {
+        if let Err(closed) = self.connection.queue(message) {
+            self.closed.get_or_insert(closed);
         }
         self.flush();
     }
@@ -352,7 +352,7 @@ impl RunningService {
                     message.header.framework_version = framework;
                     message.header.message_version = version;
                 }
-                link.send(&mut vec![message]);
+                link.send(&message);
             }
         }
     }
@@ -365,13 +365,12 @@ impl RunningService {
     /// On the way out: answers the requests already waiting in the sockets, so a peer loses no answer to a
     /// request it completed before the agent was told to stop. Bounded by work, not time: at most
     /// [`FINAL_READS`] reads per link, which covers everything a socket buffer holds.
-    pub(super) fn answer_waiting(&mut self, inbox: &mut Vec<Message>, replies: &mut Vec<Message>) {
+    pub(super) fn answer_waiting(&mut self) {
         let logic = &mut *self.logic;
         let quiet = &mut self.quiet;
         for link in self.role.links_mut() {
             for _ in 0..FINAL_READS {
-                if link.closed.is_some()
-                    || link.read_and_answer(quiet, logic, Instant::now(), inbox, replies) == 0
+                if link.closed.is_some() || link.read_and_answer(quiet, logic, Instant::now()) == 0
                 {
                     break;
                 }

@@ -419,7 +419,7 @@ impl Peer {
     pub fn receive(&mut self) -> Option<Message> {
         loop {
             if let Some(message) = self.decoder.next_message().unwrap() {
-                return Some(message);
+                return Some(message.to_owned_message());
             }
             let mut buffer = [0u8; 4096];
             match self.stream.read(&mut buffer) {

@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 use hvhost::client::RoundTrips;
 use hvproto::service::heartbeat::HeartbeatLogic;
 use hvproto::service::{Channel, ServiceKind};
-use hvproto::wire::Message;
 use hvtransport::Connection;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -55,8 +54,6 @@ struct SimAgent {
 struct Fleet {
     agents: Vec<SimAgent>,
     logic: HeartbeatLogic,
-    inbox: Vec<Message>,
-    replies: Vec<Message>,
 }
 
 impl Fleet {
@@ -64,8 +61,6 @@ impl Fleet {
         Fleet {
             agents: Vec::new(),
             logic: HeartbeatLogic::new(),
-            inbox: Vec::new(),
-            replies: Vec::new(),
         }
     }
 
@@ -126,16 +121,14 @@ impl Fleet {
         if agent.closed.is_some() {
             return;
         }
-        let mut result = agent.connection.receive(&mut self.inbox);
         let now = Instant::now();
-        for message in self.inbox.drain(..) {
-            agent
-                .channel
-                .handle(&message, &mut self.logic, now, &mut self.replies);
-        }
-        for reply in self.replies.drain(..) {
-            result = result.and_then(|()| agent.connection.queue(&reply));
-        }
+        let (channel, logic) = (&mut agent.channel, &mut self.logic);
+        let result = agent
+            .connection
+            .receive_and_answer(|message, out| {
+                channel.handle(message, logic, now, out);
+            })
+            .map(drop);
         if let Err(closed) = result.and_then(|()| agent.connection.flush()) {
             agent.closed = Some(closed.to_string());
         }

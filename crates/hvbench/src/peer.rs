@@ -173,8 +173,7 @@ impl Peer {
         let message =
             Message::parse(bytes).context(|| format!("malformed answer from the {}", self.name))?;
         if self.server == Server::Echo {
-            Heartbeat::parse(&message.body)
-                .context(|| "the echo returned a malformed heartbeat")?;
+            Heartbeat::parse(message.body).context(|| "the echo returned a malformed heartbeat")?;
             if bytes != request {
                 return Err(Failure("the echo returned other bytes than it got".into()));
             }

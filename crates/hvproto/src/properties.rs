@@ -39,7 +39,7 @@ pub fn check_stream(stream: &[u8], chunks: &[usize]) -> usize {
                     consumed += bytes.len();
                     accepted += 1;
                     check_message(&bytes);
-                    check_bodies(&message.body);
+                    check_bodies(message.body);
                 }
                 Ok(None) => break,
                 Err(_) => return accepted,

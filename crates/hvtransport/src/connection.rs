@@ -1,5 +1,9 @@
 //! One established stream: its socket, the decoder for what arrives and a bounded queue for what leaves.
 //! Partial reads and writes are normal; a peer that stops reading fills the queue and is dropped.
+//!
+//! Both buffers live as long as the connection and only grow: a message is handed out borrowed from the
+//! decoder's buffer and its answer written straight into the queue ([`Connection::receive_and_answer`]),
+//! so a steady exchange allocates nothing.
 
 use std::cell::RefCell;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -7,7 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use nix::errno::Errno;
 
 use super::socket;
-use hvproto::wire::{Decoder, Message, WireError};
+use hvproto::wire::{Decoder, Message, MessageRef, WireError};
 
 /// Most unsent bytes a connection may hold before its peer counts as stuck.
 pub const MAX_QUEUED: usize = 256 * 1024;
@@ -78,9 +82,14 @@ impl Connection {
         self.fd.as_fd()
     }
 
-    /// Reads once and returns the messages now complete (appended to `messages`). Returns `Ok(())` with
-    /// nothing added when the read would block.
-    pub fn receive(&mut self, messages: &mut Vec<Message>) -> Result<(), Closed> {
+    /// Reads once and hands each message now complete to `answer`, with the output queue to append the
+    /// answer's wire form to (as `hvproto::service::Channel::handle` does; [`Connection::flush`] sends it).
+    /// Returns how many messages there were: 0 also when the read would block. A queue over
+    /// [`MAX_QUEUED`] after an answer ends the connection as [`Closed::Stuck`].
+    pub fn receive_and_answer(
+        &mut self,
+        mut answer: impl FnMut(&MessageRef<'_>, &mut Vec<u8>),
+    ) -> Result<usize, Closed> {
         let read = READ_BUFFER.with_borrow_mut(|buffer| {
             let count = socket::recv(self.fd.as_fd(), buffer)?;
             self.decoder.push(&buffer[..count]);
@@ -89,13 +98,25 @@ impl Connection {
         match read {
             Ok(0) | Err(Errno::EIO) => return Err(Closed::Eof),
             Ok(_) => {}
-            Err(Errno::EAGAIN) | Err(Errno::EINTR) => return Ok(()),
+            Err(Errno::EAGAIN) | Err(Errno::EINTR) => return Ok(0),
             Err(error) => return Err(Closed::Error(error)),
         }
+        let mut count = 0;
         while let Some(message) = self.decoder.next_message().map_err(Closed::Garbage)? {
-            messages.push(message);
+            answer(&message, &mut self.outbox);
+            count += 1;
+            if self.outbox.len() - self.sent > MAX_QUEUED {
+                return Err(Closed::Stuck);
+            }
         }
-        Ok(())
+        Ok(count)
+    }
+
+    /// Reads once and appends the messages now complete to `messages`, as messages of their own (for a
+    /// peer that keeps them). Returns `Ok(())` with nothing added when the read would block.
+    pub fn receive(&mut self, messages: &mut Vec<Message>) -> Result<(), Closed> {
+        self.receive_and_answer(|message, _| messages.push(message.to_owned_message()))
+            .map(drop)
     }
 
     /// Bytes of a message received only in part.
@@ -104,7 +125,7 @@ impl Connection {
     }
 
     /// Queues a message; [`Connection::flush`] sends it.
-    pub fn queue(&mut self, message: &Message) -> Result<(), Closed> {
+    pub fn queue<B: AsRef<[u8]>>(&mut self, message: &Message<B>) -> Result<(), Closed> {
         if self.outbox.len() - self.sent + message.encoded_len() > MAX_QUEUED {
             return Err(Closed::Stuck);
         }

@@ -37,7 +37,7 @@ impl Power for Witness {
         decoder.push(&bytes[..count]);
         let mut messages = Vec::new();
         while let Ok(Some(message)) = decoder.next_message() {
-            messages.push(message);
+            messages.push(message.to_owned_message());
         }
         *self.seen_at_spawn.borrow_mut() = Some(messages);
         Ok(())
@@ -86,14 +86,7 @@ fn the_shutdown_answer_is_on_the_socket_before_the_command_runs() {
     );
     host.write_all(&offer.to_bytes().unwrap()).unwrap();
     host.write_all(&request.to_bytes().unwrap()).unwrap();
-    let (mut inbox, mut replies) = (Vec::new(), Vec::new());
-    link.read_and_answer(
-        &mut Quiet::new("shutdown"),
-        &mut logic,
-        now,
-        &mut inbox,
-        &mut replies,
-    );
+    link.read_and_answer(&mut Quiet::new("shutdown"), &mut logic, now);
     let seen = seen.borrow();
     let seen = seen.as_ref().expect("the command was started");
     let answer = seen

@@ -28,7 +28,7 @@ use crate::wire::kvp::{
     canonical_key, canonical_value, key_units, lossy, KvpBody, KvpError, KvpMessage, Operation,
     Pool, ValueRecord,
 };
-use crate::wire::{IcVersion, Message, Status};
+use crate::wire::{IcVersion, MessageRef, ReplyWriter, Status};
 
 /// The default state directory.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/hvagent";
@@ -309,14 +309,16 @@ impl Logic for GuestInfoLogic {
     fn request(
         &mut self,
         _link: LinkId,
-        request: &Message,
+        request: &MessageRef<'_>,
         _version: IcVersion,
         _now: Instant,
-    ) -> Result<Message, Refusal> {
-        let mut message = KvpMessage::parse(&request.body).map_err(Refusal::invalid)?;
+        reply: &mut ReplyWriter<'_>,
+    ) -> Result<Status, Refusal> {
+        let mut message = KvpMessage::parse(request.body).map_err(Refusal::invalid)?;
         let status = self.serve(&mut message)?;
         self.served += 1;
-        Ok(request.reply(status, message.to_body()))
+        reply.extend_from_slice(&message.to_body());
+        Ok(status)
     }
 
     fn status(&self, _now: Instant) -> Vec<StatusLine> {

@@ -10,7 +10,7 @@ use super::ServiceKind;
 use crate::wire::heartbeat::{AppState, Heartbeat};
 use crate::wire::negotiate::Negotiate;
 use crate::wire::timesync::{TimeSyncData, TimeSyncFlags, TimeSyncRef};
-use crate::wire::{IcFlags, IcVersion, Message, MessageType, Status, WireError};
+use crate::wire::{IcFlags, IcVersion, Message, MessageRef, MessageType, Status, WireError};
 
 /// Framework versions a host offers, ascending as a Microsoft host lists them.
 pub const HOST_FRAMEWORK_VERSIONS: [IcVersion; 2] = [IcVersion::new(1, 0), IcVersion::new(3, 0)];
@@ -213,7 +213,7 @@ impl HostChannel {
     /// when answering, childtime echoed, roundtriptime = `held` ticks the probe was held.
     pub fn answer_probe(
         &self,
-        probe: &Message,
+        probe: &Message<impl AsRef<[u8]>>,
         parent_time: u64,
         held: u64,
     ) -> Result<Message, HostError> {
@@ -224,7 +224,7 @@ impl HostChannel {
                 header.msgtype, header.flags.0
             )));
         }
-        let request = TimeSyncData::parse(&probe.body).map_err(HostError::Body)?;
+        let request = TimeSyncData::parse(probe.body.as_ref()).map_err(HostError::Body)?;
         if request.flags != TimeSyncFlags::PROBE {
             return Err(HostError::Unexpected(format!(
                 "a time-sync request with flags {} instead of PROBE (0)",
@@ -240,7 +240,12 @@ impl HostChannel {
     }
 
     /// Checks one message from the guest.
-    pub fn handle(&mut self, message: &Message, now: Instant) -> Result<HostEvent, HostError> {
+    pub fn handle<B: AsRef<[u8]>>(
+        &mut self,
+        message: &Message<B>,
+        now: Instant,
+    ) -> Result<HostEvent, HostError> {
+        let message = &message.view();
         let header = &message.header;
         let expected_flags = IcFlags::TRANSACTION | IcFlags::RESPONSE;
         if header.flags.0 & expected_flags != expected_flags {
@@ -262,7 +267,7 @@ impl HostChannel {
                 self.pending = None;
                 return Ok(HostEvent::Answered {
                     status: header.status,
-                    body: message.body.clone(),
+                    body: message.body.to_vec(),
                     round_trip: now.saturating_duration_since(sent_at),
                 });
             }
@@ -286,14 +291,14 @@ impl HostChannel {
         }
     }
 
-    fn negotiated(&mut self, message: &Message) -> Result<HostEvent, HostError> {
+    fn negotiated(&mut self, message: &MessageRef<'_>) -> Result<HostEvent, HostError> {
         if message.header.transaction_id != 0 {
             return Err(HostError::Unexpected(format!(
                 "negotiation answered with transaction id {} instead of 0",
                 message.header.transaction_id
             )));
         }
-        let answer = Negotiate::parse(&message.body).map_err(HostError::Body)?;
+        let answer = Negotiate::parse(message.body).map_err(HostError::Body)?;
         let (framework, chosen) = answer.chosen().ok_or(HostError::NoCommonVersion)?;
         if !HOST_FRAMEWORK_VERSIONS.contains(&framework)
             || !self.kind.message_versions().contains(&chosen)
@@ -312,7 +317,11 @@ impl HostChannel {
         })
     }
 
-    fn sample_answered(&mut self, message: &Message, now: Instant) -> Result<HostEvent, HostError> {
+    fn sample_answered(
+        &mut self,
+        message: &MessageRef<'_>,
+        now: Instant,
+    ) -> Result<HostEvent, HostError> {
         let Some(sent) = self.in_flight.pop_front() else {
             return Err(HostError::Unexpected(
                 "a time-sync answer with none outstanding".to_string(),
@@ -332,7 +341,7 @@ impl HostChannel {
 
     fn heartbeat_answered(
         &mut self,
-        message: &Message,
+        message: &MessageRef<'_>,
         now: Instant,
     ) -> Result<HostEvent, HostError> {
         let Some(sent) = self.in_flight.pop_front() else {
@@ -340,7 +349,7 @@ impl HostChannel {
                 "a heartbeat answer with none outstanding".to_string(),
             ));
         };
-        let answer = Heartbeat::parse(&message.body).map_err(HostError::Body)?;
+        let answer = Heartbeat::parse(message.body).map_err(HostError::Body)?;
         if message.header.transaction_id != sent.transaction_id {
             return Err(HostError::Unexpected(format!(
                 "heartbeat answered with transaction id {} instead of {}",

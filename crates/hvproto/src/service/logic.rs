@@ -6,7 +6,10 @@
 //! lives as long as the service (not the connection): time-sync filters, the key-value pools, the health
 //! state and a shutdown in progress survive a host reconnecting.
 //!
-//! A logic is sans-I/O towards the poll loop: it is given the time and bytes and returns bytes. What it must
+//! A logic is sans-I/O towards the poll loop: it is given the time and bytes and writes bytes. It reads a
+//! request where it was received and writes its answer's body where the answer is sent from (a
+//! [`ReplyWriter`] at the end of the connection's output queue), so a logic that keeps nothing of a request
+//! answers it without allocating. What it must
 //! do to the system (set the clock, run a command) goes through the small edge traits it was built with, so
 //! tests drive it with fakes. The loop calls, in order: `negotiated` when a link agrees versions, `request`
 //! and `response` per message, `after_send` once the replies of a read were queued and flushed, `on_timer`
@@ -14,7 +17,7 @@
 
 use std::time::Instant;
 
-use crate::wire::{IcVersion, Message, Status};
+use crate::wire::{IcVersion, Message, MessageRef, ReplyWriter, Status};
 
 /// Names one connection of a service for as long as the agent runs; never reused.
 pub type LinkId = u64;
@@ -51,19 +54,22 @@ pub type StatusLine = (&'static str, String);
 
 /// The behaviour of one service; see the module documentation for when each method is called.
 pub trait Logic {
-    /// Answers a request of the service's own message type on a channel that negotiated `version`. The
-    /// reply is sent only when the request carries TRANSACTION; the logic acts on it either way.
+    /// Answers a request of the service's own message type on a channel that negotiated `version`: writes
+    /// the answer's body to `reply` (empty when called) and returns its status. On a refusal the channel
+    /// replaces whatever was written with the request's own body. The answer is sent only when the request
+    /// carries TRANSACTION; the logic acts on the request either way.
     fn request(
         &mut self,
         link: LinkId,
-        request: &Message,
+        request: &MessageRef<'_>,
         version: IcVersion,
         now: Instant,
-    ) -> Result<Message, Refusal>;
+        reply: &mut ReplyWriter<'_>,
+    ) -> Result<Status, Refusal>;
 
     /// A response on `link`; true when it answers a request this logic sent, false to have it logged as
     /// unexpected and dropped.
-    fn response(&mut self, _link: LinkId, _response: &Message, _now: Instant) -> bool {
+    fn response(&mut self, _link: LinkId, _response: &MessageRef<'_>, _now: Instant) -> bool {
         false
     }
 
@@ -98,4 +104,23 @@ pub trait Logic {
     fn status(&self, _now: Instant) -> Vec<StatusLine> {
         Vec::new()
     }
+}
+
+/// The answer `logic` gives to `request`, as a message of its own: for tests, which look at answers one by
+/// one.
+#[cfg(test)]
+pub(crate) fn answer_of(
+    logic: &mut dyn Logic,
+    link: LinkId,
+    request: &Message,
+    version: IcVersion,
+    now: Instant,
+) -> Result<Message, Refusal> {
+    let mut out = Vec::new();
+    let mut reply = ReplyWriter::begin(request, &mut out);
+    let status = logic.request(link, &request.view(), version, now, &mut reply)?;
+    reply.finish(status).expect("a test answer fits a message");
+    Ok(Message::parse(&out)
+        .expect("what a writer emits parses")
+        .to_owned_message())
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 pub use logic::{LinkId, Logic, Refusal, StatusLine, Watch};
 
 use crate::wire::negotiate::Negotiate;
-use crate::wire::{IcVersion, Message, MessageType, Status};
+use crate::wire::{IcVersion, Message, MessageRef, MessageType, ReplyWriter, Status};
 
 /// Framework versions the guest accepts, in preference order.
 pub const FRAMEWORK_VERSIONS: [IcVersion; 2] = [IcVersion::new(3, 0), IcVersion::new(1, 0)];
@@ -180,19 +180,21 @@ impl Channel {
         }
     }
 
-    /// Handles one decoded message, appending the replies to send to `replies`.
-    pub fn handle(
+    /// Handles one decoded message, appending the wire form of its answer, when one is due, to `out` (a
+    /// connection's output queue): bytes already in `out` are left alone.
+    pub fn handle<B: AsRef<[u8]>>(
         &mut self,
-        message: &Message,
+        message: &Message<B>,
         logic: &mut dyn Logic,
         now: Instant,
-        replies: &mut Vec<Message>,
+        out: &mut Vec<u8>,
     ) -> Event {
+        let message = message.view();
         let header = &message.header;
         if header.flags.is_response() {
             if header.msgtype == self.kind.msgtype()
                 && self.version().is_some()
-                && logic.response(self.link, message, now)
+                && logic.response(self.link, &message, now)
             {
                 return Event::ResponseTaken {
                     msgtype: header.msgtype,
@@ -203,31 +205,49 @@ impl Channel {
                 transaction_id: header.transaction_id,
             };
         }
-        let (reply, event) = self.answer(message, logic, now);
-        if header.flags.expects_answer() {
-            replies.push(reply);
+        let mut reply = ReplyWriter::begin(&message, out);
+        let (status, event) = self.answer(&message, logic, now, &mut reply);
+        if !header.flags.expects_answer() {
+            reply.discard();
+            return event;
         }
-        event
+        match reply.finish(status) {
+            Ok(()) => event,
+            // A logic's answer that does not fit a message is a bug; the host gets HV_E_FAIL instead.
+            Err(error) => {
+                let mut reply = ReplyWriter::begin(&message, out);
+                let refusal = Refusal::new(
+                    Status::FAIL,
+                    format!("the {} answer could not be sent: {error}", self.kind),
+                );
+                let (status, event) = refuse(&message, &refusal, &mut reply);
+                // The request's own body fitted, so its echo does too.
+                let _ = reply.finish(status);
+                event
+            }
+        }
     }
 
-    /// The answer to a request and what it means, whether or not the host wants the answer.
+    /// Writes the answer to a request into `reply`, whether or not the host wants it, and says what it
+    /// means; returns the answer's status.
     fn answer(
         &mut self,
-        request: &Message,
+        request: &MessageRef<'_>,
         logic: &mut dyn Logic,
         now: Instant,
-    ) -> (Message, Event) {
+        reply: &mut ReplyWriter<'_>,
+    ) -> (Status, Event) {
         let msgtype = request.header.msgtype;
         if msgtype == MessageType::NEGOTIATE {
-            return match Negotiate::parse(&request.body) {
+            return match Negotiate::parse(request.body) {
                 Ok(offer) => {
-                    let (reply, event) = self.negotiate(request, &offer);
+                    let event = self.negotiate(&offer, reply);
                     if let Event::Negotiated { message, .. } = event {
                         logic.negotiated(self.link, message, now);
                     }
-                    (reply, event)
+                    (Status::OK, event)
                 }
-                Err(error) => refuse(request, &Refusal::invalid(error)),
+                Err(error) => refuse(request, &Refusal::invalid(error), reply),
             };
         }
         if msgtype != self.kind.msgtype() {
@@ -235,24 +255,25 @@ impl Channel {
                 "the {} channel does not serve {msgtype} requests",
                 self.kind
             );
-            return refuse(request, &Refusal::new(Status::FAIL, why));
+            return refuse(request, &Refusal::new(Status::FAIL, why), reply);
         }
         let Some(version) = self.version() else {
             return refuse(
                 request,
                 &Refusal::new(Status::FAIL, "no versions were negotiated yet"),
+                reply,
             );
         };
-        match logic.request(self.link, request, version, now) {
-            Ok(reply) => (reply, Event::Served { msgtype }),
-            Err(refusal) => refuse(request, &refusal),
+        match logic.request(self.link, request, version, now, reply) {
+            Ok(status) => (status, Event::Served { msgtype }),
+            Err(refusal) => refuse(request, &refusal, reply),
         }
     }
 
-    fn negotiate(&mut self, request: &Message, offer: &Negotiate) -> (Message, Event) {
+    fn negotiate(&mut self, offer: &Negotiate, reply: &mut ReplyWriter<'_>) -> Event {
         let chosen = offer.choose(&FRAMEWORK_VERSIONS, self.kind.message_versions());
-        let reply = request.reply(Status::OK, Negotiate::answer(chosen).to_body());
-        let event = match chosen {
+        reply.extend_from_slice(&Negotiate::answer(chosen).to_body());
+        match chosen {
             Some((framework, message)) => {
                 self.state = ChannelState::Ready { framework, message };
                 Event::Negotiated { framework, message }
@@ -264,20 +285,49 @@ impl Channel {
                     offered_messages: offer.message_versions.clone(),
                 }
             }
-        };
-        (reply, event)
+        }
     }
 }
 
 /// An error answer: the request's body echoed with the refusal's status, as Linux's hv_utils answers in
-/// place.
-fn refuse(request: &Message, refusal: &Refusal) -> (Message, Event) {
+/// place. Whatever the logic wrote is replaced.
+fn refuse(
+    request: &MessageRef<'_>,
+    refusal: &Refusal,
+    reply: &mut ReplyWriter<'_>,
+) -> (Status, Event) {
     let event = Event::Refused {
         msgtype: request.header.msgtype,
         status: refusal.status,
         why: refusal.why.clone(),
     };
-    (request.reply(refusal.status, request.body.clone()), event)
+    reply.clear_body();
+    reply.extend_from_slice(request.body);
+    (refusal.status, event)
+}
+
+/// The answers `channel` gives to `message`, as messages of their own: for tests, which look at them one by
+/// one.
+#[cfg(test)]
+pub(crate) fn handle_to_messages(
+    channel: &mut Channel,
+    message: &Message,
+    logic: &mut dyn Logic,
+    now: Instant,
+    replies: &mut Vec<Message>,
+) -> Event {
+    let mut out = Vec::new();
+    let event = channel.handle(message, logic, now, &mut out);
+    let mut decoder = crate::wire::Decoder::new();
+    decoder.push(&out);
+    while let Some(reply) = decoder
+        .next_message()
+        .expect("a channel emits whole messages")
+    {
+        replies.push(reply.to_owned_message());
+    }
+    assert_eq!(decoder.pending_len(), 0, "a channel emits whole messages");
+    event
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use log::{error, info, warn};
 
 use super::logic::{LinkId, Logic, Refusal, StatusLine};
 use crate::wire::shutdown::{flags, ShutdownRequest, DISPLAY_MESSAGE_LEN};
-use crate::wire::{IcVersion, Message, Status};
+use crate::wire::{IcVersion, Message, MessageRef, ReplyWriter, Status};
 
 /// What the shutdown service runs for each request (argv, no shell).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -446,11 +446,12 @@ impl Logic for ShutdownLogic {
     fn request(
         &mut self,
         _link: LinkId,
-        request: &Message,
+        request: &MessageRef<'_>,
         _version: IcVersion,
         _now: Instant,
-    ) -> Result<Message, Refusal> {
-        let body = ShutdownRequest::parse(&request.body).map_err(Refusal::invalid)?;
+        reply: &mut ReplyWriter<'_>,
+    ) -> Result<Status, Refusal> {
+        let body = ShutdownRequest::parse(request.body).map_err(Refusal::invalid)?;
         info!(
             "shutdown: request flags {:#x}, reason {:#010x}, timeout {} s (not waited for), message \"{}\"",
             body.flags,
@@ -465,11 +466,13 @@ impl Logic for ShutdownLogic {
                 "shutdown: a {} is already in progress; answered and ignored",
                 action.name()
             );
-            return Ok(request.reply(Status::OK, request.body.clone()));
+            reply.extend_from_slice(request.body);
+            return Ok(Status::OK);
         }
         let (action, plan) = plan(&body, &self.config, self.power.as_ref())?;
         self.phase = Phase::Queued(action, plan);
-        Ok(request.reply(Status::OK, request.body.clone()))
+        reply.extend_from_slice(request.body);
+        Ok(Status::OK)
     }
 
     fn after_send(&mut self, now: Instant) {

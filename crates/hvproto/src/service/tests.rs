@@ -6,7 +6,7 @@ use super::heartbeat::HeartbeatLogic;
 use super::host::{HostChannel, HostEvent, HostState};
 use super::*;
 use crate::wire::heartbeat::Heartbeat;
-use crate::wire::{IcFlags, Message};
+use crate::wire::{IcFlags, Message, MessageRef, ReplyWriter};
 
 fn v(major: u16, minor: u16) -> IcVersion {
     IcVersion::new(major, minor)
@@ -27,8 +27,13 @@ impl Guest {
     }
 
     fn handle(&mut self, message: &Message, replies: &mut Vec<Message>) -> Event {
-        self.channel
-            .handle(message, &mut self.logic, Instant::now(), replies)
+        handle_to_messages(
+            &mut self.channel,
+            message,
+            &mut self.logic,
+            Instant::now(),
+            replies,
+        )
     }
 
     fn state(&self) -> ChannelState {
@@ -172,6 +177,76 @@ fn request_without_transaction_is_processed_silently() {
     }
     assert!(replies.is_empty());
     assert_eq!(channel.heartbeats(), 2);
+}
+
+#[test]
+fn answers_are_appended_after_what_the_output_queue_holds() {
+    let mut channel = ready(ServiceKind::Heartbeat);
+    let mut out = b"queued".to_vec();
+    let request = heartbeat(7, IcFlags::TRANSACTION | IcFlags::REQUEST, 16);
+    channel
+        .channel
+        .handle(&request, &mut channel.logic, Instant::now(), &mut out);
+    assert_eq!(&out[..6], b"queued");
+    let reply = Message::parse(&out[6..]).unwrap();
+    assert_eq!(Heartbeat::parse(reply.body).unwrap().seq_num, 8);
+    // Without TRANSACTION nothing is added.
+    let before = out.len();
+    channel.channel.handle(
+        &heartbeat(8, IcFlags::REQUEST, 16),
+        &mut channel.logic,
+        Instant::now(),
+        &mut out,
+    );
+    assert_eq!(out.len(), before);
+}
+
+/// A logic whose answer cannot fit a message.
+struct Oversized;
+
+impl Logic for Oversized {
+    fn request(
+        &mut self,
+        _link: LinkId,
+        _request: &MessageRef<'_>,
+        _version: IcVersion,
+        _now: Instant,
+        reply: &mut ReplyWriter<'_>,
+    ) -> Result<Status, Refusal> {
+        reply.extend_from_slice(&vec![0; crate::wire::MAX_MESSAGE_LEN]);
+        Ok(Status::OK)
+    }
+}
+
+#[test]
+fn an_answer_too_large_for_a_message_becomes_hv_e_fail_echoing_the_request() {
+    let mut channel = Channel::new(ServiceKind::Heartbeat, 1);
+    let mut replies = Vec::new();
+    let offer = offer(&[v(3, 0)], &[v(3, 0)]);
+    handle_to_messages(
+        &mut channel,
+        &offer,
+        &mut Oversized,
+        Instant::now(),
+        &mut replies,
+    );
+    replies.clear();
+    let request = heartbeat(1, IcFlags::TRANSACTION | IcFlags::REQUEST, 16);
+    let event = handle_to_messages(
+        &mut channel,
+        &request,
+        &mut Oversized,
+        Instant::now(),
+        &mut replies,
+    );
+    assert_eq!(
+        replies,
+        vec![request.reply(Status::FAIL, request.body.clone())]
+    );
+    assert!(
+        matches!(&event, Event::Refused { status: Status::FAIL, why, .. } if why.contains("exceeds")),
+        "{event:?}"
+    );
 }
 
 #[test]

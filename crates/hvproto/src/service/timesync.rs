@@ -36,7 +36,7 @@ use crate::clock::{
 use crate::wire::timesync::{
     ticks_to_unix_nanos, unix_nanos_to_ticks, TimeSyncData, TimeSyncFlags, TimeSyncRef,
 };
-use crate::wire::{IcVersion, Message, MessageType, Status};
+use crate::wire::{IcVersion, Message, MessageRef, MessageType, ReplyWriter, Status};
 
 mod settings;
 pub use settings::{Mode, TimeSyncSettings, DEFAULT_CHRONY_SOCKET};
@@ -448,11 +448,12 @@ impl Logic for TimeSyncLogic {
     fn request(
         &mut self,
         _link: LinkId,
-        request: &Message,
+        request: &MessageRef<'_>,
         version: IcVersion,
         now: Instant,
-    ) -> Result<Message, Refusal> {
-        let (flags, parent_time) = parse_sample(&request.body, version)?;
+        reply: &mut ReplyWriter<'_>,
+    ) -> Result<Status, Refusal> {
+        let (flags, parent_time) = parse_sample(request.body, version)?;
         if flags.reserved() != 0 {
             debug!(
                 "timesync: host sample flags {:#04x} carry reserved bits {:#04x}; they are ignored",
@@ -470,10 +471,11 @@ impl Logic for TimeSyncLogic {
                 flags.0
             );
         }
-        Ok(request.reply(Status::OK, request.body.clone()))
+        reply.extend_from_slice(request.body);
+        Ok(Status::OK)
     }
 
-    fn response(&mut self, link: LinkId, response: &Message, now: Instant) -> bool {
+    fn response(&mut self, link: LinkId, response: &MessageRef<'_>, now: Instant) -> bool {
         let Some(sent) = self.in_flight else {
             return false;
         };
@@ -488,7 +490,7 @@ impl Logic for TimeSyncLogic {
             );
             return true;
         }
-        match TimeSyncData::parse(&response.body) {
+        match TimeSyncData::parse(response.body) {
             Ok(answer) => self.probe_answered(sent, &answer, now),
             Err(error) => warn!("timesync: malformed probe answer: {error}"),
         }

@@ -12,7 +12,7 @@
 //! u8 reserved[4]`): the same bytes with the application state as `reserved[0]`. Only the first 8 are
 //! required; a reply is as long as its request.
 
-use super::{le_u32, le_u64, require_body, WireError};
+use super::{le_u32, le_u64, require_body, ReplyWriter, WireError};
 
 /// The minimum heartbeat body: the sequence number.
 pub const MIN_LEN: usize = 8;
@@ -93,6 +93,24 @@ impl Heartbeat {
     }
 }
 
+/// Writes the guest's answer to the heartbeat body `request` into `reply`: the bytes of
+/// `Heartbeat::parse(request)?.answer(state).to_body()`, without building either. Returns the request's
+/// sequence number.
+pub fn emit_answer(
+    request: &[u8],
+    state: AppState,
+    reply: &mut ReplyWriter<'_>,
+) -> Result<u64, WireError> {
+    require_body("heartbeat", request, MIN_LEN)?;
+    let seq_num = le_u64(request, 0);
+    reply.extend_from_slice(&seq_num.wrapping_add(1).to_le_bytes());
+    reply.extend_from_slice(&request[MIN_LEN..]);
+    if let Some(app_state) = reply.body_mut().get_mut(APP_STATE) {
+        app_state.copy_from_slice(&state.0.to_le_bytes());
+    }
+    Ok(seq_num)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -111,6 +129,37 @@ mod tests {
                 assert!(answer[12..].iter().all(|&b| b == 0xAA));
             }
         }
+    }
+
+    #[test]
+    fn the_answer_written_in_place_is_the_answer_built() {
+        let request_of = |body: Vec<u8>| {
+            crate::wire::Message::request(
+                crate::wire::MessageType::HEARTBEAT,
+                crate::wire::IcVersion::new(3, 0),
+                crate::wire::IcVersion::new(3, 0),
+                1,
+                body,
+            )
+        };
+        for len in [8usize, 9, 11, 12, 13, 16, 40] {
+            let mut body: Vec<u8> = (0..len as u8).map(|byte| byte.wrapping_mul(37)).collect();
+            body[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+            let request = request_of(body);
+            let mut out = Vec::new();
+            let mut reply = ReplyWriter::begin(&request, &mut out);
+            let seq_num = emit_answer(&request.body, AppState::CRITICAL, &mut reply).unwrap();
+            assert_eq!(seq_num, u64::MAX);
+            let built = Heartbeat::parse(&request.body)
+                .unwrap()
+                .answer(AppState::CRITICAL)
+                .to_body();
+            assert_eq!(reply.body(), &built[..], "length {len}");
+        }
+        let short = request_of(vec![0; 7]);
+        let mut out = Vec::new();
+        let mut reply = ReplyWriter::begin(&short, &mut out);
+        assert!(emit_answer(&short.body, AppState::HEALTHY, &mut reply).is_err());
     }
 
     #[test]

@@ -24,8 +24,11 @@
 pub mod heartbeat;
 pub mod kvp;
 pub mod negotiate;
+mod reply;
 pub mod shutdown;
 pub mod timesync;
+
+pub use reply::ReplyWriter;
 
 use std::fmt;
 
@@ -299,14 +302,30 @@ impl Default for MessageType {
     }
 }
 
-/// One whole message: pipe packet type, IC header and body.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Message {
+/// One whole message: pipe packet type, IC header and body. The body is a `Vec<u8>` for a message built to
+/// be sent or kept, and a slice borrowed from the read buffer for one just decoded ([`Decoder::next_message`],
+/// [`Message::parse`]): answering a message needs no copy of it.
+#[derive(Clone, Copy, Debug)]
+pub struct Message<B = Vec<u8>> {
     /// `vmbuspipe_hdr.flags`, the pipe packet type: [`pipe_type::DATA`] when we send, kept as received.
     pub pipe_type: u32,
     pub header: IcHeader,
-    pub body: Vec<u8>,
+    pub body: B,
 }
+
+/// A message whose body is borrowed.
+pub type MessageRef<'a> = Message<&'a [u8]>;
+
+impl<A: AsRef<[u8]>, B: AsRef<[u8]>> PartialEq<Message<B>> for Message<A> {
+    /// Equal when the bytes on the wire would be, whoever owns the body.
+    fn eq(&self, other: &Message<B>) -> bool {
+        self.pipe_type == other.pipe_type
+            && self.header == other.header
+            && self.body.as_ref() == other.body.as_ref()
+    }
+}
+
+impl<B: AsRef<[u8]>> Eq for Message<B> {}
 
 impl Message {
     /// A new request of `msgtype` that expects an answer.
@@ -331,52 +350,62 @@ impl Message {
             body,
         }
     }
+}
 
-    /// The answer to this message: same type, versions and transaction id, TRANSACTION|RESPONSE.
+impl<B: AsRef<[u8]>> Message<B> {
+    /// The same message with its body borrowed.
+    pub fn view(&self) -> MessageRef<'_> {
+        Message {
+            pipe_type: self.pipe_type,
+            header: self.header,
+            body: self.body.as_ref(),
+        }
+    }
+
+    /// A copy that owns its body, to keep after the buffer it was read from is reused.
+    pub fn to_owned_message(&self) -> Message {
+        Message {
+            pipe_type: self.pipe_type,
+            header: self.header,
+            body: self.body.as_ref().to_vec(),
+        }
+    }
+
+    /// The header of the answer to this message: same type, versions and transaction id,
+    /// TRANSACTION|RESPONSE, and `status`.
+    pub fn reply_header(&self, status: Status) -> IcHeader {
+        IcHeader {
+            status,
+            flags: IcFlags(IcFlags::TRANSACTION | IcFlags::RESPONSE),
+            reserved: [0; 2],
+            ..self.header
+        }
+    }
+
+    /// The answer to this message with `body` (see [`Message::reply_header`]). [`ReplyWriter`] emits one
+    /// without building it.
     pub fn reply(&self, status: Status, body: Vec<u8>) -> Message {
         Message {
             pipe_type: pipe_type::DATA,
-            header: IcHeader {
-                status,
-                flags: IcFlags(IcFlags::TRANSACTION | IcFlags::RESPONSE),
-                reserved: [0; 2],
-                ..self.header
-            },
+            header: self.reply_header(status),
             body,
         }
     }
 
     /// Bytes this message takes on the wire.
     pub fn encoded_len(&self) -> usize {
-        HEADER_LEN + self.body.len()
+        HEADER_LEN + self.body.as_ref().len()
     }
 
     /// Appends the wire form to `out`. The body must fit the u16 icmsgsize and [`MAX_MESSAGE_LEN`]; every
     /// message this crate builds does, and one that does not is a bug, refused rather than truncated.
     pub fn emit(&self, out: &mut Vec<u8>) -> Result<(), WireError> {
-        let len = self.encoded_len();
-        if len > MAX_MESSAGE_LEN {
-            return Err(WireError::TooLarge { len });
-        }
-        // Cannot overflow: len <= 16 KiB.
-        let icmsgsize = self.body.len() as u16;
-        let msgsize = (IC_HEADER_LEN + self.body.len()) as u32;
-        let h = &self.header;
-        out.reserve(len);
-        out.extend_from_slice(&self.pipe_type.to_le_bytes());
-        out.extend_from_slice(&msgsize.to_le_bytes());
-        out.extend_from_slice(&h.framework_version.major.to_le_bytes());
-        out.extend_from_slice(&h.framework_version.minor.to_le_bytes());
-        out.extend_from_slice(&h.msgtype.0.to_le_bytes());
-        out.extend_from_slice(&h.message_version.major.to_le_bytes());
-        out.extend_from_slice(&h.message_version.minor.to_le_bytes());
-        out.extend_from_slice(&icmsgsize.to_le_bytes());
-        out.extend_from_slice(&h.status.0.to_le_bytes());
-        out.push(h.transaction_id);
-        out.push(h.flags.0);
-        out.extend_from_slice(&h.reserved);
-        out.extend_from_slice(&self.body);
-        Ok(())
+        let body = self.body.as_ref();
+        let start = out.len();
+        out.reserve(HEADER_LEN + body.len());
+        out.extend_from_slice(&[0; HEADER_LEN]);
+        out.extend_from_slice(body);
+        finish_frame(self.pipe_type, &self.header, out, start)
     }
 
     /// The wire form as a new vector.
@@ -385,9 +414,11 @@ impl Message {
         self.emit(&mut out)?;
         Ok(out)
     }
+}
 
-    /// Parses a buffer that holds exactly one message.
-    pub fn parse(bytes: &[u8]) -> Result<Message, WireError> {
+impl<'a> Message<&'a [u8]> {
+    /// Parses a buffer that holds exactly one message; the body stays in `bytes`.
+    pub fn parse(bytes: &'a [u8]) -> Result<MessageRef<'a>, WireError> {
         let len = frame_len(bytes)?.ok_or(WireError::Truncated {
             needed: HEADER_LEN,
             got: bytes.len(),
@@ -406,8 +437,8 @@ impl Message {
         Ok(Self::from_frame(bytes))
     }
 
-    /// Builds a message from a frame whose length [`frame_len`] has validated.
-    fn from_frame(frame: &[u8]) -> Message {
+    /// The message in a frame whose length [`frame_len`] has validated.
+    fn from_frame(frame: &'a [u8]) -> MessageRef<'a> {
         Message {
             pipe_type: le_u32(frame, field::PIPE_TYPE),
             header: IcHeader {
@@ -428,9 +459,55 @@ impl Message {
                     frame[field::RESERVED.start + 1],
                 ],
             },
-            body: frame[field::BODY..].to_vec(),
+            body: &frame[field::BODY..],
         }
     }
+}
+
+/// Writes both headers over the [`HEADER_LEN`] bytes at `out[start..]`, with the sizes of the body that
+/// follows them to the end of `out`. A message over [`MAX_MESSAGE_LEN`] is refused and taken out of `out`
+/// again.
+fn finish_frame(
+    pipe_type: u32,
+    header: &IcHeader,
+    out: &mut Vec<u8>,
+    start: usize,
+) -> Result<(), WireError> {
+    let len = out.len() - start;
+    if len > MAX_MESSAGE_LEN {
+        out.truncate(start);
+        return Err(WireError::TooLarge { len });
+    }
+    // Cannot overflow: len <= 16 KiB.
+    let icmsgsize = (len - HEADER_LEN) as u16;
+    let msgsize = (len - PIPE_HEADER_LEN) as u32;
+    let frame = &mut out[start..start + HEADER_LEN];
+    frame[field::TRANSACTION_ID] = header.transaction_id;
+    frame[field::ICFLAGS] = header.flags.0;
+    let mut put = |at: std::ops::Range<usize>, bytes: &[u8]| frame[at].copy_from_slice(bytes);
+    put(field::PIPE_TYPE, &pipe_type.to_le_bytes());
+    put(field::PIPE_MSGSIZE, &msgsize.to_le_bytes());
+    put(
+        field::FRAMEWORK_MAJOR,
+        &header.framework_version.major.to_le_bytes(),
+    );
+    put(
+        field::FRAMEWORK_MINOR,
+        &header.framework_version.minor.to_le_bytes(),
+    );
+    put(field::MSGTYPE, &header.msgtype.0.to_le_bytes());
+    put(
+        field::MESSAGE_MAJOR,
+        &header.message_version.major.to_le_bytes(),
+    );
+    put(
+        field::MESSAGE_MINOR,
+        &header.message_version.minor.to_le_bytes(),
+    );
+    put(field::ICMSGSIZE, &icmsgsize.to_le_bytes());
+    put(field::STATUS, &header.status.0.to_le_bytes());
+    put(field::RESERVED, &header.reserved);
+    Ok(())
 }
 
 /// The length of the message at the start of `bytes`, once both headers are there (`Ok(None)` before), after
@@ -486,8 +563,9 @@ impl Decoder {
         self.buffer.extend_from_slice(bytes);
     }
 
-    /// The next complete message, `Ok(None)` when more bytes are needed.
-    pub fn next_message(&mut self) -> Result<Option<Message>, WireError> {
+    /// The next complete message, `Ok(None)` when more bytes are needed. Its body borrows the decoder's
+    /// buffer until the next call.
+    pub fn next_message(&mut self) -> Result<Option<MessageRef<'_>>, WireError> {
         let pending = &self.buffer[self.start..];
         let Some(len) = frame_len(pending)? else {
             return Ok(None);
@@ -495,9 +573,8 @@ impl Decoder {
         if pending.len() < len {
             return Ok(None);
         }
-        let message = Message::from_frame(&pending[..len]);
         self.start += len;
-        Ok(Some(message))
+        Ok(Some(Message::from_frame(&pending[..len])))
     }
 
     /// Bytes received but not yet part of a whole message.

@@ -150,7 +150,7 @@ fn decoder_assembles_messages_fed_one_byte_at_a_time() {
     for byte in &stream {
         decoder.push(std::slice::from_ref(byte));
         while let Some(message) = decoder.next_message().unwrap() {
-            seen.push(Heartbeat::parse(&message.body).unwrap().seq_num);
+            seen.push(Heartbeat::parse(message.body).unwrap().seq_num);
         }
     }
     assert_eq!(seen, vec![0, 1, 2]);

@@ -1,3 +1,5 @@
+use crate::service::logic::answer_of;
+use crate::wire::Message;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -53,7 +55,7 @@ fn send(logic: &mut GuestInfoLogic, message: &KvpMessage) -> Result<(Status, Kvp
         3,
         message.to_body(),
     );
-    let reply = logic.request(1, &request, IcVersion::new(5, 0), Instant::now())?;
+    let reply = answer_of(logic, 1, &request, IcVersion::new(5, 0), Instant::now())?;
     assert_eq!(
         reply.body.len(),
         request.body.len(),
@@ -536,9 +538,14 @@ fn ip_operations_and_short_bodies_are_refused() {
         3,
         vec![0, 0, 0, 0, 1, 2],
     );
-    let refusal = logic
-        .request(1, &request, IcVersion::new(5, 0), Instant::now())
-        .unwrap_err();
+    let refusal = answer_of(
+        &mut logic,
+        1,
+        &request,
+        IcVersion::new(5, 0),
+        Instant::now(),
+    )
+    .unwrap_err();
     assert_eq!(refusal.status, Status::INVALID_ARG);
 }
 

@@ -2,6 +2,7 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 use crate::service::heartbeat::HeartbeatLogic;
+use crate::service::logic::answer_of;
 use crate::service::Logic;
 use crate::wire::heartbeat::Heartbeat;
 use crate::wire::{IcVersion, Message, MessageType};
@@ -135,9 +136,7 @@ fn beat(logic: &mut HeartbeatLogic, now: Instant) -> AppState {
         1,
         Heartbeat::new(5, AppState::UNKNOWN).to_body(),
     );
-    let reply = logic
-        .request(1, &request, IcVersion::new(3, 0), now)
-        .unwrap();
+    let reply = answer_of(logic, 1, &request, IcVersion::new(3, 0), now).unwrap();
     logic.after_send(now);
     Heartbeat::parse(&reply.body).unwrap().app_state().unwrap()
 }

@@ -1,3 +1,4 @@
+use crate::service::logic::answer_of;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -99,7 +100,8 @@ fn exchange(
     flags: u32,
 ) -> (Result<Message, Refusal>, Vec<Call>) {
     let now = Instant::now();
-    let reply = logic.request(
+    let reply = answer_of(
+        logic,
         1,
         &request(flags, b"planned\0junk"),
         IcVersion::new(3, 2),
@@ -318,9 +320,14 @@ fn a_body_without_flags_is_refused_as_invalid() {
     let mut logic = ShutdownLogic::new(fake_config(), Box::new(fake.clone()));
     let mut message = request(0, b"");
     message.body.truncate(11);
-    let refusal = logic
-        .request(1, &message, IcVersion::new(3, 2), Instant::now())
-        .unwrap_err();
+    let refusal = answer_of(
+        &mut logic,
+        1,
+        &message,
+        IcVersion::new(3, 2),
+        Instant::now(),
+    )
+    .unwrap_err();
     assert_eq!(refusal.status, Status::INVALID_ARG);
     logic.after_send(Instant::now());
     assert!(fake.calls.borrow().is_empty());
@@ -336,9 +343,7 @@ fn run_timers(logic: &mut ShutdownLogic, fake: &FakePower, until: Instant) -> Ve
 
 /// Sends a request at `start` and runs what follows the answer; the calls made.
 fn send(logic: &mut ShutdownLogic, fake: &FakePower, flags: u32, start: Instant) -> Vec<Call> {
-    logic
-        .request(1, &request(flags, b""), IcVersion::new(3, 2), start)
-        .unwrap();
+    answer_of(logic, 1, &request(flags, b""), IcVersion::new(3, 2), start).unwrap();
     logic.after_send(start);
     fake.calls.borrow_mut().drain(..).collect()
 }

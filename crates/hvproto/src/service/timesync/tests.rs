@@ -5,6 +5,8 @@
 //!
 //! `cargo test --lib service::timesync -- --nocapture` prints the error figures of each scenario.
 
+use crate::service::handle_to_messages;
+use crate::service::logic::answer_of;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -178,9 +180,7 @@ impl Sim {
         offer.body = parsed.to_body();
         let mut replies = Vec::new();
         let now = self.now();
-        let event = self
-            .guest
-            .handle(&offer, &mut self.logic, now, &mut replies);
+        let event = handle_to_messages(&mut self.guest, &offer, &mut self.logic, now, &mut replies);
         assert!(matches!(event, Event::Negotiated { message, .. } if message == highest));
         let event = self.host.handle(&replies[0], now).unwrap();
         assert!(matches!(event, HostEvent::Negotiated { .. }));
@@ -278,9 +278,13 @@ impl Sim {
             }
             Happening::Deliver(Way::ToGuest, message) => {
                 let mut replies = Vec::new();
-                let event = self
-                    .guest
-                    .handle(&message, &mut self.logic, now, &mut replies);
+                let event = handle_to_messages(
+                    &mut self.guest,
+                    &message,
+                    &mut self.logic,
+                    now,
+                    &mut replies,
+                );
                 assert!(
                     matches!(event, Event::Served { .. } | Event::ResponseTaken { .. }),
                     "{event:?}"
@@ -663,10 +667,10 @@ fn probes_are_4_1_requests_with_their_own_ids_one_per_interval() {
     // An answer with another id is not ours; the right one is taken once.
     let mut answer = probe.reply(Status::OK, probe.body.clone());
     answer.header.transaction_id = probe.header.transaction_id.wrapping_add(1);
-    assert!(!logic.response(LINK, &answer, start));
+    assert!(!logic.response(LINK, &answer.view(), start));
     answer.header.transaction_id = probe.header.transaction_id;
-    assert!(logic.response(LINK, &answer, start));
-    assert!(!logic.response(LINK, &answer, start));
+    assert!(logic.response(LINK, &answer.view(), start));
+    assert!(!logic.response(LINK, &answer.view(), start));
     logic.on_timer(start + interval, &mut out);
     assert_ne!(out[0].1.header.transaction_id, probe.header.transaction_id);
     logic.closed(LINK);
@@ -743,7 +747,7 @@ fn host_samples_of_every_version_and_length_are_answered_with_their_body() {
             9,
             body.clone(),
         );
-        let reply = logic.request(LINK, &request, version, now).unwrap();
+        let reply = answer_of(&mut logic, LINK, &request, version, now).unwrap();
         assert_eq!(reply.header.status, Status::OK);
         assert_eq!(reply.body, body);
         let offset = logic.stats.last_offset.unwrap();
@@ -767,9 +771,7 @@ fn host_samples_of_every_version_and_length_are_answered_with_their_body() {
             10,
             body.clone(),
         );
-        let reply = logic
-            .request(LINK, &request, IcVersion::new(4, 0), now)
-            .unwrap();
+        let reply = answer_of(&mut logic, LINK, &request, IcVersion::new(4, 0), now).unwrap();
         assert_eq!((reply.header.status, reply.body), (Status::OK, body));
         assert_eq!(
             logic.stats.samples - before,
@@ -785,9 +787,7 @@ fn host_samples_of_every_version_and_length_are_answered_with_their_body() {
         9,
         vec![0; 24],
     );
-    let refusal = logic
-        .request(LINK, &short, IcVersion::new(3, 0), now)
-        .unwrap_err();
+    let refusal = answer_of(&mut logic, LINK, &short, IcVersion::new(3, 0), now).unwrap_err();
     assert_eq!(refusal.status, Status::INVALID_ARG);
 }
 
@@ -824,9 +824,14 @@ fn slewing_logic(mode: Mode, clock: &SimClock) -> TimeSyncLogic {
         clock.advance(5 * SECOND);
         let parent = unix_nanos_to_ticks(clock.true_ns() + 50 * MS);
         let now = start + Duration::from_secs(5 * (n + 1));
-        logic
-            .request(LINK, &sample_request(parent), IcVersion::new(4, 0), now)
-            .unwrap();
+        answer_of(
+            &mut logic,
+            LINK,
+            &sample_request(parent),
+            IcVersion::new(4, 0),
+            now,
+        )
+        .unwrap();
     }
     logic
 }
