@@ -5,14 +5,17 @@
 //! The poll timeout is the nearest deadline (a redial, a connect time-out, a logic's timer, or the systemd
 //! watchdog ping when systemd asked for one); with every service connected and nothing due it is infinite,
 //! so an idle agent is never woken.
+//!
+//! A turn of a busy loop allocates nothing: the poll set and the status line are kept between turns,
+//! messages are read where they arrived and answered into the connection's output queue
+//! (tests/no_alloc.rs counts).
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
-use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::config::{self, Config};
@@ -21,9 +24,11 @@ use crate::ops::systemd::Notifier;
 use hvproto::service::Logic;
 
 mod edges;
+mod poll_set;
 mod quiet;
 mod report;
 mod runtime;
+use poll_set::PollSet;
 use quiet::Quiet;
 use runtime::{DialState, Link, Role, RunningService};
 
@@ -62,6 +67,10 @@ pub struct GuestLoop {
     watchdog_at: Option<Instant>,
     /// The STATUS= text systemd has, sent again only when it changes.
     shown_status: String,
+    /// Where each turn writes the status text to compare it with `shown_status`.
+    next_status: String,
+    /// What the loop waits on, refilled each turn.
+    poll_set: PollSet<Token>,
 }
 
 /// Why the agent could not start.
@@ -135,6 +144,8 @@ impl GuestLoop {
             started: now,
             watchdog_at: None,
             shown_status: String::new(),
+            next_status: String::new(),
+            poll_set: PollSet::new(),
         })
     }
 
@@ -201,10 +212,10 @@ impl GuestLoop {
         if !self.notifier.enabled() {
             return;
         }
-        let summary = report::summary(&self.services);
-        if summary != self.shown_status {
-            self.notifier.status(&summary);
-            self.shown_status = summary;
+        report::write_summary(&self.services, &mut self.next_status);
+        if self.next_status != self.shown_status {
+            self.notifier.status(&self.next_status);
+            std::mem::swap(&mut self.next_status, &mut self.shown_status);
         }
     }
 
@@ -224,7 +235,6 @@ impl GuestLoop {
 
     /// Runs until SIGTERM or SIGINT.
     pub fn run(&mut self) -> Result<(), StartError> {
-        let mut tokens = Vec::new();
         info!(
             "hvagent {} running with {} service(s)",
             env!("CARGO_PKG_VERSION"),
@@ -255,35 +265,16 @@ impl GuestLoop {
                 .chain(self.watchdog_at)
                 .min()
                 .map(|deadline| deadline.saturating_duration_since(Instant::now()));
-            let mut fds = Vec::new();
-            tokens.clear();
-            fds.push(PollFd::new(self.terminate.as_fd(), PollFlags::POLLIN));
-            tokens.push(Token::Terminate);
-            fds.push(PollFd::new(self.reload.as_fd(), PollFlags::POLLIN));
-            tokens.push(Token::Reload);
-            if let Some(control) = &self.control {
-                fds.push(PollFd::new(control.fd(), PollFlags::POLLIN));
-                tokens.push(Token::Control);
+            self.fill_poll_set();
+            if let Err(error) = self.poll_set.wait(poll_timeout(timeout)) {
+                return Err(StartError(format!("poll failed: {error}")));
             }
-            for (index, service) in self.services.iter().enumerate() {
-                watch(service, index, &mut fds, &mut tokens);
-            }
-            match poll(&mut fds, poll_timeout(timeout)) {
-                Ok(_) | Err(Errno::EINTR) => {}
-                Err(error) => return Err(StartError(format!("poll failed: {error}"))),
-            }
-            let ready: Vec<(Token, PollFlags)> = fds
-                .iter()
-                .zip(&tokens)
-                .filter_map(|(fd, token)| {
-                    fd.revents()
-                        .filter(|events| !events.is_empty())
-                        .map(|events| (*token, events))
-                })
-                .collect();
-            drop(fds);
             let now = Instant::now();
-            for (token, events) in ready {
+            for slot in 0..self.poll_set.len() {
+                let (token, events) = self.poll_set.ready(slot);
+                if events.is_empty() {
+                    continue;
+                }
                 match token {
                     Token::Terminate => {
                         if drain(&mut self.terminate) {
@@ -301,6 +292,9 @@ impl GuestLoop {
                             self.reload_config(now);
                             self.shown_status = report::summary(&self.services);
                             self.notifier.ready(&self.shown_status);
+                            // The rest of the set names services of the old configuration; what is still
+                            // ready is reported again by the next wait.
+                            break;
                         }
                     }
                     Token::Control => self.answer_control_clients(now),
@@ -310,6 +304,21 @@ impl GuestLoop {
             for service in &mut self.services {
                 service.sweep(now);
             }
+        }
+    }
+
+    /// Puts what to wait on into the poll set: the signal pipes, the control socket, and each service's
+    /// dialler, listener, links and watched descriptor.
+    fn fill_poll_set(&mut self) {
+        let set = &mut self.poll_set;
+        set.clear();
+        set.add(self.terminate.as_fd(), PollFlags::POLLIN, Token::Terminate);
+        set.add(self.reload.as_fd(), PollFlags::POLLIN, Token::Reload);
+        if let Some(control) = &self.control {
+            set.add(control.fd(), PollFlags::POLLIN, Token::Control);
+        }
+        for (index, service) in self.services.iter().enumerate() {
+            watch(service, index, set);
         }
     }
 
@@ -447,24 +456,15 @@ fn serve_link(
     }
 }
 
-fn watch<'a>(
-    service: &'a RunningService,
-    index: usize,
-    fds: &mut Vec<PollFd<'a>>,
-    tokens: &mut Vec<Token>,
-) {
-    let mut add = |fd: BorrowedFd<'a>, flags: PollFlags, token: Token| {
-        fds.push(PollFd::new(fd, flags));
-        tokens.push(token);
-    };
+fn watch(service: &RunningService, index: usize, set: &mut PollSet<Token>) {
     if let Some(fd) = service.logic_fd() {
-        add(fd, PollFlags::POLLIN, Token::Logic(index));
+        set.add(fd, PollFlags::POLLIN, Token::Logic(index));
     }
     match &service.role {
         Role::Dialer(DialState::Connecting { fd, .. }) => {
-            add(fd.as_fd(), PollFlags::POLLOUT, Token::Dialing(index))
+            set.add(fd.as_fd(), PollFlags::POLLOUT, Token::Dialing(index))
         }
-        Role::Dialer(DialState::Up(link)) => add(
+        Role::Dialer(DialState::Up(link)) => set.add(
             link.connection.fd(),
             link.interest(),
             Token::DialLink(index),
@@ -472,10 +472,10 @@ fn watch<'a>(
         Role::Dialer(DialState::Waiting { .. }) => {}
         Role::Listener(listening) => {
             if let (Some(listener), None) = (&listening.listener, listening.paused_until) {
-                add(listener.as_fd(), PollFlags::POLLIN, Token::Listener(index));
+                set.add(listener.as_fd(), PollFlags::POLLIN, Token::Listener(index));
             }
             for (slot, link) in listening.links.iter().enumerate() {
-                add(
+                set.add(
                     link.connection.fd(),
                     link.interest(),
                     Token::ListenLink(index, slot),

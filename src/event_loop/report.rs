@@ -1,6 +1,7 @@
 //! The agent's state as a [`crate::ops::status`] report (for the control socket) and as the one-line summary
 //! systemd shows (`STATUS=`).
 
+use std::fmt::Write;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use super::runtime::{DialState, Link, Role, RunningService};
@@ -121,25 +122,36 @@ fn link_status(link: &Link, clock: &WallClock) -> LinkStatus {
 
 /// `heartbeat connected, timesync dialling`: what `systemctl status` shows.
 pub(super) fn summary(services: &[RunningService]) -> String {
+    let mut line = String::new();
+    write_summary(services, &mut line);
+    line
+}
+
+/// Writes [`summary`] over `line`, reusing its storage: the loop compares it with what systemd has every
+/// turn.
+pub(super) fn write_summary(services: &[RunningService], line: &mut String) {
+    line.clear();
     if services.is_empty() {
-        return "no service enabled".to_string();
+        line.push_str("no service enabled");
+        return;
     }
-    services
-        .iter()
-        .map(|service| {
-            let state = match &service.role {
-                Role::Dialer(DialState::Waiting { .. }) => "dialling".to_string(),
-                Role::Dialer(DialState::Connecting { .. }) => "connecting".to_string(),
-                Role::Dialer(DialState::Up(_)) => "connected".to_string(),
-                Role::Listener(listening) if listening.listener.is_none() => {
-                    "cannot listen yet".to_string()
-                }
-                Role::Listener(listening) => {
-                    format!("listening with {} peer(s)", listening.links.len())
-                }
-            };
-            format!("{} {state}", service.name())
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+    for (index, service) in services.iter().enumerate() {
+        if index > 0 {
+            line.push_str(", ");
+        }
+        line.push_str(service.name());
+        line.push(' ');
+        match &service.role {
+            Role::Dialer(DialState::Waiting { .. }) => line.push_str("dialling"),
+            Role::Dialer(DialState::Connecting { .. }) => line.push_str("connecting"),
+            Role::Dialer(DialState::Up(_)) => line.push_str("connected"),
+            Role::Listener(listening) if listening.listener.is_none() => {
+                line.push_str("cannot listen yet")
+            }
+            Role::Listener(listening) => {
+                // Writing to a String cannot fail.
+                let _ = write!(line, "listening with {} peer(s)", listening.links.len());
+            }
+        }
+    }
 }
