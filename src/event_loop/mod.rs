@@ -11,7 +11,6 @@
 //! (tests/no_alloc.rs counts).
 
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -28,9 +27,11 @@ mod poll_set;
 mod quiet;
 mod report;
 mod runtime;
+mod signals;
 use poll_set::PollSet;
 use quiet::Quiet;
 use runtime::{DialState, Link, Role, RunningService};
+use signals::Signals;
 
 /// How long a stopping agent waits for its peers to take the answers queued for them.
 const FINISH_LIMIT: Duration = Duration::from_secs(1);
@@ -38,8 +39,8 @@ const FINISH_LIMIT: Duration = Duration::from_secs(1);
 /// Which file descriptor a poll slot watches.
 #[derive(Clone, Copy)]
 enum Token {
-    Terminate,
-    Reload,
+    /// SIGTERM, SIGINT or SIGHUP arrived.
+    Signal,
     Dialing(usize),
     DialLink(usize),
     Listener(usize),
@@ -55,8 +56,7 @@ pub struct GuestLoop {
     config: Config,
     config_path: Option<PathBuf>,
     services: Vec<RunningService>,
-    terminate: UnixStream,
-    reload: UnixStream,
+    signals: Signals,
     seed: u64,
     notifier: Notifier,
     /// Where to open the control socket, and whether it was asked for (rather than the default).
@@ -83,41 +83,11 @@ impl std::fmt::Display for StartError {
     }
 }
 
-fn signal_pipe(signals: &[libc::c_int]) -> Result<UnixStream, StartError> {
-    let (reader, writer) = UnixStream::pair()
-        .map_err(|error| StartError(format!("cannot create a signal pipe: {error}")))?;
-    reader
-        .set_nonblocking(true)
-        .map_err(|error| StartError(format!("cannot set up the signal pipe: {error}")))?;
-    for &signal in signals {
-        let writer = writer
-            .try_clone()
-            .map_err(|error| StartError(format!("cannot set up the signal pipe: {error}")))?;
-        signal_hook::low_level::pipe::register(signal, writer)
-            .map_err(|error| StartError(format!("cannot handle signal {signal}: {error}")))?;
-    }
-    Ok(reader)
-}
-
-/// Empties a signal pipe; true when a signal arrived.
-fn drain(pipe: &mut UnixStream) -> bool {
-    use std::io::Read;
-    let mut buffer = [0u8; 64];
-    let mut any = false;
-    while let Ok(count) = pipe.read(&mut buffer) {
-        if count == 0 {
-            break;
-        }
-        any = true;
-    }
-    any
-}
-
 impl GuestLoop {
     /// Sets up signal handling and the services of `config`. Opens no socket yet.
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<GuestLoop, StartError> {
-        let terminate = signal_pipe(&[libc::SIGTERM, libc::SIGINT])?;
-        let reload = signal_pipe(&[libc::SIGHUP])?;
+        let signals = Signals::install()
+            .map_err(|error| StartError(format!("cannot handle signals: {error}")))?;
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_nanos() as u64)
@@ -135,8 +105,7 @@ impl GuestLoop {
             config,
             config_path,
             services,
-            terminate,
-            reload,
+            signals,
             seed,
             notifier: Notifier::default(),
             control_path: None,
@@ -276,8 +245,9 @@ impl GuestLoop {
                     continue;
                 }
                 match token {
-                    Token::Terminate => {
-                        if drain(&mut self.terminate) {
+                    Token::Signal => {
+                        let asked = self.signals.take();
+                        if asked.stop {
                             info!("hvagent: stopping on signal");
                             self.notifier.stopping();
                             self.finish();
@@ -285,9 +255,7 @@ impl GuestLoop {
                             self.control = None;
                             return Ok(());
                         }
-                    }
-                    Token::Reload => {
-                        if drain(&mut self.reload) {
+                        if asked.reload {
                             self.notifier.reloading();
                             self.reload_config(now);
                             self.shown_status = report::summary(&self.services);
@@ -307,13 +275,12 @@ impl GuestLoop {
         }
     }
 
-    /// Puts what to wait on into the poll set: the signal pipes, the control socket, and each service's
+    /// Puts what to wait on into the poll set: the signal pipe, the control socket, and each service's
     /// dialler, listener, links and watched descriptor.
     fn fill_poll_set(&mut self) {
         let set = &mut self.poll_set;
         set.clear();
-        set.add(self.terminate.as_fd(), PollFlags::POLLIN, Token::Terminate);
-        set.add(self.reload.as_fd(), PollFlags::POLLIN, Token::Reload);
+        set.add(self.signals.fd(), PollFlags::POLLIN, Token::Signal);
         if let Some(control) = &self.control {
             set.add(control.fd(), PollFlags::POLLIN, Token::Control);
         }
@@ -345,7 +312,7 @@ impl GuestLoop {
                 }
             }
             Token::Logic(index) => self.services[index].logic.watch_ready(now),
-            Token::Terminate | Token::Reload | Token::Control => {}
+            Token::Signal | Token::Control => {}
         }
     }
 
