@@ -167,8 +167,9 @@ pub fn no_vsock(command: &mut Command) -> &mut Command {
 
 /// The guard's filter: AF_VSOCK sockets fail with EACCES, reboot(2) and the FIFREEZE/FITHAW ioctls with
 /// EPERM, as `novsock` refuses them (x86_64; another architecture's numbers mean other calls, so there every
-/// call is refused rather than guessed at).
-fn deny_vsock() -> std::io::Result<()> {
+/// call is refused rather than guessed at). It holds for the calling thread and the threads it starts, so a
+/// test that runs the agent's code in a thread of its own installs it there.
+pub fn deny_vsock() -> std::io::Result<()> {
     // Offsets in struct seccomp_data: nr at 0, arch at 4, args[0] at 16, args[1] at 24 (low halves).
     const NR: u32 = 0;
     const ARCH: u32 = 4;
