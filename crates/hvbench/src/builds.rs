@@ -1,12 +1,14 @@
 //! The two builds side by side: the glibc release build (`make build`, what the .deb ships) and the fully
 //! static musl build (`make static`, the tarball's). For each, a fresh agent connected and idle: VmRSS,
 //! PSS (/proc/PID/smaps_rollup) and the binary's size, each against its target, and its heartbeat round
-//! trips, taking turns with the raw echo as the main figures do, so the two builds' p50 compare in one run.
+//! trips, taking turns with the raw echo (on one CPU unless `--no-pin`) as the main figures do, so the two
+//! builds' p50 compare in one run.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::peer::{round_trips, Peer, Server};
+use crate::pin::Pinned;
 use crate::procfs::Memory;
 use crate::run::{connect, Context, Failure, Running};
 use crate::{figure, say, start_agent, start_echo};
@@ -71,6 +73,7 @@ pub(crate) fn compare(
     static_agent: Option<&Path>,
     scratch: &Path,
     count: usize,
+    pin: bool,
 ) -> Result<(), Failure> {
     let builds = builds(agent, static_agent)?;
     // The agents live until the figures are read (dropping one kills it).
@@ -94,7 +97,11 @@ pub(crate) fn compare(
         connect(&echo_socket, &mut echo)?,
         Server::Echo,
     ));
+    let mut servers: Vec<i32> = running.iter().map(Running::pid).collect();
+    servers.push(echo.pid());
+    let pinned = pin.then(|| Pinned::to_current_cpu(&servers)).transpose()?;
     round_trips(&mut peers, count)?;
+    drop(pinned);
     let echo_p50 = peers[builds.len()].trips.quantile(0.5);
     let mut measured = Vec::new();
     for ((build, memory), peer) in builds.iter().zip(memories).zip(&peers) {

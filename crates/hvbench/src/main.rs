@@ -5,7 +5,9 @@
 //!   `guest-ping` when qemu-ga is installed. The client does the same work for the agent and the echo
 //!   (encode a heartbeat, write, read the answer back, decode and check it) and writes a command line and
 //!   reads the answer line for qemu-ga; the servers take turns in blocks so that drift in CPU speed hits
-//!   all alike: p50, p99, round trips per second and the ratios (targets: ≤ 1.3× echo, ≤ 0.5× qemu-ga);
+//!   all alike, with the client and every server on one CPU (pin.rs says why; `--no-pin` leaves them to
+//!   the scheduler): p50, p99, round trips per second and the ratios (targets: ≤ 1.15× echo, ≤ 0.5×
+//!   qemu-ga);
 //! - the agent's RSS when idle and connected, after those round trips, and after 1,000,000 pipelined
 //!   heartbeats (target ≤ 2 MiB and flat);
 //! - pipelined heartbeats per second with 16 and with 1 request in flight (target ≥ 100,000/s);
@@ -24,6 +26,7 @@
 mod builds;
 mod hostscale;
 mod peer;
+mod pin;
 mod procfs;
 mod qemu_ga;
 mod run;
@@ -40,11 +43,13 @@ use nix::unistd::Pid;
 
 use hostscale::{hostscale, parse_steps, ScaleOptions};
 use peer::{echo, round_trips, Peer, Server};
+use pin::Pinned;
 use procfs::{context_switches, Memory};
 use run::{connect, exit_text, Context, Failure, Running, Scratch};
 
 const USAGE: &str = "\
 usage: hvbench [--agent PATH] [--static-agent PATH] [--count N] [--heartbeats N] [--idle-seconds S] [--starts N] [--qemu-ga PATH]
+               [--no-pin]
        hvbench hostscale [--host PATH] [--agents 10,100,1000] [--window S] [--settle S]
 
 Benchmarks hvagent over Unix sockets in a temp dir and prints figures (`name: value unit` lines and one
@@ -56,6 +61,8 @@ Benchmarks hvagent over Unix sockets in a temp dir and prints figures (`name: va
   --starts N         fresh agents timed from spawn to READY=1 and first answer (default 20)
   --qemu-ga PATH     qemu-guest-agent to compare with (default: qemu-ga on PATH or in /usr/sbin)
   --idle-seconds S   how long to watch a connected, idle agent for wake-ups (default 10)
+  --no-pin           time the round trips wherever the scheduler puts the client and the servers, not
+                     all on one CPU (on a VM the figures then swing with the placement)
 
 hostscale: one `hvhost serve --interval 1` as the host peer of many simulated agents (the agent's own
 channel code, in one poll loop): per step, hvhost's CPU, RSS and round trips; then whether every
@@ -87,6 +94,8 @@ struct Options {
     idle_seconds: u64,
     starts: usize,
     qemu_ga: Option<PathBuf>,
+    /// Whether the round trips run with the client and the servers on one CPU.
+    pin: bool,
 }
 
 enum Invocation {
@@ -107,9 +116,11 @@ fn parse_args() -> Result<Invocation, lexopt::Error> {
         idle_seconds: 10,
         starts: 20,
         qemu_ga: None,
+        pin: true,
     };
     while let Some(arg) = parser.next()? {
         match arg {
+            Long("no-pin") => options.pin = false,
             Long("agent") => options.agent = Some(parser.value()?.into()),
             Long("static-agent") => options.static_agent = Some(parser.value()?.into()),
             Long("count") => options.count = parser.value()?.parse()?,
@@ -296,7 +307,7 @@ fn report_round_trips(peers: &[Peer]) -> Vec<[f64; 2]> {
         let [p50, p99] = quantiles(other);
         let ratio = [agent[0] / p50, agent[1] / p99];
         let (name, target) = match other.name {
-            "echo" => ("echo", "<= 1.3"),
+            "echo" => ("echo", "<= 1.15"),
             _ => ("qemu_ga", "<= 0.5"),
         };
         figure(
@@ -355,7 +366,21 @@ fn bench(options: &Options) -> Result<(), Failure> {
         let stream = connect(&qemu_ga_socket, server)?;
         peers.push(Peer::new("qemu-ga", stream, Server::QemuGa));
     }
+    let mut servers = vec![agent.pid(), echo_server.pid()];
+    servers.extend(qemu_ga.as_ref().map(|server| server.pid()));
+    let pinned = options
+        .pin
+        .then(|| Pinned::to_current_cpu(&servers))
+        .transpose()?;
+    match &pinned {
+        Some(pinned) => say(&format!(
+            "hvbench: round trips with the client and the servers on CPU {}",
+            pinned.cpu()
+        )),
+        None => say("hvbench: round trips wherever the scheduler puts them (--no-pin)"),
+    }
     round_trips(&mut peers, options.count)?;
+    drop(pinned);
     let memory = Memory::of(agent.pid())?;
     // The echo exits when its connection closes: read the servers' memory first.
     let echo_memory = Memory::of(echo_server.pid())?;
@@ -458,6 +483,7 @@ fn bench(options: &Options) -> Result<(), Failure> {
         options.static_agent.as_deref(),
         &scratch.0,
         options.count,
+        options.pin,
     )
 }
 
