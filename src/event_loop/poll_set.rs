@@ -34,6 +34,7 @@ impl<T: Copy> PollSet<T> {
 
     /// Watches `fd` for `interest` as `token`. The descriptor must stay open until the next
     /// [`PollSet::wait`] returns: the loop fills the set and waits in the same turn.
+    #[inline]
     pub(super) fn add(&mut self, fd: BorrowedFd<'_>, interest: PollFlags, token: T) {
         self.fds.push(libc::pollfd {
             fd: fd.as_raw_fd(),

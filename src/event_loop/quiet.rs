@@ -63,6 +63,7 @@ impl Limiter {
 
     /// The summary due at `now`, if the window has ended with something counted; it opens the next window,
     /// so a flood that goes on is summed up once per window.
+    #[inline]
     pub(super) fn due(&mut self, now: Instant) -> Option<Summary> {
         let window = self.open.as_ref()?;
         if window.count == 0 || now < window.since + self.window {

@@ -68,12 +68,15 @@ pub const HEADER_LEN: usize = PIPE_HEADER_LEN + IC_HEADER_LEN;
 /// at 13,312 bytes (openvmm `hyperv_ic_protocol` MAX_MESSAGE_SIZE), and one hv_sock packet carries at most 16 KiB.
 pub const MAX_MESSAGE_LEN: usize = 16 * 1024;
 
-/// A little-endian u16 at `range`; callers have checked the length.
+/// A little-endian u16 at `range`; callers have checked the length. These three are marked inline because
+/// at the release profile's opt-level "s" each header field was otherwise a call.
+#[inline]
 fn le_u16(bytes: &[u8], at: std::ops::Range<usize>) -> u16 {
     u16::from_le_bytes([bytes[at.start], bytes[at.start + 1]])
 }
 
 /// A little-endian u32 at `range`; callers have checked the length.
+#[inline]
 fn le_u32(bytes: &[u8], at: std::ops::Range<usize>) -> u32 {
     let mut word = [0u8; 4];
     word.copy_from_slice(&bytes[at]);
@@ -81,6 +84,7 @@ fn le_u32(bytes: &[u8], at: std::ops::Range<usize>) -> u32 {
 }
 
 /// A little-endian u64 at `start`; callers have checked the length.
+#[inline]
 fn le_u64(bytes: &[u8], start: usize) -> u64 {
     let mut word = [0u8; 8];
     word.copy_from_slice(&bytes[start..start + 8]);
