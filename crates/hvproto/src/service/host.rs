@@ -317,16 +317,19 @@ impl HostChannel {
         })
     }
 
+    /// The request sent longest ago and not yet answered, which `what` answers: one at a time, in order.
+    fn oldest_outstanding(&mut self, what: &str) -> Result<InFlight, HostError> {
+        self.in_flight
+            .pop_front()
+            .ok_or_else(|| HostError::Unexpected(format!("{what} with none outstanding")))
+    }
+
     fn sample_answered(
         &mut self,
         message: &MessageRef<'_>,
         now: Instant,
     ) -> Result<HostEvent, HostError> {
-        let Some(sent) = self.in_flight.pop_front() else {
-            return Err(HostError::Unexpected(
-                "a time-sync answer with none outstanding".to_string(),
-            ));
-        };
+        let sent = self.oldest_outstanding("a time-sync answer")?;
         if message.header.transaction_id != sent.transaction_id {
             return Err(HostError::Unexpected(format!(
                 "time sample answered with transaction id {} instead of {}",
@@ -344,11 +347,7 @@ impl HostChannel {
         message: &MessageRef<'_>,
         now: Instant,
     ) -> Result<HostEvent, HostError> {
-        let Some(sent) = self.in_flight.pop_front() else {
-            return Err(HostError::Unexpected(
-                "a heartbeat answer with none outstanding".to_string(),
-            ));
-        };
+        let sent = self.oldest_outstanding("a heartbeat answer")?;
         let answer = Heartbeat::parse(message.body).map_err(HostError::Body)?;
         if message.header.transaction_id != sent.transaction_id {
             return Err(HostError::Unexpected(format!(
