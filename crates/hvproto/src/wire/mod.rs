@@ -27,6 +27,7 @@ pub mod negotiate;
 mod reply;
 pub mod shutdown;
 pub mod timesync;
+pub mod vss;
 
 pub use reply::ReplyWriter;
 
