@@ -6,6 +6,7 @@
 //! answered with HV_E_FAIL. A message without the RESPONSE flag is a request: it is answered only when it
 //! carries TRANSACTION, and processed silently otherwise (docs/PROTOCOL.md §5.1).
 
+pub mod backup;
 pub mod guestinfo;
 pub mod health;
 pub mod heartbeat;
