@@ -1,6 +1,8 @@
 //! The host side of a service channel, as hvhost plays it: offer versions, check the guest's choice, send
 //! heartbeats and check each answer. Sans-I/O like the guest side: messages and `now` in, messages and
-//! events out.
+//! events out. [`backup`] holds what the host of a backup (VSS) exchange adds on top.
+
+pub mod backup;
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -81,7 +83,10 @@ struct InFlight {
 /// The host side of one channel.
 #[derive(Debug)]
 pub struct HostChannel {
-    kind: ServiceKind,
+    /// The message type of this channel's own requests.
+    msgtype: MessageType,
+    /// The message versions the host accepts, in the guest's preference order (highest first).
+    message_versions: &'static [IcVersion],
     state: HostState,
     next_transaction: u8,
     next_seq: u64,
@@ -92,8 +97,18 @@ pub struct HostChannel {
 
 impl HostChannel {
     pub fn new(kind: ServiceKind) -> HostChannel {
+        HostChannel::for_messages(kind.msgtype(), kind.message_versions())
+    }
+
+    /// A channel for `msgtype` that offers `message_versions` (highest first): for a service the host
+    /// speaks with versions of its own, as [`backup`] does.
+    pub fn for_messages(
+        msgtype: MessageType,
+        message_versions: &'static [IcVersion],
+    ) -> HostChannel {
         HostChannel {
-            kind,
+            msgtype,
+            message_versions,
             state: HostState::Negotiating,
             next_transaction: 1,
             next_seq: 0,
@@ -113,7 +128,7 @@ impl HostChannel {
 
     /// The opening NEGOTIATE request: transaction id 0, our versions ascending.
     pub fn offer(&self) -> Message {
-        let mut messages = self.kind.message_versions().to_vec();
+        let mut messages = self.message_versions.to_vec();
         messages.reverse();
         let offer = Negotiate {
             framework_versions: HOST_FRAMEWORK_VERSIONS.to_vec(),
@@ -149,13 +164,7 @@ impl HostChannel {
         let (framework, message) = self.versions();
         let transaction_id = self.next_transaction_id();
         self.pending = Some((transaction_id, now));
-        Message::request(
-            self.kind.msgtype(),
-            framework,
-            message,
-            transaction_id,
-            body,
-        )
+        Message::request(self.msgtype, framework, message, transaction_id, body)
     }
 
     /// The next heartbeat request, in the 16-byte form that carries the application state.
@@ -257,7 +266,7 @@ impl HostChannel {
         if let (HostState::Ready { .. }, Some((transaction_id, sent_at))) =
             (self.state, self.pending)
         {
-            if header.msgtype == self.kind.msgtype() {
+            if header.msgtype == self.msgtype {
                 if header.transaction_id != transaction_id {
                     return Err(HostError::Unexpected(format!(
                         "answered with transaction id {} instead of {transaction_id}",
@@ -300,8 +309,7 @@ impl HostChannel {
         }
         let answer = Negotiate::parse(message.body).map_err(HostError::Body)?;
         let (framework, chosen) = answer.chosen().ok_or(HostError::NoCommonVersion)?;
-        if !HOST_FRAMEWORK_VERSIONS.contains(&framework)
-            || !self.kind.message_versions().contains(&chosen)
+        if !HOST_FRAMEWORK_VERSIONS.contains(&framework) || !self.message_versions.contains(&chosen)
         {
             return Err(HostError::Unexpected(format!(
                 "the guest chose framework {framework} and message {chosen}, which we did not offer"
