@@ -24,7 +24,8 @@ pub enum PeerError {
     Connect(String),
     Closed(Closed),
     Protocol(HostError),
-    Timeout(&'static str),
+    /// No answer to `what` within the time given.
+    Timeout(&'static str, Duration),
 }
 
 impl std::fmt::Display for PeerError {
@@ -33,11 +34,13 @@ impl std::fmt::Display for PeerError {
             PeerError::Connect(why) => f.write_str(why),
             PeerError::Closed(closed) => write!(f, "connection lost: {closed}"),
             PeerError::Protocol(error) => write!(f, "{error}"),
-            PeerError::Timeout(what) => write!(
-                f,
-                "no answer to the {what} within {} s",
-                ANSWER_TIMEOUT.as_secs()
-            ),
+            PeerError::Timeout(what, limit) => {
+                write!(
+                    f,
+                    "no answer to the {what} within {} s",
+                    limit.as_secs_f64()
+                )
+            }
         }
     }
 }
@@ -104,9 +107,14 @@ pub struct Client {
 
 impl Client {
     pub fn new(fd: OwnedFd, kind: ServiceKind) -> Client {
+        Client::on_channel(fd, HostChannel::new(kind))
+    }
+
+    /// A client that runs `channel`, for a service the host speaks with versions of its own (backup).
+    pub fn on_channel(fd: OwnedFd, channel: HostChannel) -> Client {
         Client {
             connection: Connection::new(fd),
-            channel: HostChannel::new(kind),
+            channel,
             inbox: Vec::new(),
         }
     }
@@ -120,17 +128,22 @@ impl Client {
                 return Ok(());
             }
             if !wait_ready(self.connection.fd(), PollFlags::POLLOUT, deadline) {
-                return Err(PeerError::Timeout("send"));
+                return Err(PeerError::Timeout("send", ANSWER_TIMEOUT));
             }
         }
     }
 
     /// The next message from the agent, waiting up to [`ANSWER_TIMEOUT`].
     fn next(&mut self, what: &'static str) -> Result<Message, PeerError> {
-        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        self.next_within(what, ANSWER_TIMEOUT)
+    }
+
+    /// The next message from the agent, waiting up to `limit`.
+    fn next_within(&mut self, what: &'static str, limit: Duration) -> Result<Message, PeerError> {
+        let deadline = Instant::now() + limit;
         while self.inbox.is_empty() {
             if !wait_ready(self.connection.fd(), PollFlags::POLLIN, deadline) {
-                return Err(PeerError::Timeout(what));
+                return Err(PeerError::Timeout(what, limit));
             }
             self.connection
                 .receive(&mut self.inbox)
@@ -180,16 +193,32 @@ impl Client {
 
     /// Sends one request of the channel's message type and waits for its answer: (status, body).
     pub fn exchange(&mut self, body: Vec<u8>) -> Result<(Status, Vec<u8>), PeerError> {
-        let request = self.channel.request(body, Instant::now());
-        self.send(&request)?;
-        let answer = self.next("request")?;
-        match self.channel.handle(&answer, Instant::now()) {
-            Ok(HostEvent::Answered { status, body, .. }) => Ok((status, body)),
-            Ok(other) => Err(PeerError::Protocol(HostError::Unexpected(format!(
+        match self.ask(
+            |channel, now| channel.request(body, now),
+            "request",
+            ANSWER_TIMEOUT,
+        )? {
+            HostEvent::Answered { status, body, .. } => Ok((status, body)),
+            other => Err(PeerError::Protocol(HostError::Unexpected(format!(
                 "{other:?}"
             )))),
-            Err(error) => Err(PeerError::Protocol(error)),
         }
+    }
+
+    /// Sends the request `build` makes on the channel and waits up to `limit` for the answer to `what`,
+    /// which the channel checks.
+    pub fn ask(
+        &mut self,
+        build: impl FnOnce(&mut HostChannel, Instant) -> Message,
+        what: &'static str,
+        limit: Duration,
+    ) -> Result<HostEvent, PeerError> {
+        let request = build(&mut self.channel, Instant::now());
+        self.send(&request)?;
+        let answer = self.next_within(what, limit)?;
+        self.channel
+            .handle(&answer, Instant::now())
+            .map_err(PeerError::Protocol)
     }
 
     fn send_queued(&mut self) -> Result<(), PeerError> {
@@ -214,7 +243,7 @@ impl Client {
                     .map_err(PeerError::Closed)?;
             }
             if Instant::now() > deadline {
-                return Err(PeerError::Timeout("send"));
+                return Err(PeerError::Timeout("send", ANSWER_TIMEOUT));
             }
         }
     }

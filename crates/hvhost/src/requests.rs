@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use crate::client::{self, say, Client, PeerError};
-use hvproto::service::host::HostEvent;
+use hvproto::service::host::{HostChannel, HostEvent};
 use hvproto::service::shutdown::display_text;
 use hvproto::service::ServiceKind;
 use hvproto::wire::kvp::{
@@ -56,9 +56,18 @@ pub fn open(
     kind: ServiceKind,
     out: &mut dyn Write,
 ) -> Result<Client, PeerError> {
+    open_channel(address, HostChannel::new(kind), out)
+}
+
+/// Dials `address` and negotiates what `channel` offers, printing both steps.
+pub fn open_channel(
+    address: &Address,
+    channel: HostChannel,
+    out: &mut dyn Write,
+) -> Result<Client, PeerError> {
     let fd = client::dial(address)?;
     say(out, &format!("connected {address}"));
-    let mut client = Client::new(fd, kind);
+    let mut client = Client::on_channel(fd, channel);
     if let HostEvent::Negotiated { framework, message } = client.negotiate()? {
         say(
             out,
