@@ -4,6 +4,8 @@
 //! - [`client`]: one connection to a guest's service: dialing, negotiating, round trips, printing them.
 //! - [`server`]: `hvhost serve`, many agents at once in one poll loop.
 //! - [`requests`]: `hvhost shutdown` and `hvhost kvp`, one request each.
+//! - [`backup`]: `hvhost backup`, freeze, a command on the host, thaw.
+pub mod backup;
 pub mod client;
 pub mod requests;
 pub mod server;

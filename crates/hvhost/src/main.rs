@@ -1,12 +1,15 @@
 //! hvhost: the host-side peer of hvagent, for Linux hosts and for tests. Parses arguments and calls the
 //! library.
 //!
-//! Exit status: 0 ok, 1 the agent answered wrongly or the connection failed, 2 usage error.
+//! Exit status: 0 ok, 1 the agent answered wrongly or the connection failed, 2 usage error; `backup` adds
+//! 3 freeze refused, 4 command failed, 5 thaw failed.
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use hvhost::backup::{self, BackupCommand};
 use hvhost::client::{self, heartbeat_line, say, Client, RoundTrips};
 use hvhost::requests::{self, parse_pool, KvpCommand, ShutdownOptions};
 use hvhost::server::{serve, ServeOptions};
@@ -29,6 +32,11 @@ usage: hvhost serve ADDR [--service heartbeat|timesync] [--interval SECONDS] [--
        hvhost kvp ADDR enumerate [--pool P] | get KEY [--pool P] | set KEY VALUE [--pool P] | delete KEY [--pool P]
            key-value exchange with a listening agent; P is external (default for get/set/delete), guest,
            auto (default for enumerate), auto-external, auto-internal or a number
+       hvhost backup ADDR --freeze | --thaw | --run CMD [ARG...]  [--timeout SECONDS]
+           ask a listening agent's backup service to freeze the guest's filesystems, to thaw them, or to
+           freeze, run CMD on the host (everything after --run, no shell) and thaw whatever CMD did;
+           --timeout bounds each answer (default 60). Exit 0 when all went well, 3 freeze refused,
+           4 CMD failed or could not start (the guest was thawed), 5 thaw not answered HV_S_OK
 
 ADDR is unix:PATH, vsock:CID:PORT (a KVM host to its guest) or hybrid:PATH:PORT (the Unix socket of
 Firecracker, Cloud Hypervisor or vhost-device-vsock). PORT is decimal, 0x-hex or a template GUID.";
@@ -46,6 +54,9 @@ struct Options {
     /// Positional arguments after the address (the kvp operation and its operands).
     rest: Vec<String>,
     pool: Option<String>,
+    /// `backup`: the steps asked for (none when neither --freeze, --thaw nor --run was given).
+    backup: Option<BackupCommand>,
+    timeout: Duration,
 }
 
 /// The next argument as a string.
@@ -87,6 +98,12 @@ fn parse_args() -> Result<Option<Options>, String> {
     let mut clock_offset = 0.0;
     let mut shutdown = ShutdownOptions::default();
     let mut pool = None;
+    let mut backup = None;
+    let mut timeout = backup::DEFAULT_TIMEOUT;
+    let mut set_backup = |command: BackupCommand| match backup.replace(command) {
+        None => Ok(()),
+        Some(_) => Err("--freeze, --thaw and --run exclude each other".to_string()),
+    };
     while let Some(arg) = parser.next().map_err(|error| error.to_string())? {
         match arg {
             Long("help") | Short('h') => return Ok(None),
@@ -131,6 +148,21 @@ fn parse_args() -> Result<Option<Options>, String> {
             }
             Long("message") => shutdown.message = string_value(&mut parser)?,
             Long("pool") => pool = Some(string_value(&mut parser)?),
+            Long("freeze") => set_backup(BackupCommand::Freeze)?,
+            Long("thaw") => set_backup(BackupCommand::Thaw)?,
+            Long("run") => {
+                // Everything after --run is the command, as env(1) and find -exec take theirs.
+                let argv: Vec<OsString> = parser.raw_args().map_err(|e| e.to_string())?.collect();
+                if argv.is_empty() {
+                    return Err(
+                        "--run needs a command to run while the guest is frozen".to_string()
+                    );
+                }
+                set_backup(BackupCommand::Run(argv))?;
+            }
+            Long("timeout") => {
+                timeout = Duration::from_secs_f64(seconds_value(&mut parser, "--timeout", 0.001)?);
+            }
             Value(value) => positional.push(value.string().map_err(|e| e.to_string())?),
             other => return Err(other.unexpected().to_string()),
         }
@@ -147,6 +179,9 @@ fn parse_args() -> Result<Option<Options>, String> {
     if !rest.is_empty() && command != "kvp" {
         return Err(format!("unexpected argument '{}'", rest[0]));
     }
+    if command != "backup" && backup.is_some() {
+        return Err("--freeze, --thaw and --run are for backup".to_string());
+    }
     let address = address.parse().map_err(|error| format!("{error}"))?;
     Ok(Some(Options {
         command,
@@ -160,6 +195,8 @@ fn parse_args() -> Result<Option<Options>, String> {
         shutdown,
         rest,
         pool,
+        backup,
+        timeout,
     }))
 }
 
@@ -217,6 +254,21 @@ fn main() -> ExitCode {
             Ok(false) => return ExitCode::from(1),
             Err(error) => Err(error),
         },
+        "backup" => {
+            let Some(command) = &options.backup else {
+                eprintln!("hvhost: backup needs one of --freeze, --thaw or --run CMD\n{USAGE}");
+                return ExitCode::from(2);
+            };
+            match backup::backup(&options.address, command, options.timeout, &mut out) {
+                Ok(outcome) => {
+                    if let Some(problem) = outcome.problem() {
+                        eprintln!("hvhost: {problem}");
+                    }
+                    return ExitCode::from(outcome.exit_code());
+                }
+                Err(error) => Err(error),
+            }
+        }
         other => {
             eprintln!("hvhost: unknown command '{other}'\n{USAGE}");
             return ExitCode::from(2);

@@ -25,7 +25,13 @@ fn help_lists_every_command_and_exits_0() {
     let output = hvhost(&["--help"]);
     assert!(output.status.success(), "{}", stderr(&output));
     let usage = String::from_utf8_lossy(&output.stdout);
-    for command in ["serve ADDR", "heartbeat ADDR", "shutdown ADDR", "kvp ADDR"] {
+    for command in [
+        "serve ADDR",
+        "heartbeat ADDR",
+        "shutdown ADDR",
+        "kvp ADDR",
+        "backup ADDR",
+    ] {
         assert!(usage.contains(&format!("hvhost {command}")), "{usage}");
     }
 }
@@ -41,6 +47,26 @@ fn usage_errors_exit_2_and_name_what_was_wrong() {
         (
             &["kvp", "unix:/nonexistent", "enumerate", "--pool", "9x"][..],
             "--pool '9x' is not external, guest",
+        ),
+        (
+            &["backup", "unix:/nonexistent"][..],
+            "backup needs one of --freeze",
+        ),
+        (
+            &["backup", "unix:/nonexistent", "--freeze", "--thaw"][..],
+            "exclude each other",
+        ),
+        (
+            &["backup", "unix:/nonexistent", "--run"][..],
+            "--run needs a command",
+        ),
+        (
+            &["heartbeat", "unix:/nonexistent", "--thaw"][..],
+            "are for backup",
+        ),
+        (
+            &["backup", "unix:/nonexistent", "--timeout", "soon", "--thaw"][..],
+            "--timeout 'soon' is not a number of seconds",
         ),
     ] {
         let output = hvhost(args);
