@@ -351,6 +351,10 @@ impl GuestLoop {
 
     /// Re-reads the config; services whose settings changed are reopened, the others keep their connections.
     fn reload_config(&mut self, now: Instant) {
+        // First of all, whatever the file now says: a reload ends a freeze of the backup service.
+        for service in &mut self.services {
+            service.logic.reloading(now);
+        }
         let config = match config::load(self.config_path.as_deref()) {
             Ok(config) => config,
             Err(error) => {

@@ -5,7 +5,7 @@
 //! HV_S_OK).
 //!
 //! **Never left frozen.** A freeze lasts until the first of: THAW, `thaw_after` expiring, the link that
-//! froze closing, the logic being dropped (the agent stopping or reloading), and the next start of the
+//! froze closing, a reload (SIGHUP), the logic being dropped (the agent stopping), and the next start of the
 //! agent, which thaws every candidate whatever an earlier run left ([`thaw_all`], also `hvagent thaw`).
 //! Each thaw names its [`Trigger`] in the log.
 //!
@@ -109,8 +109,10 @@ pub enum Trigger {
     Deadline,
     /// The link that froze closed.
     LinkClosed,
-    /// The service stopped (the agent stopping, or a reload).
+    /// The service stopped (the agent stopping, or a reload that reopened it).
     Stopping,
+    /// The agent was told to reload (SIGHUP).
+    Reload,
     /// The agent started: whatever an earlier run left frozen.
     Start,
     /// A thaw that failed, tried again.
@@ -124,6 +126,7 @@ impl Trigger {
             Trigger::Deadline => "thaw_after expired",
             Trigger::LinkClosed => "the host's link closed while frozen",
             Trigger::Stopping => "the backup service stopped",
+            Trigger::Reload => "the agent was told to reload (SIGHUP)",
             Trigger::Start => "the agent started",
             Trigger::Retry => "a failed thaw tried again",
         }
@@ -406,6 +409,10 @@ impl Logic for BackupLogic {
         {
             let _ = self.thaw(Trigger::LinkClosed, Instant::now());
         }
+    }
+
+    fn reloading(&mut self, now: Instant) {
+        let _ = self.thaw(Trigger::Reload, now);
     }
 
     fn deadline(&self) -> Option<Instant> {

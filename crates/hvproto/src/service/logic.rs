@@ -79,6 +79,10 @@ pub trait Logic {
     /// `link` is gone.
     fn closed(&mut self, _link: LinkId) {}
 
+    /// The agent was told to reload its configuration (SIGHUP); called on every running service before the
+    /// file is read again, whether the service is then kept or reopened.
+    fn reloading(&mut self, _now: Instant) {}
+
     /// When `on_timer` wants to run next; none means never (an idle agent must not be woken).
     fn deadline(&self) -> Option<Instant> {
         None

@@ -276,6 +276,23 @@ fn the_freezing_link_closing_thaws_and_another_link_closing_does_not() {
 }
 
 #[test]
+fn a_reload_thaws() {
+    let world = World::new(&["/data"], &["hook"]);
+    let mut backup = logic(&world, BackupSettings::default());
+    let now = Instant::now();
+    ask(&mut backup, 1, Operation::FREEZE, now).unwrap();
+    backup.reloading(now + Duration::from_secs(1));
+    assert!(world.frozen().is_empty());
+    assert!(world
+        .journal()
+        .ends_with(&strings(&["thaw /data", "release logs", "hook hook thaw"])));
+    assert_eq!(
+        backup.last_thaw.map(|(_, trigger)| trigger),
+        Some(Trigger::Reload)
+    );
+}
+
+#[test]
 fn dropping_the_service_thaws_and_a_new_start_thaws_what_an_earlier_run_left() {
     let world = World::new(&["/", "/data"], &["hook"]);
     let mut backup = logic(&world, BackupSettings::default());
