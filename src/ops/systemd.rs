@@ -58,7 +58,8 @@ pub fn init_logging(level: LevelFilter) {
             builder.filter_level(LevelFilter::Trace);
         }
     }
-    if logging_to_journal() {
+    let journal = logging_to_journal();
+    if journal {
         builder
             .format(|out, record| writeln!(out, "<{}>{}", priority(record.level()), record.args()));
     } else {
@@ -72,10 +73,58 @@ pub fn init_logging(level: LevelFilter) {
             )
         });
     }
+    let inner = builder.build();
+    let filter = inner.filter();
     // A logger may already be set (tests); keeping the first one is fine.
-    let _ = builder.try_init();
+    if log::set_boxed_logger(Box::new(HoldingLogger { inner, journal })).is_ok() {
+        log::set_max_level(filter);
+    }
     if from_env.is_none() {
         log::set_max_level(level);
+    }
+}
+
+/// env_logger's logger, with lines held in memory while the backup service has filesystems frozen
+/// ([`crate::ops::log_hold`]).
+struct HoldingLogger {
+    inner: env_logger::Logger,
+    journal: bool,
+}
+
+impl HoldingLogger {
+    /// A line as it is held: journald stamps it when it is written, after the thaw, so it carries the time
+    /// it was logged.
+    fn held_line(&self, record: &log::Record<'_>) -> String {
+        match self.journal {
+            true => format!(
+                "<{}>[logged {}] {}\n",
+                priority(record.level()),
+                utc_time_of_day(),
+                record.args()
+            ),
+            false => format!(
+                "{} {:<5} {}\n",
+                utc_time_of_day(),
+                record.level(),
+                record.args()
+            ),
+        }
+    }
+}
+
+impl log::Log for HoldingLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.inner.matches(record) && !crate::ops::log_hold::offer(|| self.held_line(record)) {
+            self.inner.log(record);
+        }
+    }
+
+    fn flush(&self) {
+        self.inner.flush();
     }
 }
 

@@ -2,7 +2,9 @@
 //! key-value pool files. Everything here touches the real system; the services in `service/` only see the
 //! traits these implement, and their tests use fakes.
 
+pub mod freeze;
 pub mod health;
+pub mod hooks;
 pub mod kvp_store;
 pub mod limits;
 pub mod netns;
