@@ -14,6 +14,7 @@
 #   guestinfo  48560002-facb-11e6-bd58-64006a7986d3  guest dials, host listens
 #   shutdown   48560003-facb-11e6-bd58-64006a7986d3  guest dials, host listens
 #   timesync   48560004-facb-11e6-bd58-64006a7986d3  guest dials, host listens
+#   backup     48560005-facb-11e6-bd58-64006a7986d3  guest dials, host listens
 
 $ErrorActionPreference = 'Stop'
 $root = 'HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion\Virtualization\GuestCommunicationServices'
@@ -22,6 +23,7 @@ $services = [ordered]@{
     '48560002-facb-11e6-bd58-64006a7986d3' = 'hvagent guestinfo'
     '48560003-facb-11e6-bd58-64006a7986d3' = 'hvagent shutdown'
     '48560004-facb-11e6-bd58-64006a7986d3' = 'hvagent timesync'
+    '48560005-facb-11e6-bd58-64006a7986d3' = 'hvagent backup'
 }
 foreach ($guid in $services.Keys) {
     $key = Join-Path $root $guid

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use log::LevelFilter;
 
+use hvproto::service::backup::BackupSettings;
 use hvproto::service::guestinfo::GuestInfoSettings;
 use hvproto::service::health::HealthSettings;
 use hvproto::service::shutdown::ShutdownSettings;
@@ -38,11 +39,12 @@ use setting::Keys;
 pub const DEFAULT_PATH: &str = "/etc/hvagent/hvagent.toml";
 
 /// Services configurable in this build, in file order.
-pub const SERVICES: [ServiceKind; 4] = [
+pub const SERVICES: [ServiceKind; 5] = [
     ServiceKind::Heartbeat,
     ServiceKind::TimeSync,
     ServiceKind::Shutdown,
     ServiceKind::GuestInfo,
+    ServiceKind::Backup,
 ];
 
 /// Whether a service dials out or waits for the host.
@@ -69,6 +71,7 @@ pub enum ServiceSettings {
     TimeSync(TimeSyncSettings),
     Shutdown(ShutdownSettings),
     GuestInfo(GuestInfoSettings),
+    Backup(BackupSettings),
 }
 
 impl ServiceSettings {
@@ -79,6 +82,7 @@ impl ServiceSettings {
             ServiceKind::TimeSync => ServiceSettings::TimeSync(TimeSyncSettings::default()),
             ServiceKind::Shutdown => ServiceSettings::Shutdown(ShutdownSettings::default()),
             ServiceKind::GuestInfo => ServiceSettings::GuestInfo(GuestInfoSettings::default()),
+            ServiceKind::Backup => ServiceSettings::Backup(BackupSettings::default()),
         }
     }
 
@@ -88,6 +92,7 @@ impl ServiceSettings {
             ServiceSettings::TimeSync(_) => ServiceKind::TimeSync,
             ServiceSettings::Shutdown(_) => ServiceKind::Shutdown,
             ServiceSettings::GuestInfo(_) => ServiceKind::GuestInfo,
+            ServiceSettings::Backup(_) => ServiceKind::Backup,
         }
     }
 
@@ -98,6 +103,7 @@ impl ServiceSettings {
             ServiceSettings::TimeSync(settings) => settings,
             ServiceSettings::Shutdown(settings) => settings,
             ServiceSettings::GuestInfo(settings) => settings,
+            ServiceSettings::Backup(settings) => settings,
         }
     }
 
@@ -107,6 +113,7 @@ impl ServiceSettings {
             ServiceSettings::TimeSync(settings) => settings,
             ServiceSettings::Shutdown(settings) => settings,
             ServiceSettings::GuestInfo(settings) => settings,
+            ServiceSettings::Backup(settings) => settings,
         }
     }
 }
@@ -159,8 +166,9 @@ impl ServiceConfig {
     /// The built-in configuration of a service.
     pub fn default_for(kind: ServiceKind) -> ServiceConfig {
         ServiceConfig {
-            // Every service is on by default: a Hyper-V host expects all four of every guest.
-            enabled: true,
+            // Every service but backup is on by default: a Hyper-V host expects the four of every guest;
+            // backup freezes filesystems, so a host gets it only where the admin turns it on.
+            enabled: kind.on_by_default(),
             endpoint: Endpoint::Connect(Address::Vsock {
                 cid: hvtransport::address::CID_HOST,
                 port: kind.default_port(),

@@ -7,6 +7,7 @@
 use super::setting::{docs_of, names_of, KeyDoc, Parser, Setting, Table};
 use super::values::{self, choice, choices, typed, Seconds};
 use super::{peers, Config, Endpoint, ServiceConfig, ServiceSettings, SERVICES};
+use hvproto::service::backup::BackupSettings;
 use hvproto::service::guestinfo::GuestInfoSettings;
 use hvproto::service::health::{self, HealthSettings};
 use hvproto::service::shutdown::ShutdownSettings;
@@ -181,7 +182,8 @@ static CONNECTION: [ConnectionKey; 6] = [
             },
             show: |service| Some(service.enabled.to_string()),
         },
-    ),
+    )
+    .default_doc("true; false for [backup]"),
     ConnectionKey::new(
         "connect",
         "The guest dials this address: the default, since a Windows host service listens on its GUID.",
@@ -435,6 +437,68 @@ static GUESTINFO: [GuestInfoKey; 1] = [GuestInfoKey::new(
     },
 )];
 
+type BackupKey = Setting<BackupSettings>;
+
+/// `mounts = "all"`: every candidate.
+const ALL_MOUNTS: &str = "all";
+
+static BACKUP: [BackupKey; 4] = [
+    BackupKey::new(
+        "hooks_dir",
+        "Executables here run with freeze before a freeze and with thaw after it, in name order (thaw: reverse).",
+        Parser::Path {
+            hint: " (qemu-guest-agent's fsfreeze-hook.d scripts work here)",
+            get: |settings| &settings.hooks_dir,
+            set: |settings, path| settings.hooks_dir = path,
+        },
+    ),
+    BackupKey::new(
+        "thaw_after",
+        "The longest a freeze may last: the agent thaws on its own after it.",
+        Parser::Seconds {
+            range: Seconds { min: 1.0, max: 3_600.0, zero: None },
+            get: |settings| settings.thaw_after,
+            set: |settings, value| settings.thaw_after = value,
+        },
+    ),
+    BackupKey::new(
+        "hook_timeout",
+        "The longest one hook may run before it is killed (a freeze hook killed fails the freeze).",
+        Parser::Seconds {
+            range: Seconds { min: 0.1, max: 3_600.0, zero: None },
+            get: |settings| settings.hook_timeout,
+            set: |settings, value| settings.hook_timeout = value,
+        },
+    ),
+    BackupKey::new(
+        "mounts",
+        "The mount points a freeze takes, of the candidates; one that is no candidate is skipped with a warning.",
+        Parser::Other {
+            takes: || "\"all\" (every candidate) or an array of absolute mount points".to_string(),
+            read: |settings, value| {
+                if value.as_str() == Some(ALL_MOUNTS) {
+                    settings.mounts = None;
+                    return Ok(());
+                }
+                let mounts: Vec<String> = typed(value)
+                    .map_err(|_| format!("must be \"{ALL_MOUNTS}\" or an array of mount points"))?;
+                if let Some(relative) = mounts.iter().find(|mount| !mount.starts_with('/')) {
+                    return Err(format!("'{relative}' is not an absolute mount point"));
+                }
+                settings.mounts = Some(mounts);
+                Ok(())
+            },
+            show: |settings| match &settings.mounts {
+                None => Some(values::toml_string(ALL_MOUNTS)),
+                Some(mounts) => {
+                    let quoted: Vec<String> = mounts.iter().map(|m| values::toml_string(m)).collect();
+                    Some(format!("[{}]", quoted.join(", ")))
+                }
+            },
+        },
+    ),
+];
+
 /// A service's settings type and its keys.
 macro_rules! service_table {
     ($settings:ty, $table:ident) => {
@@ -453,3 +517,4 @@ service_table!(HealthSettings, HEARTBEAT);
 service_table!(TimeSyncSettings, TIMESYNC);
 service_table!(ShutdownSettings, SHUTDOWN);
 service_table!(GuestInfoSettings, GUESTINFO);
+service_table!(BackupSettings, BACKUP);

@@ -1,5 +1,5 @@
 //! Which [`Logic`] each service kind runs, built from the configuration with the real edges (the system
-//! clock, the command runner, the state directory). Tests build logics with fakes instead.
+//! clock, the command runner, the state directory, the filesystems a backup freezes). Tests build logics with fakes instead.
 
 use std::path::Path;
 
@@ -9,11 +9,15 @@ use crate::clock::chrony::ChronySink;
 use crate::clock::remote::{self, RemoteClock};
 use crate::clock::system::{self, SystemClock};
 use crate::config::{ServiceConfig, ServiceSettings};
+use crate::ops::log_hold::AgentLogHold;
+use crate::system::freeze::SystemFreezer;
 use crate::system::health::ChildCheck;
+use crate::system::hooks::DirHooks;
 use crate::system::kvp_store::FileStore;
 use crate::system::power::SystemPower;
 use crate::system::sysinfo::LiveSystem;
 use hvproto::clock::{Clock, OffsetSink};
+use hvproto::service::backup::BackupLogic;
 use hvproto::service::guestinfo::GuestInfoLogic;
 use hvproto::service::health::{Check, Health, HealthSettings, Reading};
 use hvproto::service::heartbeat::HeartbeatLogic;
@@ -38,6 +42,12 @@ pub(super) fn logic_for(service: &ServiceConfig) -> Box<dyn Logic> {
         ServiceSettings::Shutdown(settings) => Box::new(ShutdownLogic::new(
             settings.clone(),
             Box::new(SystemPower::new()),
+        )),
+        ServiceSettings::Backup(settings) => Box::new(BackupLogic::new(
+            settings.clone(),
+            Box::new(SystemFreezer::new()),
+            Box::new(DirHooks::new(&settings.hooks_dir)),
+            Box::new(AgentLogHold),
         )),
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::config::program::{self, search_path};
 use crate::config::{parse, Config, ServiceSettings};
+use hvproto::service::backup::BackupSettings;
 use hvproto::service::guestinfo::GuestInfoSettings;
 use hvproto::service::shutdown::{is_default_command, ShutdownSettings};
 use hvproto::service::timesync::{Mode, TimeSyncSettings};
@@ -188,6 +189,45 @@ fn timesync_keys_set_the_services_own_settings() {
         settings_of(&Config::default(), ServiceKind::TimeSync),
         ServiceSettings::TimeSync(TimeSyncSettings::default())
     );
+}
+
+#[test]
+fn backup_is_off_by_default_and_its_keys_set_its_own_settings() {
+    let defaults = Config::default();
+    let enabled: Vec<ServiceKind> = defaults.enabled().map(|service| service.kind()).collect();
+    assert!(!enabled.contains(&ServiceKind::Backup), "{enabled:?}");
+    let config = parse_text(
+        "[backup]\nenabled = true\nhooks_dir = \"/h\"\nthaw_after = 5\nhook_timeout = 0.5\n\
+         mounts = [\"/\", \"/srv/a b\"]\n",
+    )
+    .unwrap();
+    assert!(config
+        .enabled()
+        .any(|service| service.kind() == ServiceKind::Backup));
+    assert_eq!(
+        settings_of(&config, ServiceKind::Backup),
+        ServiceSettings::Backup(BackupSettings {
+            hooks_dir: "/h".into(),
+            thaw_after: Duration::from_secs(5),
+            hook_timeout: Duration::from_millis(500),
+            mounts: Some(vec!["/".to_string(), "/srv/a b".to_string()]),
+        })
+    );
+    assert_eq!(parse_text(&config.to_string()).unwrap(), config);
+    let all = parse_text("[backup]\nmounts = \"all\"\n").unwrap();
+    assert_eq!(
+        settings_of(&all, ServiceKind::Backup),
+        ServiceSettings::Backup(BackupSettings::default())
+    );
+    for (bad, says) in [
+        ("mounts = [\"srv\"]", "not an absolute mount point"),
+        ("mounts = \"some\"", "\"all\" or an array"),
+        ("thaw_after = 0", "thaw_after"),
+        ("hooks_dir = \"hooks\"", "hooks_dir"),
+    ] {
+        let why = parse_text(&format!("[backup]\n{bad}\n")).unwrap_err();
+        assert!(why.contains(says), "{bad}: {why}");
+    }
 }
 
 #[test]

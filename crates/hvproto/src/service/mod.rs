@@ -32,14 +32,17 @@ pub enum ServiceKind {
     GuestInfo,
     Shutdown,
     TimeSync,
+    /// The VSS IC: freeze and thaw for a consistent backup.
+    Backup,
 }
 
 impl ServiceKind {
-    pub const ALL: [ServiceKind; 4] = [
+    pub const ALL: [ServiceKind; 5] = [
         ServiceKind::Heartbeat,
         ServiceKind::GuestInfo,
         ServiceKind::Shutdown,
         ServiceKind::TimeSync,
+        ServiceKind::Backup,
     ];
 
     /// The IC message type this service carries.
@@ -49,6 +52,7 @@ impl ServiceKind {
             ServiceKind::GuestInfo => MessageType::KVP_EXCHANGE,
             ServiceKind::Shutdown => MessageType::SHUTDOWN,
             ServiceKind::TimeSync => MessageType::TIMESYNC,
+            ServiceKind::Backup => MessageType::VSS,
         }
     }
 
@@ -59,6 +63,7 @@ impl ServiceKind {
             ServiceKind::GuestInfo => "guestinfo",
             ServiceKind::Shutdown => "shutdown",
             ServiceKind::TimeSync => "timesync",
+            ServiceKind::Backup => "backup",
         }
     }
 
@@ -67,7 +72,14 @@ impl ServiceKind {
         0x4856_0000 + u32::from(self.msgtype().0)
     }
 
-    /// Message versions the guest accepts, in preference order (Linux's lists; time sync adds hvagent's 4.1).
+    /// Whether the agent runs the service when its section does not say: every one but backup, which
+    /// freezes filesystems and so runs only where the admin asks for it.
+    pub fn on_by_default(self) -> bool {
+        self != ServiceKind::Backup
+    }
+
+    /// Message versions the guest accepts, in preference order (Linux's lists; time sync adds hvagent's 4.1;
+    /// backup is Linux's hv_snapshot.c, which offers 5.0 alone).
     pub fn message_versions(self) -> &'static [IcVersion] {
         const HEARTBEAT: [IcVersion; 2] = [IcVersion::new(3, 0), IcVersion::new(1, 0)];
         const GUEST_INFO: [IcVersion; 3] = [
@@ -87,11 +99,13 @@ impl ServiceKind {
             IcVersion::new(3, 0),
             IcVersion::new(1, 0),
         ];
+        const BACKUP: [IcVersion; 1] = [IcVersion::new(5, 0)];
         match self {
             ServiceKind::Heartbeat => &HEARTBEAT,
             ServiceKind::GuestInfo => &GUEST_INFO,
             ServiceKind::Shutdown => &SHUTDOWN,
             ServiceKind::TimeSync => &TIME_SYNC,
+            ServiceKind::Backup => &BACKUP,
         }
     }
 }
