@@ -98,17 +98,19 @@ bench-hostscale:
 	target/release/hvbench hostscale
 
 # The binaries, the systemd units (hvagent.service and its clock helper, hvagent-clock.socket and .service;
-# ExecStart= pointing at SBINDIR; the escalation templates hvagent-force-poweroff@ and -reboot@), the hv_sock
+# ExecStart= and ExecStopPost= pointing at SBINDIR; the escalation templates hvagent-force-poweroff@ and -reboot@), the hv_sock
 # modules-load file, the agent's
 # user (sysusers.d; `systemd-sysusers` creates it, or the next boot does), its polkit rule, the commented
-# default config (never over one already there), the man pages and the docs (with the run-as-root drop-in).
+# default config (never over one already there), the man pages and the docs (with the run-as-root and backup-freeze drop-ins).
 install: build
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(UNITDIR) \
 		$(DESTDIR)$(MODULESLOADDIR) $(DESTDIR)$(SYSCONFDIR)/hvagent $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 \
 		$(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(SYSUSERSDIR) $(DESTDIR)$(POLKITRULESDIR) $(DESTDIR)$(DOCDIR)/examples
 	install -m 0755 target/release/hvagent $(DESTDIR)$(SBINDIR)/hvagent
 	install -m 0755 target/release/hvhost $(DESTDIR)$(BINDIR)/hvhost
-	sed 's|^ExecStart=/usr/sbin/hvagent|ExecStart=$(SBINDIR)/hvagent|' systemd/hvagent.service >$(DESTDIR)$(UNITDIR)/hvagent.service
+	sed -e 's|^ExecStart=/usr/sbin/hvagent|ExecStart=$(SBINDIR)/hvagent|' \
+		-e 's|^ExecStopPost=+/usr/sbin/hvagent|ExecStopPost=+$(SBINDIR)/hvagent|' systemd/hvagent.service \
+		>$(DESTDIR)$(UNITDIR)/hvagent.service
 	sed 's|^ExecStart=/usr/sbin/hvagent|ExecStart=$(SBINDIR)/hvagent|' systemd/hvagent-clock.service \
 		>$(DESTDIR)$(UNITDIR)/hvagent-clock.service
 	install -m 0644 systemd/hvagent-clock.socket $(DESTDIR)$(UNITDIR)/hvagent-clock.socket
@@ -118,6 +120,7 @@ install: build
 	install -m 0644 systemd/hvagent-sysusers.conf $(DESTDIR)$(SYSUSERSDIR)/hvagent.conf
 	install -m 0644 packaging/polkit/hvagent.rules $(DESTDIR)$(POLKITRULESDIR)/hvagent.rules
 	install -m 0644 packaging/examples/run-as-root.conf $(DESTDIR)$(DOCDIR)/examples/run-as-root.conf
+	install -m 0644 packaging/examples/backup-freeze.conf $(DESTDIR)$(DOCDIR)/examples/backup-freeze.conf
 	[ -e $(DESTDIR)$(SYSCONFDIR)/hvagent/hvagent.toml ] || \
 		install -m 0644 etc/hvagent.toml $(DESTDIR)$(SYSCONFDIR)/hvagent/hvagent.toml
 	install -m 0644 docs/hvagent.8 $(DESTDIR)$(MANDIR)/man8/hvagent.8

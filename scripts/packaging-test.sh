@@ -34,7 +34,7 @@ have() { command -v "$1" >/dev/null; }
 
 # Unit $2 as installed for a binary at $1, so `verify` can check that ExecStart= exists.
 unit_for() {
-    sed "s|^ExecStart=/usr/sbin/hvagent|ExecStart=$1|" "systemd/$2"
+    sed -e "s|^ExecStart=/usr/sbin/hvagent|ExecStart=$1|" -e "s|^ExecStopPost=+/usr/sbin/hvagent|ExecStopPost=+$1|" "systemd/$2"
 }
 
 # check_exposure NAME UNIT MAX: the offline exposure score of systemd/UNIT is at most MAX.
@@ -155,6 +155,7 @@ USR_FILES=(usr/sbin/hvagent:755 usr/bin/hvhost:755 lib/systemd/system/hvagent.se
     lib/systemd/system/hvagent-force-poweroff@.service:644 lib/systemd/system/hvagent-force-reboot@.service:644
     usr/lib/modules-load.d/hvagent.conf:644 etc/hvagent/hvagent.toml:644 usr/lib/sysusers.d/hvagent.conf:644
     usr/share/polkit-1/rules.d/hvagent.rules:644 usr/share/doc/hvagent/examples/run-as-root.conf:644
+    usr/share/doc/hvagent/examples/backup-freeze.conf:644
     usr/share/doc/hvagent/README.md:644 usr/share/doc/hvagent/hvagent-host-setup.ps1:644)
 
 check_install_tree() {
@@ -168,15 +169,17 @@ check_install_tree() {
         usr/local/lib/modules-load.d/hvagent.conf:644 etc/hvagent/hvagent.toml:644 \
         usr/local/lib/sysusers.d/hvagent.conf:644 etc/polkit-1/rules.d/hvagent.rules:644 \
         usr/local/share/doc/hvagent/examples/run-as-root.conf:644 \
+        usr/local/share/doc/hvagent/examples/backup-freeze.conf:644 \
         usr/local/share/man/man8/hvagent.8:644 usr/local/share/man/man5/hvagent.toml.5:644 \
         usr/local/share/man/man1/hvhost.1:644 usr/local/share/doc/hvagent/README.md:644 \
         usr/local/share/doc/hvagent/hvagent-host-setup.reg:644
     local units=$tree/usr/local/lib/systemd/system
     if grep -qx 'ExecStart=/usr/local/sbin/hvagent run' "$units/hvagent.service" &&
+        grep -qx 'ExecStopPost=+/usr/local/sbin/hvagent thaw' "$units/hvagent.service" &&
         grep -qx 'ExecStart=/usr/local/sbin/hvagent clock-helper' "$units/hvagent-clock.service"; then
         pass install_points_the_units_at_the_installed_binary
     else
-        fail install_points_the_units_at_the_installed_binary "$(grep -h ExecStart= "$units"/hvagent*.service)"
+        fail install_points_the_units_at_the_installed_binary "$(grep -h -e ExecStart= -e ExecStopPost= "$units"/hvagent*.service)"
     fi
     if cmp -s etc/hvagent.toml "$tree/etc/hvagent/hvagent.toml" &&
         "$tree/usr/local/sbin/hvagent" check-config --config "$tree/etc/hvagent/hvagent.toml" >/dev/null; then

@@ -24,6 +24,8 @@ usage: hvagent [run] [--config FILE] [--control PATH]
        hvagent host-setup [--format powershell|reg] [--config FILE | --all]
                                       what the Windows host must register for the enabled services
                                       (--all: every service at its default port)
+       hvagent thaw                   thaw every filesystem that can freeze (harmless when none is frozen):
+                                      what systemd runs after the agent stops; needs CAP_SYS_ADMIN
        hvagent guid PORT              print the hv_sock service GUID of a vsock port (decimal or 0x-hex)
        hvagent port GUID              print the vsock port of an hv_sock service GUID
        hvagent clock-helper [--socket PATH] [--idle SECONDS] [--peer-uid UID]... [--fake-clock]
@@ -78,6 +80,7 @@ enum Command {
     Guid(String),
     Port(String),
     ClockHelper(Options),
+    Thaw,
     Help,
     Version,
 }
@@ -192,6 +195,7 @@ fn parse_args() -> Result<Command, Usage> {
         }
         Some("guid") => only(&[]).and_then(|()| needs_operand("PORT").map(Command::Guid)),
         Some("port") => only(&[]).and_then(|()| needs_operand("GUID").map(Command::Port)),
+        Some("thaw") => only(&[]).and_then(|()| no_operand().map(|()| Command::Thaw)),
         Some("clock-helper") => {
             only(&["--socket", "--idle", "--peer-uid", "--fake-clock"])?;
             no_operand().map(|()| Command::ClockHelper(options))
@@ -258,6 +262,26 @@ fn main() -> ExitCode {
         Command::HostSetup(options) => host_setup(&options),
         Command::Doctor(options) => doctor(&options),
         Command::ClockHelper(options) => clock_helper(options),
+        Command::Thaw => thaw(),
+    }
+}
+
+/// `hvagent thaw`: thaws whatever is frozen of the mounts the backup service could freeze, as the agent does
+/// at start; exit 0 also when nothing was frozen, 1 when a mount could not be thawed.
+fn thaw() -> ExitCode {
+    use hvagent::system::freeze::{self, SystemFreezer};
+    let mut freezer = SystemFreezer::new(freeze::COMMAND_HINT);
+    match hvproto::service::backup::thaw_all(&mut freezer) {
+        Ok(thawed) if thawed.is_empty() => print_out("hvagent: nothing was frozen\n"),
+        Ok(thawed) => print_out(&format!("hvagent: thawed {}\n", thawed.join(", "))),
+        Err(why) if freeze::lacks_privilege(&why) => {
+            eprintln!("hvagent: cannot thaw: {why}");
+            ExitCode::from(1)
+        }
+        Err(why) => {
+            eprintln!("hvagent: some filesystems may still be frozen: {why}");
+            ExitCode::from(1)
+        }
     }
 }
 

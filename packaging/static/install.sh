@@ -75,7 +75,8 @@ install_files() {
         "$destdir$docdir/examples"
     install -m 0755 "$here/sbin/hvagent" "$destdir$sbindir/hvagent"
     for unit in $units; do
-        sed "s|^ExecStart=/usr/sbin/hvagent|ExecStart=$sbindir/hvagent|" "$here/systemd/$unit" \
+        sed -e "s|^ExecStart=/usr/sbin/hvagent|ExecStart=$sbindir/hvagent|" \
+            -e "s|^ExecStopPost=+/usr/sbin/hvagent|ExecStopPost=+$sbindir/hvagent|" "$here/systemd/$unit" \
             >"$destdir$unitdir/$unit"
         chmod 0644 "$destdir$unitdir/$unit"
     done
@@ -90,6 +91,7 @@ install_files() {
         install -m 0644 "$here/doc/$doc" "$destdir$docdir/$doc"
     done
     install -m 0644 "$here/doc/examples/run-as-root.conf" "$destdir$docdir/examples/run-as-root.conf"
+    install -m 0644 "$here/doc/examples/backup-freeze.conf" "$destdir$docdir/examples/backup-freeze.conf"
     echo "install.sh: installed hvagent under $destdir$prefix (config $destdir$sysconfdir/hvagent/hvagent.toml)"
 }
 

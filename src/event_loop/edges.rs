@@ -10,7 +10,7 @@ use crate::clock::remote::{self, RemoteClock};
 use crate::clock::system::{self, SystemClock};
 use crate::config::{ServiceConfig, ServiceSettings};
 use crate::ops::log_hold::AgentLogHold;
-use crate::system::freeze::SystemFreezer;
+use crate::system::freeze::{self, SystemFreezer};
 use crate::system::health::ChildCheck;
 use crate::system::hooks::DirHooks;
 use crate::system::kvp_store::FileStore;
@@ -45,7 +45,7 @@ pub(super) fn logic_for(service: &ServiceConfig) -> Box<dyn Logic> {
         )),
         ServiceSettings::Backup(settings) => Box::new(BackupLogic::new(
             settings.clone(),
-            Box::new(SystemFreezer::new()),
+            Box::new(SystemFreezer::new(freeze::AGENT_HINT)),
             Box::new(DirHooks::new(&settings.hooks_dir)),
             Box::new(AgentLogHold),
         )),

@@ -1,4 +1,4 @@
-//! The backup service's filesystems: which mounts may be frozen (from /proc/mounts, chosen as Linux's
+//! The backup service's filesystems: which mounts may be frozen (from PID 1's /proc/1/mounts, chosen as Linux's
 //! `tools/hv/hv_vss_daemon.c` chooses them), and FIFREEZE/FITHAW on them (ioctl_fsfreeze(2)).
 //!
 //! Both ioctls need CAP_SYS_ADMIN; the agent under systemd has none, so a freeze there fails with EPERM and
@@ -78,34 +78,45 @@ fn unescape(field: &str) -> String {
 }
 
 /// What FIFREEZE's result means: EBUSY is a mount frozen already, which counts as done.
-fn freeze_result(result: Result<(), Errno>) -> Result<(), String> {
+fn freeze_result(result: Result<(), Errno>, hint: &str) -> Result<(), String> {
     match result {
         Ok(()) | Err(Errno::EBUSY) => Ok(()),
-        Err(errno) => Err(describe(errno)),
+        Err(errno) => Err(describe(errno, hint)),
     }
 }
 
 /// What FITHAW's result means: EINVAL is a mount that was not frozen.
-fn thaw_result(result: Result<(), Errno>) -> Result<bool, String> {
+fn thaw_result(result: Result<(), Errno>, hint: &str) -> Result<bool, String> {
     match result {
         Ok(()) => Ok(true),
         Err(Errno::EINVAL) => Ok(false),
-        Err(errno) => Err(describe(errno)),
+        Err(errno) => Err(describe(errno, hint)),
     }
 }
 
-/// An ioctl's error as a sentence; EPERM says what the agent lacks.
-pub fn describe(errno: Errno) -> String {
+/// An ioctl's error as a sentence; EPERM says what the process lacks, and `hint` how to get it.
+fn describe(errno: Errno, hint: &str) -> String {
     match errno {
-        Errno::EPERM | Errno::EACCES => format!(
-            "{} ({errno}): freezing and thawing need CAP_SYS_ADMIN, which this process lacks (under systemd \
-             install the run-as-root drop-in from the package's examples)",
+        Errno::EPERM => format!(
+            "{} ({errno}): freezing and thawing need CAP_SYS_ADMIN, which this process lacks; {hint}",
             errno.desc()
         ),
         Errno::EOPNOTSUPP => format!("the filesystem cannot freeze ({errno})"),
         _ => format!("{} ({errno})", errno.desc()),
     }
 }
+
+/// Whether an error of [`SystemFreezer`] is the missing privilege.
+pub fn lacks_privilege(why: &str) -> bool {
+    why.contains("CAP_SYS_ADMIN")
+}
+
+/// How the agent gets CAP_SYS_ADMIN.
+pub const AGENT_HINT: &str =
+    "run the agent as root with CAP_SYS_ADMIN (under systemd: the drop-in backup-freeze.conf in the \
+     package's examples; a privilege-separated freeze helper is future work)";
+/// How `hvagent thaw` gets it.
+pub const COMMAND_HINT: &str = "run hvagent thaw as root";
 
 /// Opens `mount` read-only and applies the ioctl `request` to it.
 fn fs_ioctl(mount: &str, request: u32) -> Result<(), Errno> {
@@ -120,24 +131,32 @@ fn fs_ioctl(mount: &str, request: u32) -> Result<(), Errno> {
 /// The real filesystems.
 pub struct SystemFreezer {
     mounts: PathBuf,
+    /// How to get the privilege, for an EPERM's error.
+    hint: &'static str,
 }
 
 impl SystemFreezer {
-    pub fn new() -> SystemFreezer {
-        SystemFreezer::reading(Path::new("/proc/self/mounts"))
+    /// The mounts of /proc/self/mounts; `hint` says how to get CAP_SYS_ADMIN ([`AGENT_HINT`],
+    /// [`COMMAND_HINT`]).
+    ///
+    /// The mounts are PID 1's (/proc/1/mounts), the system's own: the unit's ProtectSystem=strict shows the
+    /// agent every mount read-only in its private namespace, which would leave no candidate, while the
+    /// mount points are the same paths to the same filesystems. Where PID 1's cannot be read, its own.
+    pub fn new(hint: &'static str) -> SystemFreezer {
+        let system = Path::new("/proc/1/mounts");
+        let mounts = match std::fs::File::open(system) {
+            Ok(_) => system,
+            Err(_) => Path::new("/proc/self/mounts"),
+        };
+        SystemFreezer::reading(mounts, hint)
     }
 
     /// A freezer choosing its candidates from another mounts file.
-    pub fn reading(mounts: &Path) -> SystemFreezer {
+    pub fn reading(mounts: &Path, hint: &'static str) -> SystemFreezer {
         SystemFreezer {
             mounts: mounts.to_path_buf(),
+            hint,
         }
-    }
-}
-
-impl Default for SystemFreezer {
-    fn default() -> SystemFreezer {
-        SystemFreezer::new()
     }
 }
 
@@ -153,11 +172,11 @@ impl Freezer for SystemFreezer {
     }
 
     fn freeze(&mut self, mount: &str) -> Result<(), String> {
-        freeze_result(fs_ioctl(mount, FIFREEZE))
+        freeze_result(fs_ioctl(mount, FIFREEZE), self.hint)
     }
 
     fn thaw(&mut self, mount: &str) -> Result<bool, String> {
-        thaw_result(fs_ioctl(mount, FITHAW))
+        thaw_result(fs_ioctl(mount, FITHAW), self.hint)
     }
 }
 
@@ -202,23 +221,33 @@ broken line
 
     #[test]
     fn a_busy_freeze_is_frozen_already_and_an_invalid_thaw_was_not_frozen() {
-        assert_eq!(freeze_result(Ok(())), Ok(()));
-        assert_eq!(freeze_result(Err(Errno::EBUSY)), Ok(()));
-        assert_eq!(thaw_result(Ok(())), Ok(true));
-        assert_eq!(thaw_result(Err(Errno::EINVAL)), Ok(false));
+        assert_eq!(freeze_result(Ok(()), ""), Ok(()));
+        assert_eq!(freeze_result(Err(Errno::EBUSY), ""), Ok(()));
+        assert_eq!(thaw_result(Ok(()), ""), Ok(true));
+        assert_eq!(thaw_result(Err(Errno::EINVAL), ""), Ok(false));
     }
 
     #[test]
     fn a_refused_freeze_says_which_capability_it_needs() {
-        let why = freeze_result(Err(Errno::EPERM)).unwrap_err();
+        let why = freeze_result(Err(Errno::EPERM), AGENT_HINT).unwrap_err();
         assert!(
             why.contains("EPERM") && why.contains("CAP_SYS_ADMIN"),
             "{why}"
         );
-        let why = thaw_result(Err(Errno::EPERM)).unwrap_err();
-        assert!(why.contains("CAP_SYS_ADMIN"), "{why}");
-        let why = freeze_result(Err(Errno::EOPNOTSUPP)).unwrap_err();
-        assert!(why.contains("cannot freeze"), "{why}");
+        assert!(
+            why.contains("the package's examples") && lacks_privilege(&why),
+            "{why}"
+        );
+        let why = thaw_result(Err(Errno::EPERM), COMMAND_HINT).unwrap_err();
+        assert!(
+            why.ends_with("run hvagent thaw as root") && lacks_privilege(&why),
+            "{why}"
+        );
+        let why = freeze_result(Err(Errno::EOPNOTSUPP), AGENT_HINT).unwrap_err();
+        assert!(
+            why.contains("cannot freeze") && !lacks_privilege(&why),
+            "{why}"
+        );
     }
 
     #[test]
@@ -226,9 +255,9 @@ broken line
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mounts");
         std::fs::write(&path, SAMPLE).unwrap();
-        let mut freezer = SystemFreezer::reading(&path);
+        let mut freezer = SystemFreezer::reading(&path, AGENT_HINT);
         assert_eq!(freezer.candidates().unwrap().len(), 3);
-        let mut missing = SystemFreezer::reading(&dir.path().join("none"));
+        let mut missing = SystemFreezer::reading(&dir.path().join("none"), AGENT_HINT);
         assert!(missing.candidates().unwrap_err().contains("cannot read"));
     }
 }
