@@ -115,6 +115,10 @@ impl Doctor {
         findings.push(self.check_user());
         findings.push(self.check_capabilities());
         findings.push(self.check_polkit(shutdown));
+        let backup = config
+            .as_ref()
+            .is_some_and(|config| config.enabled().any(|s| s.kind() == ServiceKind::Backup));
+        findings.extend(self.check_cap_sys_admin(backup));
         findings
     }
 

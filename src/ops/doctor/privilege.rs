@@ -27,6 +27,12 @@ const POLKITD_PATHS: [&str; 3] = [
 /// The drop-in that runs the agent as root again where polkit is missing.
 const RUN_AS_ROOT: &str = "/usr/share/doc/hvagent/examples/run-as-root.conf";
 
+/// The drop-in that gives the agent CAP_SYS_ADMIN for the backup service, as shipped and as installed.
+const BACKUP_FREEZE: &str = "/usr/share/doc/hvagent/examples/backup-freeze.conf";
+const BACKUP_FREEZE_INSTALLED: &str = "/etc/systemd/system/hvagent.service.d/backup-freeze.conf";
+/// CAP_SYS_ADMIN's bit: FIFREEZE and FITHAW need it.
+const CAP_SYS_ADMIN: u32 = 21;
+
 /// Capability names by bit (linux/capability.h), as /proc/PID/status numbers them.
 const CAPABILITIES: [&str; 41] = [
     "CAP_CHOWN",
@@ -172,6 +178,47 @@ impl Doctor {
         })
         .collect();
         finding(Level::Note, "capabilities", sets.join("; "))
+    }
+
+    /// Whether the backup service can freeze: CAP_SYS_ADMIN, which the unit grants the agent only through
+    /// the backup-freeze drop-in. Nothing to say while the service is off.
+    pub(super) fn check_cap_sys_admin(&self, backup: bool) -> Option<Finding> {
+        if !backup {
+            return None;
+        }
+        const TOPIC: &str = "CAP_SYS_ADMIN";
+        if self.exists(BACKUP_FREEZE_INSTALLED) {
+            return Some(finding(
+                Level::Ok,
+                TOPIC,
+                format!("{BACKUP_FREEZE_INSTALLED} gives the agent CAP_SYS_ADMIN: the backup service can freeze"),
+            ));
+        }
+        let status = self.read("/proc/self/status").unwrap_or_default();
+        let held =
+            capability_set(&status, "CapEff").is_some_and(|caps| caps & (1 << CAP_SYS_ADMIN) != 0);
+        let fix = format!(
+            "install -D -m 0644 {BACKUP_FREEZE} {BACKUP_FREEZE_INSTALLED} && systemctl daemon-reload && \
+             systemctl restart hvagent (it runs the agent as root with CAP_SYS_ADMIN alone; a privilege-separated \
+             freeze helper is future work), or set enabled = false in [backup]"
+        );
+        Some(match self.first_existing(&UNIT_PATHS) {
+            None if held => finding(Level::Ok, TOPIC, "held: the backup service can freeze filesystems"),
+            None => problem(
+                TOPIC,
+                "not held: the backup service cannot freeze (FIFREEZE fails with EPERM, and every FREEZE is \
+                 answered HV_E_FAIL)",
+                "run the agent as root",
+            ),
+            Some(unit) => problem(
+                TOPIC,
+                format!(
+                    "{unit} runs the agent without capabilities, and the backup service needs CAP_SYS_ADMIN to \
+                     freeze: every FREEZE is answered HV_E_FAIL"
+                ),
+                fix,
+            ),
+        })
     }
 
     /// Whether polkit will let the unit's user power the guest off: the package's rule and polkitd. A

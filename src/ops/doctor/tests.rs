@@ -264,6 +264,38 @@ fn cap_sys_time_and_time_daemons_matter_when_time_sync_runs() {
 }
 
 #[test]
+fn cap_sys_admin_matters_only_when_backup_runs_and_the_drop_in_grants_it() {
+    let tree = Tree::hyperv();
+    let doctor = Doctor::new(tree.dir.path(), None);
+    assert_eq!(doctor.check_cap_sys_admin(false), None);
+    let held = doctor.check_cap_sys_admin(true).unwrap();
+    assert_eq!(held.level, Level::Ok, "{held:?}");
+    tree.file("proc/self/status", "CapEff:\t0000000000000000\n");
+    assert_eq!(
+        doctor.check_cap_sys_admin(true).unwrap().level,
+        Level::Problem
+    );
+    tree.file("proc/self/status", "CapEff:\t000001ffffffffff\n");
+    tree.file("lib/systemd/system/hvagent.service", "[Service]\n");
+    let unit = doctor.check_cap_sys_admin(true).unwrap();
+    assert_eq!(
+        unit.level,
+        Level::Problem,
+        "root running doctor is not the unit"
+    );
+    assert!(unit.text.contains("HV_E_FAIL"), "{unit:?}");
+    assert!(
+        unit.fix.as_deref().unwrap().contains("backup-freeze.conf"),
+        "{unit:?}"
+    );
+    tree.file(
+        "etc/systemd/system/hvagent.service.d/backup-freeze.conf",
+        "[Service]\n",
+    );
+    assert_eq!(doctor.check_cap_sys_admin(true).unwrap().level, Level::Ok);
+}
+
+#[test]
 fn cap_sys_time_is_not_needed_where_the_clock_helper_listens() {
     let tree = Tree::hyperv();
     tree.file("proc/self/status", "CapEff:\t0000000000000000\n");
