@@ -98,11 +98,11 @@ fn thaw_result(result: Result<(), Errno>, hint: &str) -> Result<bool, String> {
 fn describe(errno: Errno, hint: &str) -> String {
     match errno {
         Errno::EPERM => format!(
-            "{} ({errno}): freezing and thawing need CAP_SYS_ADMIN, which this process lacks; {hint}",
+            "{} ({errno:?}): freezing and thawing need CAP_SYS_ADMIN, which this process lacks; {hint}",
             errno.desc()
         ),
-        Errno::EOPNOTSUPP => format!("the filesystem cannot freeze ({errno})"),
-        _ => format!("{} ({errno})", errno.desc()),
+        Errno::EOPNOTSUPP => format!("the filesystem cannot freeze ({errno:?})"),
+        _ => format!("{} ({errno:?})", errno.desc()),
     }
 }
 
