@@ -10,11 +10,12 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    agent_log, hvagent, negotiate_request, start_agent_logging, v, wait_for_log, wait_for_path,
-    wait_until, write_config, Peer, Running,
+    agent_log, hvagent, negotiate_request, no_vsock, v, wait_for_log, wait_for_path, wait_until,
+    write_config, Peer, Running,
 };
 use hvproto::wire::negotiate::Negotiate;
 use hvproto::wire::vss::{self, Operation};
@@ -74,7 +75,8 @@ fn marker(dir: &Path) -> String {
     std::fs::read_to_string(dir.join("marker")).unwrap_or_default()
 }
 
-/// An agent with only backup, listening at DIR/backup.sock, hooks in DIR/hooks, freezing `mounts`.
+/// An agent with only backup, listening at DIR/backup.sock, hooks in DIR/hooks, freezing `mounts`; its
+/// control socket DIR/control.sock, its log DIR/agent.log.
 fn backup_agent(dir: &Path, mounts: &str) -> (Running, Peer) {
     assert_guard_refuses_freezing();
     marker_hook(dir);
@@ -89,7 +91,22 @@ fn backup_agent(dir: &Path, mounts: &str) -> (Running, Peer) {
             dir.join("hooks").display()
         ),
     );
-    let agent = start_agent_logging(&config, dir);
+    let log = std::fs::File::create(dir.join(common::AGENT_LOG)).unwrap();
+    let agent = Running(
+        no_vsock(&mut Command::new(common::AGENT))
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .arg("--control")
+            .arg(dir.join("control.sock"))
+            .env_remove("RUST_LOG")
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .unwrap(),
+    );
     wait_for_path(&socket);
     let mut peer = None;
     wait_until(
@@ -223,6 +240,13 @@ fn a_freeze_with_nothing_to_freeze_runs_the_thaw_hooks_when_the_link_closes() {
     );
     assert!(log.contains("FREEZE with no filesystem to freeze"), "{log}");
     assert_eq!(marker(dir.path()), "freeze\n");
+    let control = dir.path().join("control.sock").display().to_string();
+    let status = hvagent(&["status", "--control", &control]);
+    let shown = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        shown.contains("frozen for") && shown.contains("thaws in"),
+        "{shown}"
+    );
     drop(peer);
     wait_until(
         Duration::from_secs(10),
