@@ -10,7 +10,7 @@ STATIC_FILES=(install.sh:755 sbin/hvagent:755 systemd/hvagent.service:644 system
     systemd/hvagent-force-reboot@.service:644 systemd/hvagent-modules.conf:644 systemd/hvagent-sysusers.conf:644
     polkit/hvagent.rules:644 etc/hvagent.toml:644 man/hvagent.8:644 man/hvagent.toml.5:644 doc/README.md:644
     doc/PROTOCOL.md:644 doc/copyright:644 doc/hvagent-host-setup.ps1:644 doc/hvagent-host-setup.reg:644
-    doc/examples/run-as-root.conf:644)
+    doc/examples/run-as-root.conf:644 doc/examples/backup-freeze.conf:644)
 
 # What `install.sh` (default prefix /usr/local) installs, with the modes.
 STATIC_INSTALLED=(usr/local/sbin/hvagent:755 usr/local/lib/systemd/system/hvagent.service:644
@@ -21,7 +21,8 @@ STATIC_INSTALLED=(usr/local/sbin/hvagent:755 usr/local/lib/systemd/system/hvagen
     usr/local/share/man/man8/hvagent.8:644 usr/local/share/man/man5/hvagent.toml.5:644
     usr/local/share/doc/hvagent/README.md:644 usr/local/share/doc/hvagent/PROTOCOL.md:644
     usr/local/share/doc/hvagent/copyright:644 usr/local/share/doc/hvagent/hvagent-host-setup.ps1:644
-    usr/local/share/doc/hvagent/hvagent-host-setup.reg:644 usr/local/share/doc/hvagent/examples/run-as-root.conf:644)
+    usr/local/share/doc/hvagent/hvagent-host-setup.reg:644 usr/local/share/doc/hvagent/examples/run-as-root.conf:644
+    usr/local/share/doc/hvagent/examples/backup-freeze.conf:644)
 
 check_static() {
     local tarball version
@@ -91,12 +92,13 @@ check_static_install() {
     check_modes static_install_puts_every_file_in_place_with_its_mode "$root" "${STATIC_INSTALLED[@]}"
     local units=$root/usr/local/lib/systemd/system
     if grep -qx 'ExecStart=/usr/local/sbin/hvagent run' "$units/hvagent.service" &&
+        grep -qx 'ExecStopPost=+/usr/local/sbin/hvagent thaw' "$units/hvagent.service" &&
         grep -qx 'ExecStart=/usr/local/sbin/hvagent clock-helper' "$units/hvagent-clock.service" &&
         cmp -s etc/hvagent.toml "$root/etc/hvagent/hvagent.toml"; then
         pass static_install_points_the_units_at_the_installed_binary_and_ships_the_default_config
     else
         fail static_install_points_the_units_at_the_installed_binary_and_ships_the_default_config \
-            "$(grep -h ExecStart= "$units"/hvagent*.service)"
+            "$(grep -h -e ExecStart= -e ExecStopPost= "$units"/hvagent*.service)"
     fi
     verify_unit static_installed_unit_passes_systemd_analyze_verify_with_its_man_pages \
         "$root/usr/local/sbin/hvagent" "$root/usr/local/share/man"
