@@ -1,4 +1,5 @@
-//! End to end over Unix sockets: the backup (VSS) service of the real agent, and `hvagent thaw`.
+//! End to end over Unix sockets: the backup (VSS) service of the real agent, against hvproto-level requests
+//! and against the real `hvhost backup`, and `hvagent thaw`.
 //!
 //! Nothing here may freeze this machine. Every agent and every `hvagent thaw` runs under the tests' seccomp
 //! guard (`no_vsock`), which refuses FIFREEZE and FITHAW with EPERM before the kernel looks at them; each
@@ -279,4 +280,68 @@ fn thaw_without_the_privilege_says_so_and_fails() {
     );
     assert!(stderr.contains("run hvagent thaw as root"), "{stderr}");
     assert!(hvagent(&["thaw", "--all"]).status.code() == Some(2));
+}
+
+#[test]
+fn hvhost_backup_runs_its_command_between_the_agents_freeze_hooks_and_thaw_hooks() {
+    let dir = tempfile::tempdir().unwrap();
+    // No candidate, so nothing reaches FIFREEZE: the exchange and the hooks' order are what is tested.
+    let not_a_mount = dir.path().display().to_string();
+    let (_agent, peer) = backup_agent(dir.path(), &format!("[\"{not_a_mount}\"]"));
+    drop(peer);
+    let address = format!("unix:{}", dir.path().join("backup.sock").display());
+    let seen = dir.path().join("seen");
+    let copy = format!(
+        "cat {} >{}",
+        dir.path().join("marker").display(),
+        seen.display()
+    );
+    let output = common::hvhost(&["backup", &address, "--run", "sh", "-c", &copy]);
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap(),
+        "freeze\n",
+        "the command ran after the freeze hooks, before the thaw hooks"
+    );
+    assert_eq!(
+        marker(dir.path()),
+        "freeze\nthaw\n",
+        "{}",
+        agent_log(dir.path())
+    );
+    let log = wait_for_log(dir.path(), "(the host's THAW)", Duration::from_secs(10));
+    assert!(log.contains("backup: thawed nothing"), "{log}");
+}
+
+#[test]
+fn hvhost_backup_reports_the_agents_refused_freeze() {
+    let Some(mount) = candidates().into_iter().next() else {
+        eprintln!(
+            "this machine has no mount the backup service would freeze: nothing reaches FIFREEZE"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (_agent, peer) = backup_agent(dir.path(), &format!("[\"{mount}\"]"));
+    drop(peer);
+    let address = format!("unix:{}", dir.path().join("backup.sock").display());
+    let output = common::hvhost(&["backup", &address, "--run", "true"]);
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(output.status.code(), Some(3), "freeze refused: {all}");
+    assert!(all.contains("HV_E_FAIL"), "{all}");
+    assert_eq!(
+        marker(dir.path()),
+        "freeze\nthaw\n",
+        "{}",
+        agent_log(dir.path())
+    );
 }
