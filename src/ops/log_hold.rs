@@ -55,6 +55,18 @@ pub fn offer(line: impl FnOnce() -> String) -> bool {
     }
 }
 
+/// Whether lines are held, that is whether the backup service has filesystems frozen: nothing the agent
+/// writes may touch a filesystem then (a write to a frozen one blocks the loop, and with it the thaw).
+pub fn frozen() -> bool {
+    HELD.lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_some()
+}
+
+/// Serializes the tests that use the process-wide hold.
+#[cfg(test)]
+pub static TEST_HOLD: Mutex<()> = Mutex::new(());
+
 /// Starts holding lines (a second call keeps what is held).
 pub fn hold() {
     let mut held = HELD.lock().unwrap_or_else(PoisonError::into_inner);
@@ -107,7 +119,7 @@ mod tests {
 
     #[test]
     fn lines_offered_while_held_come_out_at_release_and_not_before() {
-        // The one test of the process-wide hold.
+        let _serial = TEST_HOLD.lock().unwrap_or_else(PoisonError::into_inner);
         let mut formatted = 0;
         assert!(!offer(|| {
             formatted += 1;
@@ -117,7 +129,9 @@ mod tests {
             formatted, 0,
             "a line written now is not formatted for the hold"
         );
+        assert!(!frozen());
         hold();
+        assert!(frozen());
         assert!(offer(|| "12:00:00.000Z INFO  first\n".to_string()));
         hold();
         assert!(offer(|| "12:00:00.001Z INFO  second\n".to_string()));
@@ -128,6 +142,7 @@ mod tests {
             "12:00:00.000Z INFO  first\n12:00:00.001Z INFO  second\n"
         );
         assert!(!offer(String::new), "released: lines go out again");
+        assert!(!frozen());
         let mut out = Vec::new();
         release_into(&mut out);
         assert!(out.is_empty(), "a release without a hold writes nothing");

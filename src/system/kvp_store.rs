@@ -88,6 +88,14 @@ impl PoolStore for FileStore {
     }
 
     fn save(&mut self, pool: Pool, pairs: &[Pair]) -> Result<(), String> {
+        // A write to a frozen filesystem would block the loop until the thaw, which the loop itself must
+        // perform: refused instead, and the host may set the pair again once thawed.
+        if crate::ops::log_hold::frozen() {
+            return Err(
+                "filesystems are frozen for a backup; nothing is written until the thaw"
+                    .to_string(),
+            );
+        }
         let temp = self
             .write_temp(pool, pairs)
             .map_err(|error| format!("cannot write {}: {error}", self.temp_path(pool).display()))?;
@@ -249,6 +257,23 @@ mod tests {
         for cut in 0..good.len() {
             assert!(decode(&good[..cut]).is_none(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn nothing_is_saved_while_filesystems_are_frozen() {
+        use crate::ops::log_hold;
+        let _serial = log_hold::TEST_HOLD
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FileStore::new(dir.path());
+        log_hold::hold();
+        let refused = store.save(Pool::EXTERNAL, &[pair("a", b"1")]);
+        log_hold::release_into(&mut Vec::new());
+        assert!(refused.unwrap_err().contains("frozen"));
+        assert!(!store.path(Pool::EXTERNAL).exists());
+        store.save(Pool::EXTERNAL, &[pair("a", b"1")]).unwrap();
+        assert_eq!(store.load(Pool::EXTERNAL).unwrap(), [pair("a", b"1")]);
     }
 
     #[test]
