@@ -37,7 +37,8 @@ STATIC_TARGET=x86_64-unknown-linux-musl
 GUEST_CID=3
 # Modules the guest loads, each after the ones it depends on; ones built into the kernel are skipped.
 GUEST_MODULES=(virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci vsock
-    vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport vsock_loopback)
+    vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport vsock_loopback
+    virtio_blk crc32c_generic ext4) # the last three for the backup scenario's scratch disk
 BOOT_TIMEOUT=90    # seconds from QEMU start to the guest's "ready"
 QEMU_LIMIT=900     # hard limit on QEMU's whole life
 export CARGO_TARGET_DIR=$REPO/target/vm

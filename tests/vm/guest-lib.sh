@@ -102,3 +102,35 @@ clock_back() {
     date -s "@$(($(date +%s) - $1))" >/dev/null || return 1
     echo "guest_s=$(date +%s)"
 }
+
+# backup_setup HOOKS: mount the scratch ext4 disk (/dev/vda, the second drive QEMU gives the guest) on
+# /mnt/backup, and make HOOKS (0, 1 or 2) freeze hooks in /tmp/hooks that append "NAME PHASE" to
+# /tmp/hooks.log, which is on the initramfs and never frozen.
+backup_setup() {
+    mkdir -p /mnt/backup /tmp/hooks
+    grep -q ' /mnt/backup ' /proc/mounts || mount -t ext4 /dev/vda /mnt/backup || return 1
+    rm -f /tmp/hooks/* /tmp/hooks.log
+    for hook in $(seq "$1"); do
+        # shellcheck disable=SC2016 # $1 is the hook's own argument, expanded when it runs
+        printf '#!/bin/sh\necho "%s $1" >>/tmp/hooks.log\n' "$hook-hook" >"/tmp/hooks/$hook-hook"
+        chmod 755 "/tmp/hooks/$hook-hook"
+    done
+    echo "mounted=$(grep -c ' /mnt/backup ext4 rw' /proc/mounts)"
+}
+
+# backup_agent_start NAME THAW_AFTER: hvagent with the backup service listening on vsock port 0x48560005,
+# the hooks of /tmp/hooks and the given thaw_after.
+backup_agent_start() {
+    agent_start "$1" listen vsock:any:0x48560001 '[backup]' 'enabled = true' \
+        'listen = "vsock:any:0x48560005"' 'hooks_dir = "/tmp/hooks"' "thaw_after = $2"
+}
+
+# writer_start: a process writing to the scratch disk (it stalls while the disk is frozen).
+writer_start() {
+    daemon_start writer sh -c 'echo data >/mnt/backup/written.$$ && echo wrote'
+}
+
+# writer_state: print "writer=running" or "writer=done".
+writer_state() {
+    if daemon_running writer; then echo writer=running; else echo writer=done; fi
+}

@@ -121,7 +121,12 @@ start_vm() {
     GUEST_ANSWERS=$RUN/console.log
     start_vhost || return 1
     say "starting QEMU (TCG)"
+    # The backup scenario freezes a real ext4 filesystem: a scratch disk of its own, /dev/vda in the guest.
+    rm -f "$RUN/scratch.ext4"
+    truncate -s 64M "$RUN/scratch.ext4" && mke2fs -q -F -t ext4 "$RUN/scratch.ext4" >>"$RUN/qemu.log" 2>&1 ||
+        { say "cannot make the scratch ext4 disk (mke2fs, from e2fsprogs)"; return 1; }
     start_qemu "$RUN/console.log" 512M -kernel "$kernel" -initrd "$RUN/initrd.gz" \
+        -drive file="$RUN/scratch.ext4",if=virtio,format=raw \
         -append 'console=ttyS0 quiet panic=-1'
     wait_guest_ready "$RUN/console.log"
 }

@@ -6,7 +6,7 @@
 # shellcheck shell=bash
 
 # shutdown powers the guest off, so it stays last.
-ALL_SCENARIOS="guest-dials-host host-dials-guest guid-addressing host-restart agent-restart vsock-faults in-guest-loopback benchmark time shutdown"
+ALL_SCENARIOS="guest-dials-host host-dials-guest guid-addressing host-restart agent-restart vsock-faults in-guest-loopback backup benchmark time shutdown"
 
 HEARTBEAT_PORT=$((0x48560001))
 SHUTDOWN_PORT=$((0x48560003))
@@ -345,4 +345,102 @@ scenario_shutdown() {
     grep -aq 'reboot: Power down' "$RUN/console.log" ||
         { fail "QEMU exited without the kernel's power-down message: $(tail -n 3 "$RUN/console.log")"; return; }
     pass "answered HV_S_OK, the agent powered the guest off (reboot(2), no systemd), QEMU exited $(elapsed "$start") s after the answer"
+}
+
+# -------------------------------------------------------------------------------------------- backup
+
+BACKUP_PORT=$((0x48560005))
+
+# backup_host NAME HVHOST-BACKUP-ARGS...: hvhost backup to the guest's backup port, in the background, tried
+# again for up to 30 s while the agent is not listening yet (nothing answered).
+backup_host() {
+    local name=$1 deadline=$((SECONDS + 30))
+    shift
+    while :; do
+        bg_start "$name" "$HVHOST" backup "hybrid:$RUN/vsock.uds:$BACKUP_PORT" "$@"
+        wait_until 10 eval "grep -qs '^backup ' '$RUN/$name.out' || ! bg_running $name"
+        grep -qs '^backup ' "$RUN/$name.out" && return 0
+        [ "$SECONDS" -lt "$deadline" ] || { fail "hvhost backup never got an answer: $(bg_why "$name")"; return 1; }
+        bg_stop "$name" KILL
+        sleep 0.5
+    done
+}
+
+# writer_is STATE SECONDS: until the guest's writer is STATE (running or done).
+writer_is() {
+    local deadline=$((SECONDS + $2))
+    while :; do
+        guest 10 writer_state || return 1
+        [ "$(guest_value writer)" = "$1" ] && return 0
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.2
+    done
+}
+
+# rtt NAME WORD: the round trip hvhost NAME printed for its WORD step (check, freeze, thaw), in ms.
+rtt() { sed -n "s/^backup $2 answer=HV_S_OK.* rtt_ms=\([0-9.]*\).*/\1/p" "$RUN/$1.out" | tail -n 1; }
+
+# A real ext4 filesystem on the guest's second disk: frozen while hvhost runs its command (a writer stalls
+# and finishes after the thaw; both halves of the hooks run), thawed when the host's link drops, when
+# thaw_after expires, and by the next start of an agent that was SIGKILLed while frozen.
+scenario_backup() {
+    local figures=() hooks name status
+    for hooks in 0 2; do
+        name=bk$hooks
+        guest 20 "backup_setup $hooks" || { fail "setting up the scratch disk: $GUEST_OUT"; return; }
+        [ "$(guest_value mounted)" = 1 ] || { fail "the scratch ext4 disk is not mounted read-write: $GUEST_OUT"; return; }
+        guest 20 "backup_agent_start $name 30" || { fail "hvagent did not start: $GUEST_OUT"; return; }
+        backup_host "$name-host" --run sleep 3 || { agent_diag "$name"; return 1; }
+        wait_until 10 grep -q '^run command=' "$RUN/$name-host.out" ||
+            { agent_diag "$name"; fail "hvhost never froze the guest: $(bg_why "$name-host")"; return; }
+        guest 10 writer_start || { fail "starting the writer: $GUEST_OUT"; return; }
+        sleep 1
+        writer_is "running" 0 || { agent_diag "$name"; fail "a writer went through while frozen"; return; }
+        status=0
+        bg_wait "$name-host" 30 || status=$?
+        [ "$status" = 0 ] || { agent_diag "$name"; fail "hvhost backup --run exited $status: $(bg_why "$name-host")"; return; }
+        writer_is "done" 5 || { agent_diag "$name"; fail "the writer still stalls after the thaw"; return; }
+        grep -q '^frozen for ' "$RUN/$name-host.out" || { fail "no 'frozen for' line: $(bg_why "$name-host")"; return; }
+        if [ "$hooks" = 2 ]; then
+            guest 10 'cat /tmp/hooks.log' || { fail "reading the hooks' log: $GUEST_OUT"; return; }
+            [ "$(tr '\n' ' ' <<<"$GUEST_OUT")" = "1-hook freeze 2-hook freeze 2-hook thaw 1-hook thaw " ] ||
+                { fail "hooks ran as: $GUEST_OUT"; return; }
+        fi
+        figures+=("$hooks hooks: freeze $(rtt "$name-host" freeze) ms, thaw $(rtt "$name-host" thaw) ms")
+        agent_down "$name" || return
+    done
+
+    # The host's link drops while frozen: thawed within 1 s.
+    guest 20 "backup_setup 0 && backup_agent_start bkdrop 30" || { fail "hvagent did not start: $GUEST_OUT"; return; }
+    backup_host bkdrop-host --run sleep 30 || return
+    wait_until 10 grep -q '^run command=' "$RUN/bkdrop-host.out" || { fail "not frozen: $(bg_why bkdrop-host)"; return; }
+    guest 10 writer_start || { fail "starting the writer: $GUEST_OUT"; return; }
+    writer_is "running" 0 || { fail "a writer went through while frozen"; return; }
+    bg_stop bkdrop-host KILL
+    writer_is "done" 1 || { agent_diag bkdrop; fail "not thawed within 1 s of the host's link dropping"; return; }
+    agent_down bkdrop || return
+
+    # thaw_after: the host keeps the link and never thaws; the agent thaws after 2 s on its own.
+    guest 20 "backup_agent_start bkafter 2" || { fail "hvagent did not start: $GUEST_OUT"; return; }
+    backup_host bkafter-host --run sleep 8 || return
+    wait_until 10 grep -q '^run command=' "$RUN/bkafter-host.out" || { fail "not frozen: $(bg_why bkafter-host)"; return; }
+    guest 10 writer_start || { fail "starting the writer: $GUEST_OUT"; return; }
+    writer_is "done" 4 || { agent_diag bkafter; fail "thaw_after = 2 did not thaw within 4 s"; return; }
+    bg_wait bkafter-host 20 || true
+    agent_down bkafter || return
+
+    # A SIGKILLed agent leaves the disk frozen; its next start thaws it.
+    guest 20 "backup_agent_start bkkill 30" || { fail "hvagent did not start: $GUEST_OUT"; return; }
+    backup_host bkkill-host --run sleep 30 || return
+    wait_until 10 grep -q '^run command=' "$RUN/bkkill-host.out" || { fail "not frozen: $(bg_why bkkill-host)"; return; }
+    guest 10 "daemon_stop bkkill KILL" || { fail "killing the agent: $GUEST_OUT"; return; }
+    bg_stop bkkill-host KILL
+    guest 10 writer_start || { fail "starting the writer: $GUEST_OUT"; return; }
+    sleep 1
+    writer_is "running" 0 || { fail "the disk was not left frozen by the SIGKILLed agent (the test proves nothing)"; return; }
+    guest 20 "backup_agent_start bkkill2 30" || { fail "hvagent did not restart: $GUEST_OUT"; return; }
+    writer_is "done" 5 || { agent_diag bkkill2; fail "the next start did not thaw"; return; }
+    guest 10 "grep -c 'at start' /tmp/bkkill2.log" || true
+    agent_down bkkill2 || return
+    pass "writer stalled while frozen and finished after the thaw; link drop, thaw_after and restart thawed; ${figures[*]}"
 }
