@@ -134,3 +134,13 @@ writer_start() {
 writer_state() {
     if daemon_running writer; then echo writer=running; else echo writer=done; fi
 }
+
+# stall_report: why the writer has not finished: its kernel stack and wait channel, the scratch disk's
+# mount, and (through sysrq w) every blocked task's stack on the console.
+stall_report() {
+    pid=$(daemon_pid writer)
+    echo "writer pid=$pid state=$(sed -n 's/^State:\t//p' "/proc/$pid/status" 2>/dev/null) wchan=$(cat "/proc/$pid/wchan" 2>/dev/null)"
+    sed 's/^/  stack: /' "/proc/$pid/stack" 2>/dev/null
+    grep ' /mnt/backup ' /proc/mounts
+    echo w >/proc/sysrq-trigger 2>/dev/null || echo "no sysrq"
+}

@@ -13,6 +13,8 @@ GUEST_OUT=
 GUEST_WEDGED=
 # Where the guest's answers to `guest` commands arrive: the busybox guest's console, the image's ttyS1.
 GUEST_ANSWERS=
+# The guest's console (kernel messages), for the diagnostics of a guest that stopped answering.
+GUEST_CONSOLE=
 declare -A BG_PIDS=()
 
 now() { date +%s.%N; }
@@ -151,6 +153,7 @@ start_vhost() {
 start_qemu() {
     local console=$1 memory=$2
     shift 2
+    GUEST_CONSOLE=$console
     rm -f "$RUN/ctl.in" "$RUN/ctl.out"
     mkfifo "$RUN/ctl.in" "$RUN/ctl.out"
     GUEST_WEDGED=
@@ -233,6 +236,8 @@ guest() {
     if ! wait_console "^@$id/end rc=" "$1"; then
         GUEST_WEDGED=1
         GUEST_OUT="no answer from the guest within $1 s to: $2"
+        # What the guest last said (kernel messages included) is the only account of why it went quiet.
+        diag "the guest stopped answering; the end of its console:"$'\n'"$(tail -n 40 "$GUEST_CONSOLE" | tr -d '\r')"
         return 124
     fi
     GUEST_OUT=$(grep -a "^@$id " "$GUEST_ANSWERS" | tr -d '\r' | sed "s/^@$id //") || true
@@ -339,13 +344,14 @@ run_scenario() {
     if [ -n "$DIAG" ]; then printf '%s' "$DIAG" | sed 's/^/    | /'; fi
 }
 
-# After a failed scenario: stop what it left running on both sides, so the next one starts clean.
+# After a failed scenario: stop what it left running on both sides, so the next one starts clean. Thawing
+# comes first: a process writing to a frozen filesystem cannot be killed until the filesystem thaws.
 stop_leftovers() {
     local name
     for name in "${!BG_PIDS[@]}"; do
         bg_stop "$name" KILL
     done
-    guest 20 daemon_kill_all || true
+    guest 20 'hvagent thaw; daemon_kill_all' || true
 }
 
 fail_all() {
