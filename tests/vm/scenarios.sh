@@ -6,10 +6,7 @@
 # shellcheck shell=bash
 
 # shutdown powers the guest off, so it stays last.
-ALL_SCENARIOS="guest-dials-host host-dials-guest guid-addressing host-restart agent-restart vsock-faults in-guest-loopback benchmark time shutdown"
-# backup is run only when asked for (HVAGENT_VM_SCENARIOS=backup): it passed every run here, but in one full
-# run the guest stopped answering its control port right after a thaw, and until that is understood it must
-# not take the scenarios after it down with it.
+ALL_SCENARIOS="control-channel guest-dials-host host-dials-guest guid-addressing host-restart agent-restart vsock-faults in-guest-loopback backup benchmark time shutdown"
 
 HEARTBEAT_PORT=$((0x48560001))
 SHUTDOWN_PORT=$((0x48560003))
@@ -117,6 +114,19 @@ host_dials_guest() {
 }
 
 # --------------------------------------------------------------------------------------- scenarios
+
+# The command channel itself: commands keep arriving whole while orphaned processes end in the guest (each
+# end signals the guest's PID 1; a half-read command once lost its first bytes that way).
+scenario_control_channel() {
+    local i
+    guest 10 'for i in $(seq 200); do (sleep "$((i % 20)).$((i % 7))" &); done; echo started' ||
+        { fail "starting the orphans: $GUEST_OUT"; return; }
+    for i in $(seq 200); do
+        guest 10 "echo answer$i" || { fail "command $i: $GUEST_OUT"; return; }
+        [ "$GUEST_OUT" = "answer$i" ] || { fail "command $i was answered with: $GUEST_OUT"; return; }
+    done
+    pass "200 commands answered whole while 200 orphaned processes ended"
+}
 
 scenario_guest_dials_host() {
     guest_dials_host gdh 0x48560001 "$HEARTBEAT_PORT" 1000 || return
@@ -380,6 +390,14 @@ writer_is() {
     done
 }
 
+# stall_diag NAME: diagnostics for a writer that did not finish: guest agent NAME's log, the writer's
+# kernel stack and the blocked tasks (on the console, shown by the harness when the guest wedges).
+stall_diag() {
+    agent_diag "$1"
+    if guest 10 stall_report; then diag "the stalled writer (guest):"$'\n'"$GUEST_OUT"; fi
+    diag "the end of the guest console:"$'\n'"$(tail -n 60 "$GUEST_CONSOLE" | tr -d '\r' | grep -v '^@')"
+}
+
 # rtt NAME WORD: the round trip hvhost NAME printed for its WORD step (check, freeze, thaw), in ms.
 rtt() { sed -n "s/^backup $2 answer=HV_S_OK.* rtt_ms=\([0-9.]*\).*/\1/p" "$RUN/$1.out" | tail -n 1; }
 
@@ -402,7 +420,7 @@ scenario_backup() {
         status=0
         bg_wait "$name-host" 30 || status=$?
         [ "$status" = 0 ] || { agent_diag "$name"; fail "hvhost backup --run exited $status: $(bg_why "$name-host")"; return; }
-        writer_is "done" 5 || { agent_diag "$name"; fail "the writer still stalls after the thaw"; return; }
+        writer_is "done" 5 || { stall_diag "$name"; fail "the writer still stalls after the thaw"; return; }
         grep -q '^frozen for ' "$RUN/$name-host.out" || { fail "no 'frozen for' line: $(bg_why "$name-host")"; return; }
         if [ "$hooks" = 2 ]; then
             guest 10 'cat /tmp/hooks.log' || { fail "reading the hooks' log: $GUEST_OUT"; return; }
@@ -420,7 +438,7 @@ scenario_backup() {
     guest 10 writer_start || { fail "starting the writer: $GUEST_OUT"; return; }
     writer_is "running" 0 || { fail "a writer went through while frozen"; return; }
     bg_stop bkdrop-host KILL
-    writer_is "done" 1 || { agent_diag bkdrop; fail "not thawed within 1 s of the host's link dropping"; return; }
+    writer_is "done" 1 || { stall_diag bkdrop; fail "not thawed within 1 s of the host's link dropping"; return; }
     agent_down bkdrop || return
 
     # thaw_after: the host keeps the link and never thaws; the agent thaws after 2 s on its own.
@@ -428,7 +446,7 @@ scenario_backup() {
     backup_host bkafter-host --run sleep 8 || return
     wait_until 10 grep -q '^run command=' "$RUN/bkafter-host.out" || { fail "not frozen: $(bg_why bkafter-host)"; return; }
     guest 10 writer_start || { fail "starting the writer: $GUEST_OUT"; return; }
-    writer_is "done" 4 || { agent_diag bkafter; fail "thaw_after = 2 did not thaw within 4 s"; return; }
+    writer_is "done" 4 || { stall_diag bkafter; fail "thaw_after = 2 did not thaw within 4 s"; return; }
     bg_wait bkafter-host 20 || true
     agent_down bkafter || return
 
@@ -439,14 +457,14 @@ scenario_backup() {
     guest 10 writer_start || { fail "starting the writer: $GUEST_OUT"; return; }
     writer_is "running" 0 || { fail "a writer went through while frozen"; return; }
     guest 10 'kill -HUP "$(daemon_pid bksig)"' || { fail "SIGHUP: $GUEST_OUT"; return; }
-    writer_is "done" 1 || { agent_diag bksig; fail "SIGHUP did not thaw within 1 s"; return; }
+    writer_is "done" 1 || { stall_diag bksig; fail "SIGHUP did not thaw within 1 s"; return; }
     bg_stop bkhup-host KILL
     backup_host bkterm-host --run sleep 30 || return
     wait_until 10 grep -q '^run command=' "$RUN/bkterm-host.out" || { fail "not frozen: $(bg_why bkterm-host)"; return; }
     guest 10 writer_start || { fail "starting the writer: $GUEST_OUT"; return; }
     writer_is "running" 0 || { fail "a writer went through while frozen"; return; }
     agent_down bksig || return
-    writer_is "done" 1 || { fail "SIGTERM did not thaw within 1 s"; return; }
+    writer_is "done" 1 || { stall_diag bksig; fail "SIGTERM did not thaw within 1 s"; return; }
     bg_stop bkterm-host KILL
 
     # A SIGKILLed agent leaves the disk frozen; its next start thaws it.
@@ -459,7 +477,7 @@ scenario_backup() {
     sleep 1
     writer_is "running" 0 || { fail "the disk was not left frozen by the SIGKILLed agent (the test proves nothing)"; return; }
     guest 20 "backup_agent_start bkkill2 30" || { fail "hvagent did not restart: $GUEST_OUT"; return; }
-    writer_is "done" 5 || { agent_diag bkkill2; fail "the next start did not thaw"; return; }
+    writer_is "done" 5 || { stall_diag bkkill2; fail "the next start did not thaw"; return; }
     guest 10 "grep -c 'at start' /tmp/bkkill2.log" || true
     agent_down bkkill2 || return
     pass "writer stalled while frozen and finished after the thaw; link drop, thaw_after, SIGHUP, SIGTERM and restart thawed; ${figures[*]}"
