@@ -21,6 +21,7 @@
 //! 0 (what hvagent sent before, and what a host built from Linux's struct alone may leave); any other value
 //! (PARTIAL 2, the GPA-direct types 3 and 4, or garbage) means the stream is not IC messages.
 
+pub mod fcopy;
 pub mod heartbeat;
 pub mod kvp;
 pub mod negotiate;
