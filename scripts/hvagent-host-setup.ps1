@@ -15,6 +15,7 @@
 #   shutdown   48560003-facb-11e6-bd58-64006a7986d3  guest dials, host listens
 #   timesync   48560004-facb-11e6-bd58-64006a7986d3  guest dials, host listens
 #   backup     48560005-facb-11e6-bd58-64006a7986d3  guest dials, host listens
+#   filecopy   48560007-facb-11e6-bd58-64006a7986d3  guest dials, host listens
 
 $ErrorActionPreference = 'Stop'
 $root = 'HKLM:\SOFTWARE\Microsoft\Windows NT\CurrentVersion\Virtualization\GuestCommunicationServices'
@@ -24,6 +25,7 @@ $services = [ordered]@{
     '48560003-facb-11e6-bd58-64006a7986d3' = 'hvagent shutdown'
     '48560004-facb-11e6-bd58-64006a7986d3' = 'hvagent timesync'
     '48560005-facb-11e6-bd58-64006a7986d3' = 'hvagent backup'
+    '48560007-facb-11e6-bd58-64006a7986d3' = 'hvagent filecopy'
 }
 foreach ($guid in $services.Keys) {
     $key = Join-Path $root $guid

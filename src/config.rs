@@ -13,6 +13,7 @@ use std::time::Duration;
 use log::LevelFilter;
 
 use hvproto::service::backup::BackupSettings;
+use hvproto::service::filecopy::FileCopySettings;
 use hvproto::service::guestinfo::GuestInfoSettings;
 use hvproto::service::health::HealthSettings;
 use hvproto::service::shutdown::ShutdownSettings;
@@ -39,12 +40,13 @@ use setting::Keys;
 pub const DEFAULT_PATH: &str = "/etc/hvagent/hvagent.toml";
 
 /// Services configurable in this build, in file order.
-pub const SERVICES: [ServiceKind; 5] = [
+pub const SERVICES: [ServiceKind; 6] = [
     ServiceKind::Heartbeat,
     ServiceKind::TimeSync,
     ServiceKind::Shutdown,
     ServiceKind::GuestInfo,
     ServiceKind::Backup,
+    ServiceKind::FileCopy,
 ];
 
 /// Whether a service dials out or waits for the host.
@@ -72,6 +74,7 @@ pub enum ServiceSettings {
     Shutdown(ShutdownSettings),
     GuestInfo(GuestInfoSettings),
     Backup(BackupSettings),
+    FileCopy(FileCopySettings),
 }
 
 impl ServiceSettings {
@@ -83,6 +86,7 @@ impl ServiceSettings {
             ServiceKind::Shutdown => ServiceSettings::Shutdown(ShutdownSettings::default()),
             ServiceKind::GuestInfo => ServiceSettings::GuestInfo(GuestInfoSettings::default()),
             ServiceKind::Backup => ServiceSettings::Backup(BackupSettings::default()),
+            ServiceKind::FileCopy => ServiceSettings::FileCopy(FileCopySettings::default()),
         }
     }
 
@@ -93,6 +97,22 @@ impl ServiceSettings {
             ServiceSettings::Shutdown(_) => ServiceKind::Shutdown,
             ServiceSettings::GuestInfo(_) => ServiceKind::GuestInfo,
             ServiceSettings::Backup(_) => ServiceKind::Backup,
+            ServiceSettings::FileCopy(_) => ServiceKind::FileCopy,
+        }
+    }
+
+    /// Why the service cannot run as configured, when it is enabled: a key that has no default and was
+    /// not set.
+    pub fn unusable(&self) -> Option<(&'static str, String)> {
+        match self {
+            ServiceSettings::FileCopy(settings) if settings.allowed_dirs.is_empty() => Some((
+                "allowed_dirs",
+                "the file-copy service is enabled but allowed_dirs is not set: add allowed_dirs = \
+                 [\"/DIR\"] to [filecopy] with the directories the host may copy files into (there \
+                 is no default), or set enabled = false"
+                    .to_string(),
+            )),
+            _ => None,
         }
     }
 
@@ -104,6 +124,7 @@ impl ServiceSettings {
             ServiceSettings::Shutdown(settings) => settings,
             ServiceSettings::GuestInfo(settings) => settings,
             ServiceSettings::Backup(settings) => settings,
+            ServiceSettings::FileCopy(settings) => settings,
         }
     }
 
@@ -114,6 +135,7 @@ impl ServiceSettings {
             ServiceSettings::Shutdown(settings) => settings,
             ServiceSettings::GuestInfo(settings) => settings,
             ServiceSettings::Backup(settings) => settings,
+            ServiceSettings::FileCopy(settings) => settings,
         }
     }
 }
@@ -166,8 +188,9 @@ impl ServiceConfig {
     /// The built-in configuration of a service.
     pub fn default_for(kind: ServiceKind) -> ServiceConfig {
         ServiceConfig {
-            // Every service but backup is on by default: a Hyper-V host expects the four of every guest;
-            // backup freezes filesystems, so a host gets it only where the admin turns it on.
+            // Every service but backup and file copy is on by default: a Hyper-V host expects the four of
+            // every guest; backup freezes filesystems and file copy writes the host's files, so a host
+            // gets them only where the admin turns them on.
             enabled: kind.on_by_default(),
             endpoint: Endpoint::Connect(Address::Vsock {
                 cid: hvtransport::address::CID_HOST,

@@ -8,6 +8,7 @@ use super::setting::{docs_of, names_of, KeyDoc, Parser, Setting, Table};
 use super::values::{self, choice, choices, typed, Seconds};
 use super::{peers, Config, Endpoint, ServiceConfig, ServiceSettings, SERVICES};
 use hvproto::service::backup::BackupSettings;
+use hvproto::service::filecopy::FileCopySettings;
 use hvproto::service::guestinfo::GuestInfoSettings;
 use hvproto::service::health::{self, HealthSettings};
 use hvproto::service::shutdown::ShutdownSettings;
@@ -183,7 +184,7 @@ static CONNECTION: [ConnectionKey; 6] = [
             show: |service| Some(service.enabled.to_string()),
         },
     )
-    .default_doc("true; false for [backup]"),
+    .default_doc("true; false for [backup] and [filecopy]"),
     ConnectionKey::new(
         "connect",
         "The guest dials this address: the default, since a Windows host service listens on its GUID.",
@@ -499,6 +500,82 @@ static BACKUP: [BackupKey; 4] = [
     ),
 ];
 
+type FileCopyKey = Setting<FileCopySettings>;
+
+static FILECOPY: [FileCopyKey; 4] = [
+    FileCopyKey::new(
+        "allowed_dirs",
+        "The directories the host may copy files into, and beneath (required: no default). The agent's \
+         user must be able to write them (a ReadWritePaths= drop-in under systemd).",
+        Parser::Other {
+            takes: || "an array of absolute directory paths".to_string(),
+            read: |settings, value| {
+                let dirs: Vec<String> =
+                    typed(value).map_err(|_| "must be an array of absolute directory paths".to_string())?;
+                if let Some(relative) = dirs.iter().find(|dir| !dir.starts_with('/')) {
+                    return Err(format!("'{relative}' is not an absolute directory path"));
+                }
+                if let Some(climbing) = dirs.iter().find(|dir| dir.split('/').any(|part| part == "..")) {
+                    return Err(format!("'{climbing}' holds '..': name the directory itself"));
+                }
+                settings.allowed_dirs = dirs;
+                Ok(())
+            },
+            show: |settings| {
+                let quoted: Vec<String> =
+                    settings.allowed_dirs.iter().map(|dir| values::toml_string(dir)).collect();
+                Some(format!("[{}]", quoted.join(", ")))
+            },
+        },
+    )
+    .default_doc("none: the service refuses to start until it is set"),
+    FileCopyKey::new(
+        "max_file_size",
+        "The largest file the host may copy, in bytes; a START announcing more is refused.",
+        Parser::Other {
+            takes: || "a number of bytes, 1 or more".to_string(),
+            read: |settings, value| {
+                let bytes: i64 = typed(value)?;
+                if bytes < 1 {
+                    return Err(format!("{bytes} is not a number of bytes of 1 or more"));
+                }
+                // Positive: the cast keeps the value.
+                settings.max_file_size = bytes as u64;
+                Ok(())
+            },
+            show: |settings| Some(settings.max_file_size.to_string()),
+        },
+    ),
+    FileCopyKey::new(
+        "file_mode",
+        "The mode of a copied file (the owner is the agent's user).",
+        Parser::Other {
+            takes: || "an octal mode such as 0o640 or \"0640\", at most 0o777".to_string(),
+            read: |settings, value| {
+                let mode = match value {
+                    toml::Value::Integer(mode) => u32::try_from(*mode).ok(),
+                    toml::Value::String(text) => u32::from_str_radix(text.trim_start_matches("0o"), 8).ok(),
+                    _ => None,
+                };
+                settings.file_mode = mode
+                    .filter(|mode| *mode <= 0o777)
+                    .ok_or_else(|| format!("{} is not a mode from 0o000 to 0o777", values::describe(value)))?;
+                Ok(())
+            },
+            show: |settings| Some(format!("0o{:03o}", settings.file_mode)),
+        },
+    ),
+    FileCopyKey::new(
+        "copy_timeout",
+        "A copy with no message from the host for this long is abandoned and its temporary file removed.",
+        Parser::Seconds {
+            range: Seconds { min: 1.0, max: 86_400.0, zero: None },
+            get: |settings| settings.copy_timeout,
+            set: |settings, value| settings.copy_timeout = value,
+        },
+    ),
+];
+
 /// A service's settings type and its keys.
 macro_rules! service_table {
     ($settings:ty, $table:ident) => {
@@ -518,3 +595,4 @@ service_table!(TimeSyncSettings, TIMESYNC);
 service_table!(ShutdownSettings, SHUTDOWN);
 service_table!(GuestInfoSettings, GUESTINFO);
 service_table!(BackupSettings, BACKUP);
+service_table!(FileCopySettings, FILECOPY);

@@ -71,6 +71,14 @@ fn read(
             .find(|service| service.kind() == *kind)
             .expect("the default config has every service a section can name");
         let given = read_section(service, entries)?;
+        if service.enabled {
+            if let Some((key, why)) = service.settings.unusable() {
+                return Err(SpanError {
+                    span: given.span(key).unwrap_or_default(),
+                    message: format!("key '{}': {why}", dotted(Some(*kind), key)),
+                });
+            }
+        }
         service
             .settings
             .keys_mut()

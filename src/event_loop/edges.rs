@@ -1,5 +1,6 @@
 //! Which [`Logic`] each service kind runs, built from the configuration with the real edges (the system
-//! clock, the command runner, the state directory, the filesystems a backup freezes). Tests build logics with fakes instead.
+//! clock, the command runner, the state directory, the filesystems a backup freezes, the directories
+//! files are copied into). Tests build logics with fakes instead.
 
 use std::path::Path;
 
@@ -10,6 +11,7 @@ use crate::clock::remote::{self, RemoteClock};
 use crate::clock::system::{self, SystemClock};
 use crate::config::{ServiceConfig, ServiceSettings};
 use crate::ops::log_hold::AgentLogHold;
+use crate::system::filecopy::SystemSink;
 use crate::system::freeze::{self, SystemFreezer};
 use crate::system::health::ChildCheck;
 use crate::system::hooks::DirHooks;
@@ -18,6 +20,7 @@ use crate::system::power::SystemPower;
 use crate::system::sysinfo::LiveSystem;
 use hvproto::clock::{Clock, OffsetSink};
 use hvproto::service::backup::BackupLogic;
+use hvproto::service::filecopy::FileCopyLogic;
 use hvproto::service::guestinfo::GuestInfoLogic;
 use hvproto::service::health::{Check, Health, HealthSettings, Reading};
 use hvproto::service::heartbeat::HeartbeatLogic;
@@ -48,6 +51,10 @@ pub(super) fn logic_for(service: &ServiceConfig) -> Box<dyn Logic> {
             Box::new(SystemFreezer::new(freeze::AGENT_HINT)),
             Box::new(DirHooks::new(&settings.hooks_dir)),
             Box::new(AgentLogHold),
+        )),
+        ServiceSettings::FileCopy(settings) => Box::new(FileCopyLogic::new(
+            settings.clone(),
+            Box::new(SystemSink::new()),
         )),
     }
 }

@@ -2,6 +2,7 @@
 //! key-value pool files. Everything here touches the real system; the services in `service/` only see the
 //! traits these implement, and their tests use fakes.
 
+pub mod filecopy;
 pub mod freeze;
 pub mod health;
 pub mod hooks;

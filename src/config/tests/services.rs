@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::config::program::{self, search_path};
 use crate::config::{parse, Config, ServiceSettings};
 use hvproto::service::backup::BackupSettings;
+use hvproto::service::filecopy::FileCopySettings;
 use hvproto::service::guestinfo::GuestInfoSettings;
 use hvproto::service::shutdown::{is_default_command, ShutdownSettings};
 use hvproto::service::timesync::{Mode, TimeSyncSettings};
@@ -226,6 +227,50 @@ fn backup_is_off_by_default_and_its_keys_set_its_own_settings() {
         ("hooks_dir = \"hooks\"", "hooks_dir"),
     ] {
         let why = parse_text(&format!("[backup]\n{bad}\n")).unwrap_err();
+        assert!(why.contains(says), "{bad}: {why}");
+    }
+}
+
+#[test]
+fn filecopy_is_off_by_default_and_refuses_to_start_without_allowed_dirs() {
+    let defaults = Config::default();
+    assert!(!defaults
+        .enabled()
+        .any(|service| service.kind() == ServiceKind::FileCopy));
+    let why = parse_text("[filecopy]\nenabled = true\n").unwrap_err();
+    assert!(
+        why.contains("filecopy.allowed_dirs") && why.contains("allowed_dirs = [\"/DIR\"]"),
+        "{why}"
+    );
+    // Off, it needs none.
+    parse_text("[filecopy]\nmax_file_size = 10\n").unwrap();
+    let config = parse_text(
+        "[filecopy]\nenabled = true\nallowed_dirs = [\"/srv/in\", \"/tmp/a b\"]\nmax_file_size = 1024\n\
+         file_mode = 0o600\ncopy_timeout = 2.5\n",
+    )
+    .unwrap();
+    assert_eq!(
+        settings_of(&config, ServiceKind::FileCopy),
+        ServiceSettings::FileCopy(FileCopySettings {
+            allowed_dirs: vec!["/srv/in".to_string(), "/tmp/a b".to_string()],
+            max_file_size: 1024,
+            file_mode: 0o600,
+            copy_timeout: Duration::from_millis(2500),
+        })
+    );
+    assert_eq!(parse_text(&config.to_string()).unwrap(), config);
+    let string_mode = parse_text("[filecopy]\nfile_mode = \"0644\"\n").unwrap();
+    assert!(string_mode.to_string().contains("file_mode = 0o644"));
+    for (bad, says) in [
+        ("allowed_dirs = [\"srv\"]", "not an absolute directory path"),
+        ("allowed_dirs = [\"/srv/../etc\"]", "'..'"),
+        ("allowed_dirs = \"/srv\"", "array"),
+        ("max_file_size = 0", "1 or more"),
+        ("file_mode = 0o1777", "0o777"),
+        ("file_mode = \"rw\"", "mode"),
+        ("copy_timeout = 0", "copy_timeout"),
+    ] {
+        let why = parse_text(&format!("[filecopy]\n{bad}\n")).unwrap_err();
         assert!(why.contains(says), "{bad}: {why}");
     }
 }

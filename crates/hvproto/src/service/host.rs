@@ -3,6 +3,7 @@
 //! events out. [`backup`] holds what the host of a backup (VSS) exchange adds on top.
 
 pub mod backup;
+pub mod filecopy;
 
 use std::collections::VecDeque;
 use std::fmt;

@@ -7,6 +7,7 @@
 //! carries TRANSACTION, and processed silently otherwise (docs/PROTOCOL.md §5.1).
 
 pub mod backup;
+pub mod filecopy;
 pub mod guestinfo;
 pub mod health;
 pub mod heartbeat;
@@ -34,15 +35,18 @@ pub enum ServiceKind {
     TimeSync,
     /// The VSS IC: freeze and thaw for a consistent backup.
     Backup,
+    /// The FCOPY IC: files copied into the guest (Copy-VMFile).
+    FileCopy,
 }
 
 impl ServiceKind {
-    pub const ALL: [ServiceKind; 5] = [
+    pub const ALL: [ServiceKind; 6] = [
         ServiceKind::Heartbeat,
         ServiceKind::GuestInfo,
         ServiceKind::Shutdown,
         ServiceKind::TimeSync,
         ServiceKind::Backup,
+        ServiceKind::FileCopy,
     ];
 
     /// The IC message type this service carries.
@@ -53,6 +57,7 @@ impl ServiceKind {
             ServiceKind::Shutdown => MessageType::SHUTDOWN,
             ServiceKind::TimeSync => MessageType::TIMESYNC,
             ServiceKind::Backup => MessageType::VSS,
+            ServiceKind::FileCopy => MessageType::FCOPY,
         }
     }
 
@@ -64,6 +69,7 @@ impl ServiceKind {
             ServiceKind::Shutdown => "shutdown",
             ServiceKind::TimeSync => "timesync",
             ServiceKind::Backup => "backup",
+            ServiceKind::FileCopy => "filecopy",
         }
     }
 
@@ -73,13 +79,15 @@ impl ServiceKind {
     }
 
     /// Whether the agent runs the service when its section does not say: every one but backup, which
-    /// freezes filesystems and so runs only where the admin asks for it.
+    /// freezes filesystems, and file copy, which writes files the host sends; they run only where the
+    /// admin asks for them.
     pub fn on_by_default(self) -> bool {
-        self != ServiceKind::Backup
+        !matches!(self, ServiceKind::Backup | ServiceKind::FileCopy)
     }
 
     /// Message versions the guest accepts, in preference order (Linux's lists; time sync adds hvagent's 4.1;
-    /// backup is Linux's hv_snapshot.c, which offers 5.0 alone).
+    /// backup is Linux's hv_snapshot.c, which offers 5.0 alone; file copy is Linux's hv_fcopy.c and
+    /// hv_fcopy_uio_daemon.c, which offer 1.1 alone, WIN8_SRV_VERSION).
     pub fn message_versions(self) -> &'static [IcVersion] {
         const HEARTBEAT: [IcVersion; 2] = [IcVersion::new(3, 0), IcVersion::new(1, 0)];
         const GUEST_INFO: [IcVersion; 3] = [
@@ -100,12 +108,14 @@ impl ServiceKind {
             IcVersion::new(1, 0),
         ];
         const BACKUP: [IcVersion; 1] = [IcVersion::new(5, 0)];
+        const FILE_COPY: [IcVersion; 1] = [IcVersion::new(1, 1)];
         match self {
             ServiceKind::Heartbeat => &HEARTBEAT,
             ServiceKind::GuestInfo => &GUEST_INFO,
             ServiceKind::Shutdown => &SHUTDOWN,
             ServiceKind::TimeSync => &TIME_SYNC,
             ServiceKind::Backup => &BACKUP,
+            ServiceKind::FileCopy => &FILE_COPY,
         }
     }
 }
