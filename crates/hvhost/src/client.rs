@@ -221,6 +221,40 @@ impl Client {
             .map_err(PeerError::Protocol)
     }
 
+    /// The channel, for what builds its own requests on it once negotiated (a file copy's sender).
+    pub fn channel(&self) -> &HostChannel {
+        &self.channel
+    }
+
+    /// Queues `message` to go out with the next [`Client::pump`], without waiting.
+    pub fn queue(&mut self, message: &Message) -> Result<(), PeerError> {
+        self.connection.queue(message).map_err(PeerError::Closed)
+    }
+
+    /// Sends what the socket takes and moves what arrived to `inbox`, waiting until the deadline for
+    /// something to do when neither can go on at once; false when the deadline passed with nothing read.
+    pub fn pump(&mut self, inbox: &mut Vec<Message>, deadline: Instant) -> Result<bool, PeerError> {
+        inbox.append(&mut self.inbox);
+        loop {
+            self.connection.flush().map_err(PeerError::Closed)?;
+            let flags = if self.connection.wants_write() {
+                PollFlags::POLLIN | PollFlags::POLLOUT
+            } else {
+                PollFlags::POLLIN
+            };
+            if !inbox.is_empty() {
+                return Ok(true);
+            }
+            if !wait_ready(self.connection.fd(), flags, deadline) {
+                return Ok(false);
+            }
+            self.connection.receive(inbox).map_err(PeerError::Closed)?;
+            if !inbox.is_empty() {
+                return Ok(true);
+            }
+        }
+    }
+
     fn send_queued(&mut self) -> Result<(), PeerError> {
         let deadline = Instant::now() + ANSWER_TIMEOUT;
         loop {

@@ -5,7 +5,9 @@
 //! - [`server`]: `hvhost serve`, many agents at once in one poll loop.
 //! - [`requests`]: `hvhost shutdown` and `hvhost kvp`, one request each.
 //! - [`backup`]: `hvhost backup`, freeze, a command on the host, thaw.
+//! - [`copy`]: `hvhost copy`, a local file into the guest (the file-copy service).
 pub mod backup;
 pub mod client;
+pub mod copy;
 pub mod requests;
 pub mod server;

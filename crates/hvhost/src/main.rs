@@ -2,7 +2,7 @@
 //! library.
 //!
 //! Exit status: 0 ok, 1 the agent answered wrongly or the connection failed, 2 usage error; `backup` adds
-//! 3 freeze refused, 4 command failed, 5 thaw failed.
+//! 3 freeze refused, 4 command failed, 5 thaw failed; `copy` adds 3 START refused, 4 refused during the copy.
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use hvhost::backup::{self, BackupCommand};
 use hvhost::client::{self, heartbeat_line, say, Client, RoundTrips};
+use hvhost::copy::{self, CopyRequest};
 use hvhost::requests::{self, parse_pool, KvpCommand, ShutdownOptions};
 use hvhost::server::{serve, ServeOptions};
 use hvproto::service::host::HostEvent;
@@ -37,6 +38,12 @@ usage: hvhost serve ADDR [--service heartbeat|timesync] [--interval SECONDS] [--
            freeze, run CMD on the host (everything after --run, no shell) and thaw whatever CMD did;
            --timeout bounds each answer (default 60). Exit 0 when all went well, 3 freeze refused,
            4 CMD failed or could not start (the guest was thawed), 5 thaw not answered HV_S_OK
+       hvhost copy ADDR LOCAL_FILE GUEST_DIR [--name NAME] [--overwrite] [--create-path] [--timeout SECONDS]
+           copy LOCAL_FILE into GUEST_DIR of a listening agent's file-copy service (as NAME, default its own
+           name); --overwrite may replace a file there, --create-path may make missing directories;
+           --timeout bounds each answer (default 60). Progress on a terminal. Exit 0 only when the guest
+           confirmed the COMPLETE, 3 START refused (nothing created), 4 refused during the copy (the guest
+           removed what it had)
 
 ADDR is unix:PATH, vsock:CID:PORT (a KVM host to its guest) or hybrid:PATH:PORT (the Unix socket of
 Firecracker, Cloud Hypervisor or vhost-device-vsock). PORT is decimal, 0x-hex or a template GUID.";
@@ -57,6 +64,10 @@ struct Options {
     /// `backup`: the steps asked for (none when neither --freeze, --thaw nor --run was given).
     backup: Option<BackupCommand>,
     timeout: Duration,
+    /// `copy`: --name, --overwrite, --create-path.
+    name: Option<String>,
+    overwrite: bool,
+    create_path: bool,
 }
 
 /// The next argument as a string.
@@ -100,6 +111,7 @@ fn parse_args() -> Result<Option<Options>, String> {
     let mut pool = None;
     let mut backup = None;
     let mut timeout = backup::DEFAULT_TIMEOUT;
+    let (mut name, mut overwrite, mut create_path) = (None, false, false);
     let mut set_backup = |command: BackupCommand| match backup.replace(command) {
         None => Ok(()),
         Some(_) => Err("--freeze, --thaw and --run exclude each other".to_string()),
@@ -148,6 +160,9 @@ fn parse_args() -> Result<Option<Options>, String> {
             }
             Long("message") => shutdown.message = string_value(&mut parser)?,
             Long("pool") => pool = Some(string_value(&mut parser)?),
+            Long("name") => name = Some(string_value(&mut parser)?),
+            Long("overwrite") => overwrite = true,
+            Long("create-path") => create_path = true,
             Long("freeze") => set_backup(BackupCommand::Freeze)?,
             Long("thaw") => set_backup(BackupCommand::Thaw)?,
             Long("run") => {
@@ -176,11 +191,14 @@ fn parse_args() -> Result<Option<Options>, String> {
     let rest = positional.split_off(2);
     let [command, address] = <[String; 2]>::try_from(positional)
         .map_err(|_| "expected a command and an address".to_string())?;
-    if !rest.is_empty() && command != "kvp" {
+    if !rest.is_empty() && command != "kvp" && command != "copy" {
         return Err(format!("unexpected argument '{}'", rest[0]));
     }
     if command != "backup" && backup.is_some() {
         return Err("--freeze, --thaw and --run are for backup".to_string());
+    }
+    if command != "copy" && (name.is_some() || overwrite || create_path) {
+        return Err("--name, --overwrite and --create-path are for copy".to_string());
     }
     let address = address.parse().map_err(|error| format!("{error}"))?;
     Ok(Some(Options {
@@ -197,6 +215,9 @@ fn parse_args() -> Result<Option<Options>, String> {
         pool,
         backup,
         timeout,
+        name,
+        overwrite,
+        create_path,
     }))
 }
 
@@ -267,6 +288,35 @@ fn main() -> ExitCode {
                     return ExitCode::from(outcome.exit_code());
                 }
                 Err(error) => Err(error),
+            }
+        }
+        "copy" => {
+            let [local, guest_dir] = match <[String; 2]>::try_from(options.rest.clone()) {
+                Ok(paths) => paths,
+                Err(_) => {
+                    eprintln!("hvhost: copy needs LOCAL_FILE and GUEST_DIR\n{USAGE}");
+                    return ExitCode::from(2);
+                }
+            };
+            let request = CopyRequest {
+                local: local.into(),
+                guest_dir,
+                name: options.name.clone(),
+                overwrite: options.overwrite,
+                create_path: options.create_path,
+                timeout: options.timeout,
+            };
+            match copy::copy(&options.address, &request, &mut out) {
+                Ok(outcome) => {
+                    if let Some(problem) = outcome.problem() {
+                        eprintln!("hvhost: {problem}");
+                    }
+                    return ExitCode::from(outcome.exit_code());
+                }
+                Err(error) => {
+                    eprintln!("hvhost: {error}");
+                    return ExitCode::from(1);
+                }
             }
         }
         other => {

@@ -415,9 +415,10 @@ impl Logic for FileCopyLogic {
             )),
         };
         if let Err(refusal) = &done {
+            // Each refusal names its path here, whatever the channel's log of repeats keeps quiet.
+            warn!("filecopy: {}", refusal.why);
             // A refused message ends this link's copy: the host cannot make a whole file of it any more.
             if self.copy.as_ref().is_some_and(|copy| copy.link == link) {
-                warn!("filecopy: {}", refusal.why);
                 self.end(Ending::Failure, now);
             }
         }

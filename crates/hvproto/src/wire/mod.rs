@@ -284,6 +284,16 @@ impl fmt::Display for Status {
             Status::NOT_SUPPORTED => "HV_ERROR_NOT_SUPPORTED",
             Status::INVALID_ARG => "HV_INVALIDARG",
             Status::DEVICE_NOT_CONNECTED => "HV_ERROR_DEVICE_NOT_CONNECTED",
+            // The file-copy service's (service::filecopy::status): Linux's two, then Win32 HRESULTs.
+            Status(0x8007_0050) => "HV_ERROR_ALREADY_EXISTS",
+            Status(0x8007_0070) => "HV_ERROR_DISK_FULL",
+            Status(0x8007_0003) => "ERROR_PATH_NOT_FOUND",
+            Status(0x8007_0005) => "ERROR_ACCESS_DENIED",
+            Status(0x8007_007B) => "ERROR_INVALID_NAME",
+            Status(0x8007_00AA) => "ERROR_BUSY",
+            Status(0x8007_00DE) => "ERROR_BAD_FILE_TYPE",
+            Status(0x8007_00DF) => "ERROR_FILE_TOO_LARGE",
+            Status(0x8007_02A9) => "ERROR_STOPPED_ON_SYMLINK",
             _ => return write!(f, "{:#010x}", self.0),
         };
         write!(f, "{name} ({:#010x})", self.0)
