@@ -101,7 +101,7 @@ bench-hostscale:
 # ExecStart= and ExecStopPost= pointing at SBINDIR; the escalation templates hvagent-force-poweroff@ and -reboot@), the hv_sock
 # modules-load file, the agent's
 # user (sysusers.d; `systemd-sysusers` creates it, or the next boot does), its polkit rule, the commented
-# default config (never over one already there), the man pages and the docs (with the run-as-root and backup-freeze drop-ins).
+# default config (never over one already there), the man pages and the docs (with the run-as-root, backup-freeze and filecopy-dirs drop-ins).
 install: build
 	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(DOCDIR) $(DESTDIR)$(UNITDIR) \
 		$(DESTDIR)$(MODULESLOADDIR) $(DESTDIR)$(SYSCONFDIR)/hvagent $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(MANDIR)/man5 \
@@ -121,6 +121,7 @@ install: build
 	install -m 0644 packaging/polkit/hvagent.rules $(DESTDIR)$(POLKITRULESDIR)/hvagent.rules
 	install -m 0644 packaging/examples/run-as-root.conf $(DESTDIR)$(DOCDIR)/examples/run-as-root.conf
 	install -m 0644 packaging/examples/backup-freeze.conf $(DESTDIR)$(DOCDIR)/examples/backup-freeze.conf
+	install -m 0644 packaging/examples/filecopy-dirs.conf $(DESTDIR)$(DOCDIR)/examples/filecopy-dirs.conf
 	[ -e $(DESTDIR)$(SYSCONFDIR)/hvagent/hvagent.toml ] || \
 		install -m 0644 etc/hvagent.toml $(DESTDIR)$(SYSCONFDIR)/hvagent/hvagent.toml
 	install -m 0644 docs/hvagent.8 $(DESTDIR)$(MANDIR)/man8/hvagent.8

@@ -54,6 +54,7 @@ install -m 0644 README.md docs/PROTOCOL.md scripts/hvagent-host-setup.ps1 script
 install -m 0644 packaging/deb/copyright "$stage/doc/copyright"
 install -m 0644 packaging/examples/run-as-root.conf "$stage/doc/examples/"
 install -m 0644 packaging/examples/backup-freeze.conf "$stage/doc/examples/"
+install -m 0644 packaging/examples/filecopy-dirs.conf "$stage/doc/examples/"
 
 epoch=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
 tar --sort=name --owner=0 --group=0 --numeric-owner --mtime="@$epoch" -C "$out" -cf - "$name" |

@@ -10,7 +10,7 @@ STATIC_FILES=(install.sh:755 sbin/hvagent:755 systemd/hvagent.service:644 system
     systemd/hvagent-force-reboot@.service:644 systemd/hvagent-modules.conf:644 systemd/hvagent-sysusers.conf:644
     polkit/hvagent.rules:644 etc/hvagent.toml:644 man/hvagent.8:644 man/hvagent.toml.5:644 doc/README.md:644
     doc/PROTOCOL.md:644 doc/copyright:644 doc/hvagent-host-setup.ps1:644 doc/hvagent-host-setup.reg:644
-    doc/examples/run-as-root.conf:644 doc/examples/backup-freeze.conf:644)
+    doc/examples/run-as-root.conf:644 doc/examples/backup-freeze.conf:644 doc/examples/filecopy-dirs.conf:644)
 
 # What `install.sh` (default prefix /usr/local) installs, with the modes.
 STATIC_INSTALLED=(usr/local/sbin/hvagent:755 usr/local/lib/systemd/system/hvagent.service:644
@@ -22,7 +22,7 @@ STATIC_INSTALLED=(usr/local/sbin/hvagent:755 usr/local/lib/systemd/system/hvagen
     usr/local/share/doc/hvagent/README.md:644 usr/local/share/doc/hvagent/PROTOCOL.md:644
     usr/local/share/doc/hvagent/copyright:644 usr/local/share/doc/hvagent/hvagent-host-setup.ps1:644
     usr/local/share/doc/hvagent/hvagent-host-setup.reg:644 usr/local/share/doc/hvagent/examples/run-as-root.conf:644
-    usr/local/share/doc/hvagent/examples/backup-freeze.conf:644)
+    usr/local/share/doc/hvagent/examples/backup-freeze.conf:644 usr/local/share/doc/hvagent/examples/filecopy-dirs.conf:644)
 
 check_static() {
     local tarball version

@@ -155,7 +155,7 @@ USR_FILES=(usr/sbin/hvagent:755 usr/bin/hvhost:755 lib/systemd/system/hvagent.se
     lib/systemd/system/hvagent-force-poweroff@.service:644 lib/systemd/system/hvagent-force-reboot@.service:644
     usr/lib/modules-load.d/hvagent.conf:644 etc/hvagent/hvagent.toml:644 usr/lib/sysusers.d/hvagent.conf:644
     usr/share/polkit-1/rules.d/hvagent.rules:644 usr/share/doc/hvagent/examples/run-as-root.conf:644
-    usr/share/doc/hvagent/examples/backup-freeze.conf:644
+    usr/share/doc/hvagent/examples/backup-freeze.conf:644 usr/share/doc/hvagent/examples/filecopy-dirs.conf:644
     usr/share/doc/hvagent/README.md:644 usr/share/doc/hvagent/hvagent-host-setup.ps1:644)
 
 check_install_tree() {
@@ -170,6 +170,7 @@ check_install_tree() {
         usr/local/lib/sysusers.d/hvagent.conf:644 etc/polkit-1/rules.d/hvagent.rules:644 \
         usr/local/share/doc/hvagent/examples/run-as-root.conf:644 \
         usr/local/share/doc/hvagent/examples/backup-freeze.conf:644 \
+        usr/local/share/doc/hvagent/examples/filecopy-dirs.conf:644 \
         usr/local/share/man/man8/hvagent.8:644 usr/local/share/man/man5/hvagent.toml.5:644 \
         usr/local/share/man/man1/hvhost.1:644 usr/local/share/doc/hvagent/README.md:644 \
         usr/local/share/doc/hvagent/hvagent-host-setup.reg:644

@@ -92,6 +92,7 @@ install_files() {
     done
     install -m 0644 "$here/doc/examples/run-as-root.conf" "$destdir$docdir/examples/run-as-root.conf"
     install -m 0644 "$here/doc/examples/backup-freeze.conf" "$destdir$docdir/examples/backup-freeze.conf"
+    install -m 0644 "$here/doc/examples/filecopy-dirs.conf" "$destdir$docdir/examples/filecopy-dirs.conf"
     echo "install.sh: installed hvagent under $destdir$prefix (config $destdir$sysconfdir/hvagent/hvagent.toml)"
 }
 

@@ -119,6 +119,17 @@ impl Doctor {
             .as_ref()
             .is_some_and(|config| config.enabled().any(|s| s.kind() == ServiceKind::Backup));
         findings.extend(self.check_cap_sys_admin(backup));
+        let filecopy =
+            config
+                .iter()
+                .flat_map(Config::enabled)
+                .find_map(|service| match &service.settings {
+                    config::ServiceSettings::FileCopy(settings) => {
+                        Some(settings.allowed_dirs.clone())
+                    }
+                    _ => None,
+                });
+        findings.extend(self.check_allowed_dirs(&filecopy.unwrap_or_default()));
         findings
     }
 
@@ -459,6 +470,7 @@ pub fn render(findings: &[Finding]) -> (String, bool) {
     (out, problems > 0)
 }
 
+mod filecopy;
 mod privilege;
 
 #[cfg(test)]

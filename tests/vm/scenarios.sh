@@ -6,7 +6,7 @@
 # shellcheck shell=bash
 
 # shutdown powers the guest off, so it stays last.
-ALL_SCENARIOS="control-channel guest-dials-host host-dials-guest guid-addressing host-restart agent-restart vsock-faults in-guest-loopback backup benchmark time shutdown"
+ALL_SCENARIOS="control-channel guest-dials-host host-dials-guest guid-addressing host-restart agent-restart vsock-faults in-guest-loopback backup filecopy benchmark time shutdown"
 
 HEARTBEAT_PORT=$((0x48560001))
 SHUTDOWN_PORT=$((0x48560003))
@@ -264,6 +264,51 @@ scenario_in_guest_loopback() {
         return
     fi
     pass "$passed real_vsock tests passed on CID 1 (vsock_loopback) in $(elapsed "$start") s"
+}
+
+FILECOPY_PORT=$((0x48560007))
+FILECOPY_RAW_PORT=20001
+
+# 64 MiB of random bytes from the host into the guest's /tmp/fcin through the agent's file-copy service
+# (hvhost copy, host -> guest over real vsock), their sha256 checked in the guest; then the same bytes as a
+# raw stream on the same path (vsock_echo send / sink, written and fsynced in the guest), for the ratio.
+scenario_filecopy() {
+    local deadline status host_sum copy_s raw_ms
+    head -c $((64 << 20)) /dev/urandom >"$RUN/fc.bin" || { fail "cannot make the 64 MiB file"; return; }
+    host_sum=$(sha256sum "$RUN/fc.bin" | cut -d' ' -f1)
+    guest 20 "mkdir -p /tmp/fcin && rm -f /tmp/fcin/* /tmp/fcraw.bin &&
+        agent_start fc listen vsock:any:0x48560001 '[filecopy]' 'enabled = true'
+        'listen = \"vsock:any:0x48560007\"' 'allowed_dirs = [\"/tmp/fcin\"]'" ||
+        { fail "hvagent did not start in the guest: $GUEST_OUT"; return; }
+    deadline=$((SECONDS + 30))
+    while :; do
+        status=0
+        bg_start fc-host "$HVHOST" copy "hybrid:$RUN/vsock.uds:$FILECOPY_PORT" "$RUN/fc.bin" /tmp/fcin --timeout 120
+        bg_wait fc-host 600 || status=$?
+        [ "$status" = 0 ] && break
+        if grep -q '^negotiated' "$RUN/fc-host.out" || [ "$SECONDS" -ge "$deadline" ]; then
+            agent_diag fc
+            fail "hvhost copy exited $status: $(bg_why fc-host)"
+            return
+        fi
+        sleep 0.5
+    done
+    guest 120 "sha256sum /tmp/fcin/fc.bin; ls -a /tmp/fcin | tr '\n' ' '" || { fail "hashing in the guest: $GUEST_OUT"; return; }
+    grep -q "^$host_sum " <<<"$GUEST_OUT" || { fail "the guest's copy differs: $GUEST_OUT (host $host_sum)"; return; }
+    grep -q 'hvagent-copy' <<<"$GUEST_OUT" && { fail "a temporary file was left: $GUEST_OUT"; return; }
+    copy_s=$(sed -n 's/^copied [0-9]* bytes .* in \([0-9.]*\) s .*/\1/p' "$RUN/fc-host.out")
+    guest 20 "rm -f /tmp/fcin/fc.bin" || true
+    agent_down fc || return
+    guest 20 "daemon_start fcraw vsock_echo sink $FILECOPY_RAW_PORT /tmp/fcraw.bin >/dev/null &&
+        for i in \$(seq 50); do grep -q listening /tmp/fcraw.log && break; sleep 0.1; done; cat /tmp/fcraw.log" ||
+        { fail "vsock_echo sink did not start in the guest: $GUEST_OUT"; return; }
+    bg_start fc-raw "$VSOCK_ECHO" send "$RUN/vsock.uds" "$FILECOPY_RAW_PORT" "$RUN/fc.bin"
+    bg_wait fc-raw 600 || { fail "vsock_echo send failed: $(bg_why fc-raw)"; return; }
+    raw_ms=$(sed -n 's/^sent .* ms=\([0-9.]*\) .*/\1/p' "$RUN/fc-raw.out")
+    guest 20 "rm -f /tmp/fcraw.bin" || true
+    pass "$(awk -v c="$copy_s" -v r="$raw_ms" 'BEGIN {
+        printf "64 MiB copied in %.2f s (%.1f MiB/s), sha256 matches; the raw stream %.2f s (%.1f MiB/s): ratio %.2f",
+            c, 64 / c, r / 1e3, 64 / (r / 1e3), (r / 1e3) / c }')"
 }
 
 # Not asserted: heartbeat round trips through the agent against a raw echo on the same host -> guest

@@ -4,12 +4,14 @@
  *   vsock_echo ping UDS PORT COUNT SIZE    (host) dial the guest's PORT through vhost-device-vsock's
  *                                          Unix socket UDS ("CONNECT PORT\n" / "OK ...\n"), then time
  *                                          COUNT round trips of SIZE bytes
+ *   vsock_echo sink PORT FILE              (guest only) write one connection's bytes to FILE, fsync, close
+ *   vsock_echo send UDS PORT FILE          (host) send FILE raw to the guest's PORT, time it to the close
  *
  * ping prints a summary in hvhost's format so the two can be compared line for line:
  *   done round_trips=N p50_us=X p99_us=Y max_us=Z
  *
- * Safety: `serve` opens an AF_VSOCK socket, which must never happen on a development machine; it refuses
- * to run unless HVAGENT_VM_GUEST=1, which only the vm-test guest's /init sets. `ping` uses AF_UNIX only.
+ * Safety: `serve` and `sink` open an AF_VSOCK socket, which must never happen on a development machine; it refuses
+ * to run unless HVAGENT_VM_GUEST=1, which only the vm-test guest's /init sets. `ping` and `send` use AF_UNIX only.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -79,11 +81,12 @@ static void echo_until_eof(int fd) {
     }
 }
 
-static int serve(unsigned int port) {
+/* A listening vsock socket on PORT, only inside the vm-test guest; -2 elsewhere, -1 on an error. */
+static int vsock_listen(unsigned int port) {
     const char *guest = getenv("HVAGENT_VM_GUEST");
     if (guest == NULL || strcmp(guest, "1") != 0) {
-        fprintf(stderr, "vsock_echo: serve runs only inside the vm-test guest (HVAGENT_VM_GUEST=1)\n");
-        return 2;
+        fprintf(stderr, "vsock_echo: serve and sink run only inside the vm-test guest (HVAGENT_VM_GUEST=1)\n");
+        return -2;
     }
     int lfd = socket(AF_VSOCK, SOCK_STREAM, 0);
     if (lfd < 0)
@@ -95,6 +98,13 @@ static int serve(unsigned int port) {
         return die("listen");
     printf("listening port=%u\n", port);
     fflush(stdout);
+    return lfd;
+}
+
+static int serve(unsigned int port) {
+    int lfd = vsock_listen(port);
+    if (lfd < 0)
+        return lfd == -2 ? 2 : 1;
     for (;;) {
         int fd = accept(lfd, NULL, NULL);
         if (fd < 0) {
@@ -181,12 +191,74 @@ static int ping(const char *path, unsigned int port, long count, long size) {
     return 0;
 }
 
+/* The raw baseline of the file-copy scenario: one connection's bytes written to FILE, fsynced, then the
+ * connection closed, which is what tells the sender the bytes are on disk. */
+static int sink(unsigned int port, const char *file) {
+    int lfd = vsock_listen(port);
+    if (lfd < 0)
+        return lfd == -2 ? 2 : 1;
+    int fd = accept(lfd, NULL, NULL);
+    if (fd < 0)
+        return die("accept");
+    FILE *out = fopen(file, "wb");
+    if (out == NULL)
+        return die("fopen");
+    static char buf[65536];
+    long long total = 0;
+    for (;;) {
+        ssize_t n = read(fd, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        if (fwrite(buf, 1, (size_t)n, out) != (size_t)n)
+            return die("fwrite");
+        total += n;
+    }
+    if (fflush(out) != 0 || fsync(fileno(out)) != 0)
+        return die("fsync");
+    fclose(out);
+    close(fd);
+    printf("sunk bytes=%lld\n", total);
+    return 0;
+}
+
+/* Sends FILE raw to the guest's PORT and waits for the sink to close: the time to the bytes on its disk. */
+static int send_file(const char *path, unsigned int port, const char *file) {
+    FILE *in = fopen(file, "rb");
+    if (in == NULL)
+        return die("fopen");
+    int fd = hybrid_connect(path, port);
+    if (fd < 0)
+        return die("hybrid connect");
+    static char buf[65536];
+    long long total = 0;
+    double start = now_us();
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0) {
+        if (write_all(fd, buf, n) != 0)
+            return die("write");
+        total += (long long)n;
+    }
+    shutdown(fd, SHUT_WR);
+    while (read(fd, buf, sizeof buf) > 0) {
+    }
+    double took = now_us() - start;
+    printf("sent bytes=%lld ms=%.1f mib_per_s=%.1f\n", total, took / 1e3, (double)total / 1048576.0 / (took / 1e6));
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 3 && strcmp(argv[1], "serve") == 0)
         return serve((unsigned int)strtoul(argv[2], NULL, 0));
     if (argc == 6 && strcmp(argv[1], "ping") == 0)
         return ping(argv[2], (unsigned int)strtoul(argv[3], NULL, 0), strtol(argv[4], NULL, 0),
                     strtol(argv[5], NULL, 0));
-    fprintf(stderr, "usage: vsock_echo serve PORT | vsock_echo ping UDS PORT COUNT SIZE\n");
+    if (argc == 4 && strcmp(argv[1], "sink") == 0)
+        return sink((unsigned int)strtoul(argv[2], NULL, 0), argv[3]);
+    if (argc == 5 && strcmp(argv[1], "send") == 0)
+        return send_file(argv[2], (unsigned int)strtoul(argv[3], NULL, 0), argv[4]);
+    fprintf(stderr, "usage: vsock_echo serve PORT | vsock_echo ping UDS PORT COUNT SIZE | vsock_echo sink PORT FILE"
+                    " | vsock_echo send UDS PORT FILE\n");
     return 2;
 }

@@ -7,7 +7,7 @@ use super::{finding, problem, Doctor, Finding, Level};
 /// The user hvagent.service runs as (User= in systemd/hvagent.service, created by its sysusers.d file).
 pub const UNIT_USER: &str = "hvagent";
 /// Where the unit may be installed (the package, `make install` with PREFIX /usr/local, an admin's copy).
-const UNIT_PATHS: [&str; 4] = [
+pub(super) const UNIT_PATHS: [&str; 4] = [
     "/lib/systemd/system/hvagent.service",
     "/usr/lib/systemd/system/hvagent.service",
     "/usr/local/lib/systemd/system/hvagent.service",
@@ -113,7 +113,10 @@ pub fn capability_set(status: &str, key: &str) -> Option<u64> {
 }
 
 /// The name and uid of the first line of a passwd text that `matches` (given its name and uid).
-fn passwd_entry(passwd: &str, matches: impl Fn(&str, u32) -> bool) -> Option<(&str, u32)> {
+pub(super) fn passwd_entry(
+    passwd: &str,
+    matches: impl Fn(&str, u32) -> bool,
+) -> Option<(&str, u32)> {
     passwd.lines().find_map(|line| {
         let mut fields = line.split(':');
         let name = fields.next()?;
@@ -123,11 +126,11 @@ fn passwd_entry(passwd: &str, matches: impl Fn(&str, u32) -> bool) -> Option<(&s
 }
 
 impl Doctor {
-    fn read(&self, path: &str) -> Option<String> {
+    pub(super) fn read(&self, path: &str) -> Option<String> {
         std::fs::read_to_string(self.at(path)).ok()
     }
 
-    fn first_existing(&self, paths: &[&'static str]) -> Option<&'static str> {
+    pub(super) fn first_existing(&self, paths: &[&'static str]) -> Option<&'static str> {
         paths.iter().copied().find(|path| self.exists(path))
     }
 

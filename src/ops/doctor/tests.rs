@@ -414,3 +414,41 @@ fn power_actions_without_polkitd_or_its_rule_are_a_problem_while_shutdown_runs()
     tree.file("etc/polkit-1/rules.d/hvagent.rules", "");
     assert_eq!(doctor.check_polkit(true).level, Level::Ok);
 }
+
+#[test]
+fn allowed_dirs_must_exist_be_writable_for_the_agents_user_and_be_read_write_under_the_unit() {
+    use std::os::unix::fs::PermissionsExt;
+    let tree = Tree::hyperv();
+    let doctor = Doctor::new(tree.dir.path(), None);
+    let dirs = vec!["/srv/in".to_string()];
+    let missing = &doctor.check_allowed_dirs(&dirs)[0];
+    assert_eq!(missing.level, Level::Problem, "{missing:?}");
+    assert!(
+        missing.fix.as_deref().unwrap().contains("install -d"),
+        "{missing:?}"
+    );
+    tree.dir("srv/in");
+    assert_eq!(
+        doctor.check_allowed_dirs(&dirs)[0].level,
+        Level::Ok,
+        "no unit: the agent runs as root"
+    );
+    // Under the unit, as a user that does not own the directory, and without a drop-in.
+    tree.file("lib/systemd/system/hvagent.service", "[Service]\n");
+    tree.file(
+        "etc/passwd",
+        "root:x:0:0::/root:/bin/sh\nhvagent:x:64999:64999::/var/lib/hvagent:/usr/sbin/nologin\n",
+    );
+    std::fs::set_permissions(tree.path("srv/in"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let owned = &doctor.check_allowed_dirs(&dirs)[0];
+    assert_eq!(owned.level, Level::Problem, "{owned:?}");
+    assert!(owned.text.contains("cannot write it"), "{owned:?}");
+    std::fs::set_permissions(tree.path("srv/in"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let read_only = &doctor.check_allowed_dirs(&dirs)[0];
+    assert!(read_only.text.contains("ReadWritePaths="), "{read_only:?}");
+    tree.file(
+        "etc/systemd/system/hvagent.service.d/filecopy-dirs.conf",
+        "[Service]\nReadWritePaths=-/srv\n",
+    );
+    assert_eq!(doctor.check_allowed_dirs(&dirs)[0].level, Level::Ok);
+}
