@@ -293,7 +293,7 @@ scenario_filecopy() {
         fi
         sleep 0.5
     done
-    guest 120 "sha256sum /tmp/fcin/fc.bin; ls -a /tmp/fcin | tr '\n' ' '" || { fail "hashing in the guest: $GUEST_OUT"; return; }
+    guest 120 "sha256sum /tmp/fcin/fc.bin; echo \"listing=\$(ls -a /tmp/fcin | tr '\n' ' ')\"" || { fail "hashing in the guest: $GUEST_OUT"; return; }
     grep -q "^$host_sum " <<<"$GUEST_OUT" || { fail "the guest's copy differs: $GUEST_OUT (host $host_sum)"; return; }
     grep -q 'hvagent-copy' <<<"$GUEST_OUT" && { fail "a temporary file was left: $GUEST_OUT"; return; }
     copy_s=$(sed -n 's/^copied [0-9]* bytes .* in \([0-9.]*\) s .*/\1/p' "$RUN/fc-host.out")

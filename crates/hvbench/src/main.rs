@@ -17,13 +17,16 @@
 //!   first negotiation answer, and the size of the binary, which the release profile strips (target ≤ 1 MiB);
 //! - the two builds side by side (builds.rs): the glibc release build and the static musl build of
 //!   `make static`, each connected and idle: VmRSS (targets ≤ 2 MiB and ≤ 1 MiB), PSS (glibc ≤ 1 MiB),
-//!   binary size (≤ 1 MiB each) and heartbeat p50 against the echo.
+//!   binary size (≤ 1 MiB each) and heartbeat p50 against the echo;
+//! - file copy (copy.rs): `hvhost copy` throughput against a raw stream of the same bytes on the same path
+//!   (target ≥ 0.8×), and heartbeat p50/p99 on the same agent during a copy against without one.
 //!
 //! `hvbench hostscale` measures hvhost serving many agents (hostscale.rs).
 //!
 //! Figures only; nothing is asserted. Exit status: 0 ok, 1 a measurement failed, 2 usage error.
 
 mod builds;
+mod copy;
 mod hostscale;
 mod peer;
 mod pin;
@@ -51,6 +54,7 @@ const USAGE: &str = "\
 usage: hvbench [--agent PATH] [--static-agent PATH] [--count N] [--heartbeats N] [--idle-seconds S] [--starts N] [--qemu-ga PATH]
                [--no-pin]
        hvbench hostscale [--host PATH] [--agents 10,100,1000] [--window S] [--settle S]
+       hvbench [--agent PATH] copy
 
 Benchmarks hvagent over Unix sockets in a temp dir and prints figures (`name: value unit` lines and one
 `bench:` summary line); it asserts nothing.
@@ -63,6 +67,9 @@ Benchmarks hvagent over Unix sockets in a temp dir and prints figures (`name: va
   --idle-seconds S   how long to watch a connected, idle agent for wake-ups (default 10)
   --no-pin           time the round trips wherever the scheduler puts the client and the servers, not
                      all on one CPU (on a VM the figures then swing with the placement)
+
+copy: the file-copy figures alone (the whole run ends with them too): hvhost copy of 64 MiB against a
+raw stream into the same directory, and heartbeat round trips during a copy.
 
 hostscale: one `hvhost serve --interval 1` as the host peer of many simulated agents (the agent's own
 channel code, in one poll loop): per step, hvhost's CPU, RSS and round trips; then whether every
@@ -102,6 +109,9 @@ enum Invocation {
     Bench(Options),
     HostScale(ScaleOptions),
     Echo(PathBuf),
+    Sink(PathBuf, PathBuf),
+    /// `hvbench copy [--agent PATH]`: the file-copy figures alone.
+    Copy(Option<PathBuf>),
     Help,
 }
 
@@ -130,6 +140,11 @@ fn parse_args() -> Result<Invocation, lexopt::Error> {
             Long("qemu-ga") => options.qemu_ga = Some(parser.value()?.into()),
             Long("help") | Short('h') => return Ok(Invocation::Help),
             Value(value) if value == "echo" => return Ok(Invocation::Echo(parser.value()?.into())),
+            Value(value) if value == "copy" => return Ok(Invocation::Copy(options.agent)),
+            Value(value) if value == "sink" => {
+                let socket = parser.value()?.into();
+                return Ok(Invocation::Sink(socket, parser.value()?.into()));
+            }
             Value(value) if value == "hostscale" => return parse_hostscale(parser),
             other => return Err(other.unexpected()),
         }
@@ -171,6 +186,13 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(Invocation::Echo(path)) => echo(&path),
+        Ok(Invocation::Sink(socket, file)) => copy::sink(&socket, &file),
+        Ok(Invocation::Copy(agent)) => {
+            beside_hvbench(agent.as_deref(), "hvagent").and_then(|agent| {
+                let scratch = Scratch::new()?;
+                copy::bench_copy(&agent, &scratch.0)
+            })
+        }
         Ok(Invocation::Bench(options)) => bench(&options),
         Ok(Invocation::HostScale(options)) => hostscale(&options),
         Err(error) => {
@@ -484,7 +506,8 @@ fn bench(options: &Options) -> Result<(), Failure> {
         &scratch.0,
         options.count,
         options.pin,
-    )
+    )?;
+    copy::bench_copy(&agent_bin, &scratch.0)
 }
 
 /// Prints a server's memory figures.
