@@ -22,6 +22,8 @@ use nix::sys::stat::{fstatat, FileStat, Mode, SFlag};
 
 use hvproto::service::filecopy::{CopySink, SinkError, Target};
 
+use super::reclaim;
+
 /// Where temporary files start their names: hidden, and recognisably the agent's.
 pub const TEMP_PREFIX: &str = ".hvagent-copy.";
 
@@ -325,6 +327,19 @@ impl CopySink for SystemSink {
         open.temp.sync_all().map_err(|error| {
             SinkError::Failed(format!("cannot sync the copy of {path}: {error}"))
         })?;
+        // The file this copy replaces, held (O_PATH opens nothing, not even a FIFO) so that the rename
+        // does not free its blocks in the loop: its last close does, on the closing thread.
+        let replaced = overwrite
+            .then(|| {
+                nix::fcntl::openat(
+                    Some(open.dir.as_raw_fd()),
+                    open.name.as_c_str(),
+                    OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .ok()
+            })
+            .flatten();
         let renamed = if overwrite {
             nix::fcntl::renameat(
                 Some(open.dir.as_raw_fd()),
@@ -343,6 +358,10 @@ impl CopySink for SystemSink {
                 )))
             }
             Err(errno) => return Err(failed(path, "cannot rename the copy to", errno)),
+        }
+        if let Some(replaced) = replaced {
+            // SAFETY: openat returned this descriptor, and nothing else owns it.
+            reclaim::close_later(unsafe { OwnedFd::from_raw_fd(replaced) });
         }
         // The file is in place; an fsync of the directory that fails leaves it there but says so.
         if let Err(error) = open.dir.sync_all() {
@@ -368,6 +387,8 @@ impl CopySink for SystemSink {
                 errno.desc()
             );
         }
+        // Its blocks are freed at its last close: a large one's would hold the loop.
+        reclaim::close_later(open.temp);
     }
 }
 

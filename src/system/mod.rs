@@ -10,6 +10,7 @@ pub mod kvp_store;
 pub mod limits;
 pub mod netns;
 pub mod power;
+pub mod reclaim;
 pub mod sysinfo;
 
 use std::path::Path;

@@ -16,7 +16,7 @@ use hvproto::wire::{Decoder, Message, MessageRef, WireError};
 /// Most unsent bytes a connection may hold before its peer counts as stuck.
 pub const MAX_QUEUED: usize = 256 * 1024;
 /// Bytes read per call.
-const READ_CHUNK: usize = 16 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
 
 thread_local! {
     /// Where every connection of a thread reads into, zeroed once. A fresh array on the stack was zeroed

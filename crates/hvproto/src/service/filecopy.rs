@@ -29,7 +29,8 @@ pub use target::{NameRefusal, Target};
 
 /// The statuses of the answers. Linux defines the first two (`include/uapi/linux/hyperv.h`); the rest
 /// are `HRESULT_FROM_WIN32` of the Win32 error codes that say the same, the family those two belong to
-/// (ERROR_FILE_EXISTS 80, ERROR_DISK_FULL 112), so each refusal has a status of its own.
+/// (ERROR_FILE_EXISTS 80, ERROR_DISK_FULL 112), so each refusal has a status of its own; the codes are
+/// mingw-w64's `winerror.h` (docs/PROTOCOL.md §11.4).
 pub mod status {
     use crate::wire::Status;
     /// `HV_ERROR_ALREADY_EXISTS`: the file exists and OVER_WRITE was not given.
