@@ -21,7 +21,7 @@ use hvproto::wire::{Message, MessageType, Status};
 /// An agent with only file copy, listening at DIR/fcopy.sock, allowing DIR/in; its log DIR/agent.log.
 struct Guest {
     dir: tempfile::TempDir,
-    _agent: Running,
+    agent: Running,
 }
 
 impl Guest {
@@ -57,7 +57,7 @@ impl Guest {
                 .unwrap(),
         );
         wait_for_path(&socket);
-        Guest { dir, _agent: agent }
+        Guest { dir, agent }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -311,7 +311,11 @@ fn cancel_a_gap_and_a_cut_off_link_each_leave_nothing_behind() {
         Status::OK
     );
     assert_eq!(ask(&mut peer, 2, data_body(0, &[1; 6144])), Status::OK);
-    assert_eq!(guest.listing().len(), 1, "a temporary file while copying");
+    assert_eq!(
+        guest.listing(),
+        Vec::<String>::new(),
+        "the temporary file has no name while copying"
+    );
     assert_eq!(
         ask(&mut peer, 3, header_body(Operation::CANCEL_FCOPY)),
         Status::OK
@@ -340,6 +344,25 @@ fn cancel_a_gap_and_a_cut_off_link_each_leave_nothing_behind() {
         "the host's link closed",
         Duration::from_secs(5),
     );
+    assert_eq!(guest.listing(), Vec::<String>::new());
+}
+
+#[test]
+fn a_sigkilled_agent_leaves_nothing_of_its_copy() {
+    // SIGKILL removes nothing and closes nothing in order: the unnamed temporary file goes with the process.
+    let mut guest = Guest::start("");
+    let mut peer = guest.peer();
+    assert_eq!(
+        ask(
+            &mut peer,
+            1,
+            start_body(&guest.path("in"), "killed", 20_000)
+        ),
+        Status::OK
+    );
+    assert_eq!(ask(&mut peer, 2, data_body(0, &[7; 6144])), Status::OK);
+    guest.agent.0.kill().unwrap();
+    guest.agent.0.wait().unwrap();
     assert_eq!(guest.listing(), Vec::<String>::new());
 }
 

@@ -1,9 +1,10 @@
 //! The file-copy service's [`CopySink`]: the target's directory opened beneath its allowed directory one
 //! component at a time with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)` (on kernels before 5.6,
 //! which answer ENOSYS, `openat` with `O_NOFOLLOW`), so neither a symlink nor a rename that swaps one in
-//! can lead a write outside; a hidden temporary file in that directory; and at COMPLETE fsync, a rename
-//! into place that refuses to replace a file unless asked (`renameat2(RENAME_NOREPLACE)`), and an fsync
-//! of the directory.
+//! can lead a write outside; a temporary file in that directory, unnamed (`O_TMPFILE`, so that an agent
+//! killed mid-copy leaves nothing) or hidden where the filesystem cannot; and at COMPLETE fsync, a link or
+//! rename into place that refuses to replace a file unless asked (`linkat`, `renameat2(RENAME_NOREPLACE)`),
+//! and an fsync of the directory.
 //!
 //! Writes start their writeback at once (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does not wait),
 //! so the fsync at COMPLETE has little left to do and the loop is not held for seconds by it.
@@ -13,6 +14,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use log::{debug, warn};
@@ -31,20 +33,40 @@ pub const TEMP_PREFIX: &str = ".hvagent-copy.";
 struct Open {
     dir: File,
     temp: File,
-    temp_name: CString,
+    /// The temporary file's name: None for an unnamed one (O_TMPFILE), which nothing can see and which
+    /// vanishes with the agent however it ends, SIGKILL included.
+    temp_name: Option<CString>,
     name: CString,
     path: String,
 }
 
 /// The agent's sink: one copy at a time.
-#[derive(Default)]
 pub struct SystemSink {
     open: Option<Open>,
+    /// Whether to try an unnamed temporary file first (tests turn it off to cover the named one).
+    unnamed: bool,
+}
+
+impl Default for SystemSink {
+    fn default() -> SystemSink {
+        SystemSink {
+            open: None,
+            unnamed: true,
+        }
+    }
 }
 
 impl SystemSink {
     pub fn new() -> SystemSink {
         SystemSink::default()
+    }
+
+    /// A sink that always names its temporary files, as it does where O_TMPFILE or /proc is missing.
+    pub fn named_temp_files() -> SystemSink {
+        SystemSink {
+            unnamed: false,
+            ..SystemSink::default()
+        }
     }
 }
 
@@ -239,6 +261,62 @@ fn create_temp(dir: &File, name: &CString, path: &str, mode: u32) -> Result<File
     Ok(file)
 }
 
+/// An unnamed temporary file in `dir` (O_TMPFILE) with `mode`, or None where the filesystem cannot make one
+/// (EOPNOTSUPP, or EISDIR and EINVAL from kernels and filesystems before it) or /proc, through which it is
+/// given its name at COMPLETE, is not mounted.
+fn create_unnamed(dir: &File, path: &str, mode: u32) -> Result<Option<File>, SinkError> {
+    if !Path::new("/proc/self/fd").is_dir() {
+        return Ok(None);
+    }
+    let mode = Mode::from_bits_truncate(mode);
+    let flags = OFlag::O_TMPFILE | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
+    match nix::fcntl::openat(Some(dir.as_raw_fd()), c".", flags, mode) {
+        Ok(fd) => {
+            // SAFETY: a descriptor openat just returned, owned by nothing else.
+            let file = unsafe { File::from_raw_fd(fd) };
+            nix::sys::stat::fchmod(file.as_raw_fd(), mode)
+                .map_err(|errno| failed(path, "cannot set the mode of", errno))?;
+            Ok(Some(file))
+        }
+        Err(Errno::EOPNOTSUPP | Errno::EISDIR | Errno::EINVAL) => {
+            debug!("filecopy: no unnamed temporary files beside {path}: naming them");
+            Ok(None)
+        }
+        Err(errno) => Err(failed(path, "cannot create a temporary file for", errno)),
+    }
+}
+
+/// Gives the unnamed file `temp` the name `name` in `dir` (linkat through /proc/self/fd, which needs no
+/// privilege for a file made with O_TMPFILE); EEXIST when the name is taken: it never replaces.
+fn link_unnamed(temp: &File, dir: &File, name: &CString) -> Result<(), Errno> {
+    let source = CString::new(format!("/proc/self/fd/{}", temp.as_raw_fd()))
+        .expect("a path of digits has no NUL");
+    nix::unistd::linkat(
+        None,
+        source.as_c_str(),
+        Some(dir.as_raw_fd()),
+        name.as_c_str(),
+        nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+    )
+}
+
+/// renameat within `dir`, replacing what `to` names.
+fn rename_over(dir: &File, from: &CString, to: &CString) -> Result<(), Errno> {
+    nix::fcntl::renameat(
+        Some(dir.as_raw_fd()),
+        from.as_c_str(),
+        Some(dir.as_raw_fd()),
+        to.as_c_str(),
+    )
+}
+
+/// A file name back as text, for a temporary name made from it.
+fn self_name(name: &CString) -> String {
+    OsStr::from_bytes(name.as_bytes())
+        .to_string_lossy()
+        .into_owned()
+}
+
 /// renameat2(RENAME_NOREPLACE) within `dir`; where the filesystem lacks it (EINVAL), link and unlink,
 /// which refuse to replace too.
 fn rename_noreplace(dir: &File, from: &CString, to: &CString) -> Result<(), Errno> {
@@ -285,8 +363,18 @@ impl CopySink for SystemSink {
         let name = c_name(&target.name)?;
         check_file(&dir, &name, &path, overwrite)?;
         check_space(&dir, &path, target.size)?;
-        let temp_name = c_name(&temp_name(&target.name))?;
-        let temp = create_temp(&dir, &temp_name, &path, target.mode)?;
+        let unnamed = match self.unnamed {
+            true => create_unnamed(&dir, &path, target.mode)?,
+            false => None,
+        };
+        let (temp, temp_name) = match unnamed {
+            Some(temp) => (temp, None),
+            None => {
+                let temp_name = c_name(&temp_name(&target.name))?;
+                let temp = create_temp(&dir, &temp_name, &path, target.mode)?;
+                (temp, Some(temp_name))
+            }
+        };
         self.open = Some(Open {
             dir,
             temp,
@@ -340,15 +428,25 @@ impl CopySink for SystemSink {
                 .ok()
             })
             .flatten();
-        let renamed = if overwrite {
-            nix::fcntl::renameat(
-                Some(open.dir.as_raw_fd()),
-                open.temp_name.as_c_str(),
-                Some(open.dir.as_raw_fd()),
-                open.name.as_c_str(),
-            )
-        } else {
-            rename_noreplace(&open.dir, &open.temp_name, &open.name)
+        let renamed = match (&open.temp_name, overwrite) {
+            (Some(temp_name), true) => rename_over(&open.dir, temp_name, &open.name),
+            (Some(temp_name), false) => rename_noreplace(&open.dir, temp_name, &open.name),
+            (None, false) => link_unnamed(&open.temp, &open.dir, &open.name),
+            // A link never replaces: the file gets a hidden name first, for the rename over the old one.
+            (None, true) => {
+                let temp_name = c_name(&temp_name(&self_name(&open.name)))?;
+                link_unnamed(&open.temp, &open.dir, &temp_name).and_then(|()| {
+                    let renamed = rename_over(&open.dir, &temp_name, &open.name);
+                    if renamed.is_err() {
+                        let _ = nix::unistd::unlinkat(
+                            Some(open.dir.as_raw_fd()),
+                            temp_name.as_c_str(),
+                            nix::unistd::UnlinkatFlags::NoRemoveDir,
+                        );
+                    }
+                    renamed
+                })
+            }
         };
         match renamed {
             Ok(()) => {}
@@ -375,17 +473,20 @@ impl CopySink for SystemSink {
         let Some(open) = self.open.take() else {
             return;
         };
-        if let Err(errno) = nix::unistd::unlinkat(
-            Some(open.dir.as_raw_fd()),
-            open.temp_name.as_c_str(),
-            nix::unistd::UnlinkatFlags::NoRemoveDir,
-        ) {
-            warn!(
-                "filecopy: cannot remove the temporary file {} beside {}: {}",
-                OsStr::from_bytes(open.temp_name.as_bytes()).to_string_lossy(),
-                open.path,
-                errno.desc()
-            );
+        // An unnamed one has no name to remove: its close is all it takes.
+        if let Some(temp_name) = &open.temp_name {
+            if let Err(errno) = nix::unistd::unlinkat(
+                Some(open.dir.as_raw_fd()),
+                temp_name.as_c_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            ) {
+                warn!(
+                    "filecopy: cannot remove the temporary file {} beside {}: {}",
+                    OsStr::from_bytes(temp_name.as_bytes()).to_string_lossy(),
+                    open.path,
+                    errno.desc()
+                );
+            }
         }
         // Its blocks are freed at its last close: a large one's would hold the loop.
         reclaim::close_later(open.temp);

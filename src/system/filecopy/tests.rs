@@ -23,59 +23,70 @@ fn listing(dir: &std::path::Path) -> Vec<String> {
     names
 }
 
+/// Both kinds of sink: the unnamed temporary file (O_TMPFILE, this machine's filesystems have it) and the
+/// named one of filesystems without it; with the number of entries a copy in progress adds to its directory.
+fn both_sinks() -> [(SystemSink, usize); 2] {
+    [(SystemSink::new(), 0), (SystemSink::named_temp_files(), 1)]
+}
+
 #[test]
 fn a_copy_appears_only_at_commit_with_its_mode_and_abort_leaves_nothing() {
     use std::os::unix::fs::PermissionsExt;
-    let root = tempfile::tempdir().unwrap();
-    let mut sink = SystemSink::new();
-    sink.begin(&target(root.path(), &[], "f", false), false)
-        .unwrap();
-    sink.write_at(0, b"hello").unwrap();
-    assert!(!root.path().join("f").exists());
-    assert_eq!(listing(root.path()).len(), 1, "one hidden temporary file");
-    assert!(listing(root.path())[0].starts_with(TEMP_PREFIX));
-    sink.commit(false).unwrap();
-    assert_eq!(std::fs::read(root.path().join("f")).unwrap(), b"hello");
-    let mode = std::fs::metadata(root.path().join("f"))
-        .unwrap()
-        .permissions()
-        .mode();
-    assert_eq!(mode & 0o777, 0o640);
-    assert_eq!(listing(root.path()), ["f"]);
+    for (mut sink, visible) in both_sinks() {
+        let root = tempfile::tempdir().unwrap();
+        sink.begin(&target(root.path(), &[], "f", false), false)
+            .unwrap();
+        sink.write_at(0, b"hello").unwrap();
+        assert!(!root.path().join("f").exists());
+        let during = listing(root.path());
+        assert_eq!(during.len(), visible, "entries during the copy: {during:?}");
+        assert!(during.iter().all(|name| name.starts_with(TEMP_PREFIX)));
+        sink.commit(false).unwrap();
+        assert_eq!(std::fs::read(root.path().join("f")).unwrap(), b"hello");
+        let mode = std::fs::metadata(root.path().join("f"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640);
+        assert_eq!(listing(root.path()), ["f"]);
 
-    sink.begin(&target(root.path(), &[], "g", false), false)
-        .unwrap();
-    sink.write_at(0, b"part").unwrap();
-    sink.abort();
-    assert_eq!(listing(root.path()), ["f"]);
+        sink.begin(&target(root.path(), &[], "g", false), false)
+            .unwrap();
+        sink.write_at(0, b"part").unwrap();
+        sink.abort();
+        assert_eq!(listing(root.path()), ["f"]);
+    }
 }
 
 #[test]
 fn an_existing_file_is_refused_unless_overwrite_and_then_replaced() {
-    let root = tempfile::tempdir().unwrap();
-    std::fs::write(root.path().join("f"), b"old").unwrap();
-    let mut sink = SystemSink::new();
-    let refused = sink.begin(&target(root.path(), &[], "f", false), false);
-    assert!(matches!(refused, Err(SinkError::Exists(_))), "{refused:?}");
-    sink.begin(&target(root.path(), &[], "f", false), true)
-        .unwrap();
-    sink.write_at(0, b"new!!").unwrap();
-    sink.commit(true).unwrap();
-    assert_eq!(std::fs::read(root.path().join("f")).unwrap(), b"new!!");
+    for (mut sink, _) in both_sinks() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("f"), b"old").unwrap();
+        let refused = sink.begin(&target(root.path(), &[], "f", false), false);
+        assert!(matches!(refused, Err(SinkError::Exists(_))), "{refused:?}");
+        sink.begin(&target(root.path(), &[], "f", false), true)
+            .unwrap();
+        sink.write_at(0, b"new!!").unwrap();
+        sink.commit(true).unwrap();
+        assert_eq!(std::fs::read(root.path().join("f")).unwrap(), b"new!!");
+        assert_eq!(listing(root.path()), ["f"], "no temporary name left");
+    }
 }
 
 #[test]
 fn a_file_that_appears_during_the_copy_is_not_replaced() {
-    let root = tempfile::tempdir().unwrap();
-    let mut sink = SystemSink::new();
-    sink.begin(&target(root.path(), &[], "f", false), false)
-        .unwrap();
-    sink.write_at(0, b"mine!").unwrap();
-    std::fs::write(root.path().join("f"), b"theirs").unwrap();
-    assert!(matches!(sink.commit(false), Err(SinkError::Exists(_))));
-    sink.abort();
-    assert_eq!(std::fs::read(root.path().join("f")).unwrap(), b"theirs");
-    assert_eq!(listing(root.path()), ["f"]);
+    for (mut sink, _) in both_sinks() {
+        let root = tempfile::tempdir().unwrap();
+        sink.begin(&target(root.path(), &[], "f", false), false)
+            .unwrap();
+        sink.write_at(0, b"mine!").unwrap();
+        std::fs::write(root.path().join("f"), b"theirs").unwrap();
+        assert!(matches!(sink.commit(false), Err(SinkError::Exists(_))));
+        sink.abort();
+        assert_eq!(std::fs::read(root.path().join("f")).unwrap(), b"theirs");
+        assert_eq!(listing(root.path()), ["f"]);
+    }
 }
 
 fn refuses_symlinks() {
