@@ -291,4 +291,28 @@ mod tests {
         ));
         assert!(!file.replace("\r\n", "").contains('\n'));
     }
+
+    /// hvhost.exe register writes what the scripts here register: the same keys, the same ElementName
+    /// values, and the same well-known VM ids in the comments.
+    #[test]
+    fn hvhost_register_writes_the_keys_and_names_printed_here() {
+        use hvhost::windows::{registry, sockaddr};
+        let printed: Vec<(String, String)> = all_defaults()
+            .iter()
+            .map(|registration| {
+                (
+                    format!("{REGISTRY_KEY}\\{}", registration.guid),
+                    registration.element_name(),
+                )
+            })
+            .collect();
+        let written: Vec<(String, String)> = registry::select(&["--all".to_string()])
+            .unwrap()
+            .iter()
+            .map(|registration| (registration.subkey(), registration.element_name()))
+            .collect();
+        assert_eq!(written, printed);
+        assert_eq!(HV_GUID_WILDCARD, sockaddr::HV_GUID_WILDCARD.to_string());
+        assert_eq!(HV_GUID_CHILDREN, sockaddr::HV_GUID_CHILDREN.to_string());
+    }
 }

@@ -6,8 +6,10 @@
 //! - [`requests`]: `hvhost shutdown` and `hvhost kvp`, one request each.
 //! - [`backup`]: `hvhost backup`, freeze, a command on the host, thaw.
 //! - [`copy`]: `hvhost copy`, a local file into the guest (the file-copy service).
+//! - [`windows`]: hvhost.exe's addresses, SOCKADDR_HV and registration (pure parts, on every target).
 pub mod backup;
 pub mod client;
 pub mod copy;
 pub mod requests;
 pub mod server;
+pub mod windows;
