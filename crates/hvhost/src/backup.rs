@@ -5,15 +5,14 @@
 
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::unix::process::ExitStatusExt;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::client::{say, Client, PeerError};
+use crate::net::Address;
 use crate::requests::open_channel;
 use hvproto::service::host::backup::{self, BackupAnswer};
 use hvproto::wire::vss::Operation;
-use hvtransport::Address;
 
 /// How long hvhost waits for each answer of the backup service by default: a guest's freeze runs its hooks
 /// and syncs before it answers, which can take far longer than a heartbeat.
@@ -187,7 +186,7 @@ fn run(argv: &[OsString], out: &mut dyn Write) -> Result<(), String> {
         }
     };
     let took = millis(started.elapsed());
-    match (status.code(), status.signal()) {
+    match (status.code(), signal_of(&status)) {
         (Some(0), _) => {
             say(out, &format!("run exit=0 ms={took:.1}"));
             Ok(())
@@ -202,6 +201,18 @@ fn run(argv: &[OsString], out: &mut dyn Write) -> Result<(), String> {
             Err(format!("the command was killed by signal {signal}"))
         }
     }
+}
+
+/// The signal that killed the command (Unix only: on Windows every end has an exit code).
+#[cfg(unix)]
+fn signal_of(status: &std::process::ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal()
+}
+
+#[cfg(not(unix))]
+fn signal_of(_: &std::process::ExitStatus) -> Option<i32> {
+    None
 }
 
 fn millis(duration: Duration) -> f64 {

@@ -2,18 +2,13 @@
 //! to dial in. Both run [`HostChannel`] over [`Connection`]s and print what they see, one line per event.
 
 use std::io::Write;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-
+use crate::net::{self, wait_ready, Address, Closed, Connection, Interest, Socket, Watched};
 use hvproto::service::host::{HostChannel, HostError, HostEvent};
 use hvproto::service::ServiceKind;
 use hvproto::wire::heartbeat::AppState;
 use hvproto::wire::{Message, Status};
-use hvtransport::socket::{self, Dial};
-use hvtransport::{Address, Closed, Connection};
 
 /// How long the host waits for any one answer.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -47,55 +42,13 @@ impl std::fmt::Display for PeerError {
 
 impl std::error::Error for PeerError {}
 
-/// Waits until `fd` is ready for `flags`, or the deadline passes.
-fn wait_ready(fd: BorrowedFd<'_>, flags: PollFlags, deadline: Instant) -> bool {
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let millis = left.as_millis().min(i32::MAX as u128) as i32;
-        let mut fds = [PollFd::new(fd, flags)];
-        match poll(
-            &mut fds,
-            PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX),
-        ) {
-            Ok(0) => return false,
-            Ok(_) => return true,
-            Err(Errno::EINTR) => continue,
-            Err(_) => return false,
-        }
-    }
-}
-
-/// Dials an agent that listens at `address`: Unix, vsock (a KVM host to its guest) or hybrid vsock.
-pub fn dial(address: &Address) -> Result<OwnedFd, PeerError> {
-    let failed = |error: &dyn std::fmt::Display| {
+/// Dials an agent that listens at `address` (on Linux: Unix, vsock or hybrid vsock; on Windows: Hyper-V).
+pub fn dial(address: &Address) -> Result<Socket, PeerError> {
+    net::dial(address, ANSWER_TIMEOUT).map_err(|error| {
         PeerError::Connect(format!(
             "cannot connect to {address}: {error}; is the agent running with listen = \"...\" for this service?"
         ))
-    };
-    match address {
-        Address::Hybrid { path, port } => {
-            let stream = socket::connect_hybrid(path, *port, ANSWER_TIMEOUT)
-                .map_err(|error| failed(&error))?;
-            stream
-                .set_nonblocking(true)
-                .map_err(|error| failed(&error))?;
-            Ok(OwnedFd::from(stream))
-        }
-        _ => match socket::connect(address).map_err(|error| failed(&error))? {
-            Dial::Connected(fd) => Ok(fd),
-            Dial::InProgress(fd) => {
-                if !wait_ready(
-                    fd.as_fd(),
-                    PollFlags::POLLOUT,
-                    Instant::now() + ANSWER_TIMEOUT,
-                ) {
-                    return Err(failed(&"timed out"));
-                }
-                socket::finish_connect(fd.as_fd()).map_err(|error| failed(&error))?;
-                Ok(fd)
-            }
-        },
-    }
+    })
 }
 
 /// A host-side channel on one connection, driven step by step.
@@ -106,12 +59,12 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(fd: OwnedFd, kind: ServiceKind) -> Client {
+    pub fn new(fd: Socket, kind: ServiceKind) -> Client {
         Client::on_channel(fd, HostChannel::new(kind))
     }
 
     /// A client that runs `channel`, for a service the host speaks with versions of its own (backup).
-    pub fn on_channel(fd: OwnedFd, channel: HostChannel) -> Client {
+    pub fn on_channel(fd: Socket, channel: HostChannel) -> Client {
         Client {
             connection: Connection::new(fd),
             channel,
@@ -127,7 +80,7 @@ impl Client {
             if !self.connection.wants_write() {
                 return Ok(());
             }
-            if !wait_ready(self.connection.fd(), PollFlags::POLLOUT, deadline) {
+            if !wait_ready(self.connection.fd(), Interest::WRITE, deadline) {
                 return Err(PeerError::Timeout("send", ANSWER_TIMEOUT));
             }
         }
@@ -142,7 +95,7 @@ impl Client {
     fn next_within(&mut self, what: &'static str, limit: Duration) -> Result<Message, PeerError> {
         let deadline = Instant::now() + limit;
         while self.inbox.is_empty() {
-            if !wait_ready(self.connection.fd(), PollFlags::POLLIN, deadline) {
+            if !wait_ready(self.connection.fd(), Interest::READ, deadline) {
                 return Err(PeerError::Timeout(what, limit));
             }
             self.connection
@@ -237,15 +190,14 @@ impl Client {
         inbox.append(&mut self.inbox);
         loop {
             self.connection.flush().map_err(PeerError::Closed)?;
-            let flags = if self.connection.wants_write() {
-                PollFlags::POLLIN | PollFlags::POLLOUT
-            } else {
-                PollFlags::POLLIN
+            let interest = Interest {
+                read: true,
+                write: self.connection.wants_write(),
             };
             if !inbox.is_empty() {
                 return Ok(true);
             }
-            if !wait_ready(self.connection.fd(), flags, deadline) {
+            if !wait_ready(self.connection.fd(), interest, deadline) {
                 return Ok(false);
             }
             self.connection.receive(inbox).map_err(PeerError::Closed)?;
@@ -263,15 +215,9 @@ impl Client {
                 return Ok(());
             }
             // Read answers meanwhile, so an agent blocked on its own sends can make progress.
-            let mut fds = [PollFd::new(
-                self.connection.fd(),
-                PollFlags::POLLOUT | PollFlags::POLLIN,
-            )];
-            let _ = poll(&mut fds, PollTimeout::from(100u8));
-            if fds[0]
-                .revents()
-                .is_some_and(|events| events.contains(PollFlags::POLLIN))
-            {
+            let mut watched = [Watched::new(self.connection.fd(), Interest::BOTH)];
+            let _ = net::poll(&mut watched, Some(Duration::from_millis(100)));
+            if watched[0].ready.read {
                 self.connection
                     .receive(&mut self.inbox)
                     .map_err(PeerError::Closed)?;

@@ -5,17 +5,16 @@
 
 use std::fs::File;
 use std::io::{IsTerminal, Write};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::client::{say, Client, PeerError};
+use crate::net::Address;
 use crate::requests::open_channel;
 use hvproto::service::host::filecopy::{self, CopyAnswer, CopySender, DEFAULT_WINDOW};
 use hvproto::service::host::HostError;
 use hvproto::wire::fcopy::{CopyFlags, Operation, Start, DATA_FRAGMENT};
 use hvproto::wire::Message;
-use hvtransport::Address;
 
 /// How long hvhost waits for each answer by default: a COMPLETE syncs the whole file before it answers.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -267,7 +266,7 @@ fn send_data(
             let Some((offset, len)) = fragments.next() else {
                 break;
             };
-            if let Err(error) = file.read_exact_at(&mut buffer[..len], offset) {
+            if let Err(error) = read_exact_at(file, &mut buffer[..len], offset) {
                 // The file shrank or failed under us: the guest must not keep a part of it.
                 client.queue(&sender.cancel(Instant::now()))?;
                 let _ = client.pump(&mut inbox, Instant::now() + Duration::from_millis(100));
@@ -315,6 +314,21 @@ fn line(out: &mut dyn Write, word: &str, answer: &CopyAnswer) {
             millis(answer.round_trip)
         ),
     );
+}
+
+/// Fills `buffer` from `file` at `offset`: pread(2) on Unix; on Windows (hvhost.exe) a seek and a read, the
+/// file being read by this loop alone.
+#[cfg(unix)]
+fn read_exact_at(file: &File, buffer: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.read_exact_at(buffer, offset)
+}
+
+#[cfg(not(unix))]
+fn read_exact_at(mut file: &File, buffer: &mut [u8], offset: u64) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(buffer)
 }
 
 fn millis(duration: Duration) -> f64 {

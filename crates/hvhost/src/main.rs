@@ -1,5 +1,5 @@
-//! hvhost: the host-side peer of hvagent, for Linux hosts and for tests. Parses arguments and calls the
-//! library.
+//! hvhost: the host-side peer of hvagent, for Linux hosts, Windows Hyper-V hosts (hvhost.exe) and tests.
+//! Parses arguments and calls the library.
 //!
 //! Exit status: 0 ok, 1 the agent answered wrongly or the connection failed, 2 usage error; `backup` adds
 //! 3 freeze refused, 4 command failed, 5 thaw failed; `copy` adds 3 START refused, 4 refused during the copy.
@@ -12,11 +12,12 @@ use std::time::Duration;
 use hvhost::backup::{self, BackupCommand};
 use hvhost::client::{self, heartbeat_line, say, Client, RoundTrips};
 use hvhost::copy::{self, CopyRequest};
+use hvhost::net::Address;
 use hvhost::requests::{self, parse_pool, KvpCommand, ShutdownOptions};
 use hvhost::server::{serve, ServeOptions};
+use hvhost::windows::registry;
 use hvproto::service::host::HostEvent;
 use hvproto::service::ServiceKind;
-use hvtransport::Address;
 
 const USAGE: &str = "\
 usage: hvhost serve ADDR [--service heartbeat|timesync] [--interval SECONDS] [--count N] [--quiet]
@@ -45,8 +46,28 @@ usage: hvhost serve ADDR [--service heartbeat|timesync] [--interval SECONDS] [--
            confirmed the COMPLETE, 3 START refused (nothing created), 4 refused during the copy (the guest
            removed what it had)
 
+       hvhost register [--all | SERVICE...] | unregister [--all | SERVICE...]
+           Windows: write (remove) the GuestCommunicationServices keys of hvagent's services, as
+           hvagent host-setup prints them; SERVICE is heartbeat, guestinfo, shutdown, timesync or backup
+";
+
+/// What ADDR is, on this host.
+#[cfg(unix)]
+const ADDRESSES: &str = "\
 ADDR is unix:PATH, vsock:CID:PORT (a KVM host to its guest) or hybrid:PATH:PORT (the Unix socket of
 Firecracker, Cloud Hypervisor or vhost-device-vsock). PORT is decimal, 0x-hex or a template GUID.";
+
+/// What ADDR is, on this host.
+#[cfg(windows)]
+const ADDRESSES: &str = "\
+ADDR is hv:VMID:SERVICE (VMID a VM's GUID, or wildcard, children, loopback or parent), vm:NAME:SERVICE
+(the VM's GUID looked up with Get-VM) or, for tests only, tcp:127.0.0.1:PORT. SERVICE is a vsock port,
+decimal or 0x-hex, or its template GUID: hv:children:0x48560001 = hv:children:48560001-facb-11e6-bd58-64006a7986d3.";
+
+/// The usage text: the commands, then what ADDR is here.
+fn usage() -> String {
+    format!("{USAGE}\n{ADDRESSES}")
+}
 
 struct Options {
     command: String,
@@ -221,15 +242,39 @@ fn parse_args() -> Result<Option<Options>, String> {
     }))
 }
 
+/// `hvhost register|unregister [--all | SERVICE...]`, which takes no address; None for every other command.
+fn registration() -> Option<ExitCode> {
+    let mut args = std::env::args().skip(1);
+    let action = match args.next()?.as_str() {
+        "register" => registry::Action::Register,
+        "unregister" => registry::Action::Unregister,
+        _ => return None,
+    };
+    let words: Vec<String> = args.collect();
+    if words.iter().any(|word| word == "--help" || word == "-h") {
+        println!("{}", usage());
+        return Some(ExitCode::SUCCESS);
+    }
+    let stdout = std::io::stdout();
+    Some(ExitCode::from(registry::run(
+        action,
+        &words,
+        &mut stdout.lock(),
+    )))
+}
+
 fn main() -> ExitCode {
+    if let Some(code) = registration() {
+        return code;
+    }
     let options = match parse_args() {
         Ok(Some(options)) => options,
         Ok(None) => {
-            println!("{USAGE}");
+            println!("{}", usage());
             return ExitCode::SUCCESS;
         }
         Err(message) => {
-            eprintln!("hvhost: {message}\n{USAGE}");
+            eprintln!("hvhost: {message}\n{}", usage());
             return ExitCode::from(2);
         }
     };
@@ -253,7 +298,7 @@ fn main() -> ExitCode {
             let command = match KvpCommand::parse(&options.rest) {
                 Ok(command) => command,
                 Err(message) => {
-                    eprintln!("hvhost: {message}\n{USAGE}");
+                    eprintln!("hvhost: {message}\n{}", usage());
                     return ExitCode::from(2);
                 }
             };
@@ -277,7 +322,10 @@ fn main() -> ExitCode {
         },
         "backup" => {
             let Some(command) = &options.backup else {
-                eprintln!("hvhost: backup needs one of --freeze, --thaw or --run CMD\n{USAGE}");
+                eprintln!(
+                    "hvhost: backup needs one of --freeze, --thaw or --run CMD\n{}",
+                    usage()
+                );
                 return ExitCode::from(2);
             };
             match backup::backup(&options.address, command, options.timeout, &mut out) {
@@ -320,7 +368,7 @@ fn main() -> ExitCode {
             }
         }
         other => {
-            eprintln!("hvhost: unknown command '{other}'\n{USAGE}");
+            eprintln!("hvhost: unknown command '{other}'\n{}", usage());
             return ExitCode::from(2);
         }
     };

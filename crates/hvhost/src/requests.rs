@@ -4,6 +4,7 @@
 use std::io::Write;
 
 use crate::client::{self, say, Client, PeerError};
+use crate::net::Address;
 use hvproto::service::host::{HostChannel, HostEvent};
 use hvproto::service::shutdown::display_text;
 use hvproto::service::ServiceKind;
@@ -13,7 +14,6 @@ use hvproto::wire::kvp::{
 };
 use hvproto::wire::shutdown::{flags, ShutdownRequest, DISPLAY_MESSAGE_LEN};
 use hvproto::wire::Status;
-use hvtransport::Address;
 
 /// What `hvhost shutdown` sends.
 #[derive(Clone, Debug, Default)]

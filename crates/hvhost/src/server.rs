@@ -6,19 +6,14 @@
 //! the real clock.
 
 use std::io::Write;
-use std::os::fd::AsFd;
 use std::time::{Duration, Instant, SystemTime};
 
-use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-
 use crate::client::{heartbeat_line, say, PeerError, RoundTrips};
+use crate::net::{self, Address, Connection, Interest, Listener, Ready, Watched};
 use hvproto::service::host::{HostChannel, HostEvent};
 use hvproto::service::ServiceKind;
 use hvproto::wire::timesync::{unix_nanos_to_ticks, TimeSyncData, TimeSyncFlags};
 use hvproto::wire::{Message, MessageType};
-use hvtransport::socket;
-use hvtransport::{Address, Connection};
 
 /// What `hvhost serve` was asked to do.
 #[derive(Clone, Debug)]
@@ -90,11 +85,10 @@ struct ServedGuest {
 }
 
 impl ServedGuest {
-    fn interest(&self) -> PollFlags {
-        if self.connection.wants_write() {
-            PollFlags::POLLIN | PollFlags::POLLOUT
-        } else {
-            PollFlags::POLLIN
+    fn interest(&self) -> Interest {
+        Interest {
+            read: true,
+            write: self.connection.wants_write(),
         }
     }
 
@@ -122,7 +116,7 @@ pub fn serve(
     options: &ServeOptions,
     out: &mut dyn Write,
 ) -> Result<(), PeerError> {
-    let listener = socket::listen(address, 1024).map_err(|error| {
+    let listener = net::listen(address).map_err(|error| {
         PeerError::Connect(format!(
             "cannot listen on {address}: {error}; is another hvhost using it?"
         ))
@@ -144,39 +138,30 @@ pub fn serve(
             .filter_map(|agent| agent.next_at)
             .min()
             .map(|at| at.saturating_duration_since(Instant::now()));
-        let mut fds = vec![PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
-        fds.extend(
+        let mut watched = vec![Watched::new(
+            net::listener_handle(&listener),
+            Interest::READ,
+        )];
+        watched.extend(
             agents
                 .iter()
-                .map(|agent| PollFd::new(agent.connection.fd(), agent.interest())),
+                .map(|agent| Watched::new(agent.connection.fd(), agent.interest())),
         );
-        let millis = timeout.map_or(-1, |left| {
-            left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32
-        });
-        match poll(
-            &mut fds,
-            PollTimeout::try_from(millis).unwrap_or(PollTimeout::MAX),
-        ) {
-            Ok(_) | Err(Errno::EINTR) => {}
-            Err(error) => return Err(PeerError::Connect(format!("poll failed: {error}"))),
-        }
-        let events: Vec<PollFlags> = fds
-            .iter()
-            .map(|fd| fd.revents().unwrap_or(PollFlags::empty()))
-            .collect();
-        drop(fds);
-        if !events[0].is_empty() {
+        net::poll(&mut watched, timeout).map_err(PeerError::Connect)?;
+        let events: Vec<Ready> = watched.iter().map(|one| one.ready).collect();
+        drop(watched);
+        if events[0].any() {
             accept_agents(&listener, &mut agents, options, out);
         }
         for (agent, ready) in agents.iter_mut().zip(&events[1..]) {
-            if ready.is_empty() {
+            if !ready.any() {
                 continue;
             }
             if let Err(closed) = agent.connection.flush() {
                 agent.closed = Some(closed.to_string());
                 continue;
             }
-            if !ready.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            if !ready.read && !ready.hangup {
                 continue;
             }
             if let Err(closed) = agent.connection.receive(&mut inbox) {
@@ -218,18 +203,13 @@ fn first_heartbeat_delay(serial: usize, interval: Duration) -> Duration {
 }
 
 fn accept_agents(
-    listener: &std::os::fd::OwnedFd,
+    listener: &Listener,
     agents: &mut Vec<ServedGuest>,
     options: &ServeOptions,
     out: &mut dyn Write,
 ) {
-    while let Ok(Some((fd, peer))) = socket::accept(listener.as_fd()) {
-        let peer = match peer {
-            socket::Peer::Unix { .. } | socket::Peer::Unknown(_) => {
-                format!("agent #{}", agents.len() + 1)
-            }
-            other => other.to_string(),
-        };
+    while let Some((fd, peer)) = net::accept(listener) {
+        let peer = peer.unwrap_or_else(|| format!("agent #{}", agents.len() + 1));
         say(out, &format!("connected {peer}"));
         let channel = HostChannel::new(options.service);
         let offer = channel.offer();

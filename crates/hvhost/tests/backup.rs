@@ -2,6 +2,8 @@
 //! service by hand with hvproto's wire types, answers each request as scripted, and records the operations
 //! in order, with whether the command's marker file was there when each arrived. It only pretends to
 //! freeze. hvhost and the commands it runs are under the tests' no_vsock guard.
+// Unix sockets and the no_vsock guard: these run on Linux; hvhost.exe's are tests/windows/e2e.sh.
+#![cfg(unix)]
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;

@@ -1,6 +1,8 @@
 //! hvhost's command line on its own, without an agent: what it refuses and how it says so. (The exchanges
 //! with a real agent are the agent's end-to-end tests, tests/*.rs at the top of the workspace.) Having
 //! integration tests also makes `cargo test --workspace` build the hvhost binary those tests run.
+// Unix sockets and the no_vsock guard: these run on Linux; hvhost.exe's are tests/windows/e2e.sh.
+#![cfg(unix)]
 
 #[path = "../../../tests/common/mod.rs"]
 mod common;

@@ -7,8 +7,14 @@
 //! - [`registry`]: the GuestCommunicationServices keys `hvhost register` writes, as `hvagent host-setup` prints them.
 //! - [`connection`]: one nonblocking stream with the protocol's decoder and a bounded output queue.
 //!
+//! Only `transport` (Winsock: AF_HYPERV sockets and WSAPoll) and `winreg` (the registry's writer) call
+//! Windows itself.
 pub mod address;
 pub mod connection;
 pub mod registry;
 pub mod sockaddr;
+#[cfg(windows)]
+pub mod transport;
 pub mod vmname;
+#[cfg(windows)]
+mod winreg;
