@@ -41,7 +41,8 @@ lint:
 unit-test:
 	$(CARGO) test --workspace
 
-# hvproto built for x86_64-pc-windows-gnu, and its tests run under wine where wine is installed (all must pass);
+# hvproto and hvhost built for x86_64-pc-windows-gnu, their unit tests and hvhost.exe's end-to-end tests
+# (tests/windows_e2e.rs) run under wine where wine is installed (all must pass);
 # skipped loudly when the target, mingw or wine is missing, unless HVAGENT_REQUIRE_WINDOWS=1.
 windows-test:
 	CARGO="$(CARGO)" scripts/windows-test.sh

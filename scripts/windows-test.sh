@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The protocol crate on Windows: builds hvproto and its tests for x86_64-pc-windows-gnu and, where wine is
-# installed, runs every test program under wine and checks that all of hvproto's tests passed there, as many
-# as on Linux. Wine runs quiet (WINEDEBUG=-all), headless (no DISPLAY: console programs need none), each call
+# The protocol crate and hvhost.exe on Windows: builds hvproto, hvhost and their tests for
+# x86_64-pc-windows-gnu and, where wine is installed, runs every test program under wine and checks that all
+# of their tests passed there (every test Linux has, and the Windows-only ones); then the end-to-end tests of
+# tests/windows_e2e.rs: hvhost.exe under wine against a real agent through a loopback relay, and its
+# register/unregister against wine's registry. Wine runs quiet (WINEDEBUG=-all), headless (no DISPLAY: console programs need none), each call
 # bounded by `timeout`, in a throwaway prefix made afresh under target/windows-test/ and removed after a pass.
 #
 # Debian's wine 8 has no bcryptprimitives.dll, whose ProcessPrng Rust's std for this target imports; the
@@ -32,9 +34,12 @@ skip() {
     exit 0
 }
 
-# The test executables of `cargo test -p hvproto --no-run` for the target given (none: the host's), one a line.
+# The unit-test programs of the packages Windows runs: hvproto's (all its test targets) and hvhost's library.
+packages=(-p hvproto)
+hvhost_tests=(-p hvhost --lib)
+# The test executables of `cargo test ARGS --no-run` for the target given (none: the host's), one a line.
 test_executables() {
-    "$CARGO" test -q -p hvproto "$@" --no-run --message-format=json-render-diagnostics |
+    "$CARGO" test -q "$@" --no-run --message-format=json-render-diagnostics |
         grep -o '"executable":"[^"]*"' | sed 's/^"executable":"//; s/"$//'
 }
 
@@ -43,27 +48,29 @@ scripts/install-windows-test-deps.sh
 command -v "$CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER" >/dev/null ||
     skip "no linker for $target ($CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER, package gcc-mingw-w64-x86-64)"
 
-"$CARGO" build -q -p hvproto --target "$target"
-list=$(test_executables --target "$target")
+"$CARGO" build -q "${packages[@]}" -p hvhost --target "$target"
+list=$(test_executables "${packages[@]}" --target "$target"; test_executables "${hvhost_tests[@]}" --target "$target")
 [ -n "$list" ] || { say "FAILED: cargo built no test program for $target"; exit 1; }
 mapfile -t windows_tests <<<"$list"
-say "hvproto and its ${#windows_tests[@]} test program(s) build for $target"
+hvhost_exe=target/$target/debug/hvhost.exe
+[ -f "$hvhost_exe" ] || { say "FAILED: no $hvhost_exe was built"; exit 1; }
+say "hvproto, hvhost.exe and ${#windows_tests[@]} test program(s) build for $target"
 
 have_wine64() { command -v wine >/dev/null && { [ -x /usr/lib/wine/wine64 ] || command -v wine64 >/dev/null; }; }
 have_wine64 ||
     skip "hvproto's tests for $target were built but not run: no 64-bit wine (packages wine and wine64)"
 
-# How many tests hvproto has on Linux: the Windows run must pass every one of them.
-list=$(test_executables)
+# The tests hvproto and hvhost have on Linux: the Windows run must list and pass every one of them.
+list=$(test_executables "${packages[@]}"; test_executables "${hvhost_tests[@]}")
 mapfile -t linux_tests <<<"$list"
-expected=0
-for exe in "${linux_tests[@]}"; do
-    expected=$((expected + $("$exe" --list --format terse | grep -c ': test$' || true)))
-done
-[ "$expected" -gt 0 ] || { say "FAILED: hvproto lists no test on Linux"; exit 1; }
-
-rm -rf "$out"
 mkdir -p "$out"
+for exe in "${linux_tests[@]}"; do
+    "$exe" --list --format terse | sed -n 's/: test$//p'
+done | sort >"$out/linux-tests.txt"
+expected=$(wc -l <"$out/linux-tests.txt")
+[ "$expected" -gt 0 ] || { say "FAILED: hvproto and hvhost list no test on Linux"; exit 1; }
+
+rm -rf "$out/wineprefix"
 mingw_cc=(x86_64-w64-mingw32-gcc -O2 -Wall -Wextra -Werror -s)
 "${mingw_cc[@]}" -shared -o "$out/bcryptprimitives.dll" tests/windows/bcryptprimitives.c -ladvapi32
 "${mingw_cc[@]}" -o "$out/prng-check.exe" tests/windows/prng-check.c "$out/bcryptprimitives.dll"
@@ -100,8 +107,11 @@ run_wine 60 "$out/prng-check.log" "$out/prng-check.exe"
 
 passed=0
 failed=0
+: >"$out/windows-tests.txt"
 for exe in "${windows_tests[@]}"; do
     log="$out/$(basename "$exe" .exe).log"
+    run_wine 60 "$log.list" "$exe" --list --format terse
+    sed -n 's/: test\r\?$//p' "$log.list" >>"$out/windows-tests.txt"
     run_wine 300 "$log" "$exe"
     summary=$(grep '^test result: ' "$log" || true)
     [ -n "$summary" ] || { say "FAILED: $exe printed no test result under wine (full output: $log)"; exit 1; }
@@ -109,12 +119,37 @@ for exe in "${windows_tests[@]}"; do
     passed=$((passed + $(sed -n 's/.* \([0-9]*\) passed;.*/\1/p' <<<"$summary")))
     failed=$((failed + $(sed -n 's/.* \([0-9]*\) failed;.*/\1/p' <<<"$summary")))
 done
-
-if [ "$failed" != 0 ] || [ "$passed" != "$expected" ]; then
-    say "FAILED: $passed passed and $failed failed under wine; hvproto has $expected tests on Linux"
+sort -o "$out/windows-tests.txt" "$out/windows-tests.txt"
+missing=$(comm -23 "$out/linux-tests.txt" "$out/windows-tests.txt")
+if [ -n "$missing" ]; then
+    say "FAILED: tests that Linux has and the Windows build does not:"
+    echo "$missing" >&2
     exit 1
 fi
+listed=$(wc -l <"$out/windows-tests.txt")
+if [ "$failed" != 0 ] || [ "$passed" != "$listed" ]; then
+    say "FAILED: $passed passed and $failed failed under wine of the $listed tests the Windows build lists"
+    exit 1
+fi
+say "every one of hvproto's and hvhost's $listed tests passed for $target under wine ($wine_version):" \
+    "the $expected Linux has, and $((listed - expected)) of Windows only"
+
+# hvhost.exe end to end: the agent and the Linux hvhost are this machine's debug builds (the tests start
+# them under the no_vsock guard); hvhost.exe runs under wine in the same prefix.
+"$CARGO" build -q -p hvagent -p hvhost --bins
+e2e_log="$out/windows-e2e.log"
+e2e_rc=0
+HVAGENT_WINDOWS_HVHOST="$PWD/$hvhost_exe" timeout 900 "$CARGO" test -q -p hvagent --test windows_e2e -- \
+    --ignored --test-threads=1 --nocapture >"$e2e_log" 2>&1 || e2e_rc=$?
+e2e_summary=$(grep '^test result: ' "$e2e_log" || true)
+if [ "$e2e_rc" != 0 ] || ! grep -q '^test result: ok\. [1-9][0-9]* passed; 0 failed' <<<"$e2e_summary"; then
+    tail -n 60 "$e2e_log" >&2
+    say "FAILED: hvhost.exe's end-to-end tests under wine (status $e2e_rc; full output: $e2e_log)"
+    exit 1
+fi
+grep -oE '(linux hvhost|hvhost.exe under wine|hv: under wine|vm: under wine):.*' "$e2e_log" | sed 's/^/windows-test: /' >&2
+e2e_passed=$(sed -n 's/.* \([0-9]*\) passed;.*/\1/p' <<<"$e2e_summary")
+say "hvhost.exe end to end under wine: ${e2e_summary#test result: }"
 stop_wine
 rm -rf "$WINEPREFIX"
-say "every one of hvproto's $expected tests passed for $target under wine ($wine_version)"
-echo "windows-test: $passed passed, $failed failed"
+echo "windows-test: $((passed + e2e_passed)) passed, $failed failed"

@@ -44,7 +44,9 @@ impl std::error::Error for PeerError {}
 
 /// Dials an agent that listens at `address` (on Linux: Unix, vsock or hybrid vsock; on Windows: Hyper-V).
 pub fn dial(address: &Address) -> Result<Socket, PeerError> {
-    net::dial(address, ANSWER_TIMEOUT).map_err(|error| {
+    let resolved = net::resolve(address)
+        .map_err(|error| PeerError::Connect(format!("cannot connect to {address}: {error}")))?;
+    net::dial(&resolved, ANSWER_TIMEOUT).map_err(|error| {
         PeerError::Connect(format!(
             "cannot connect to {address}: {error}; is the agent running with listen = \"...\" for this service?"
         ))

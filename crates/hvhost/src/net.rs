@@ -4,8 +4,8 @@
 //! - Linux (`net/unix.rs`): hvtransport's vsock, Unix and hybrid-vsock sockets and its `Connection`, poll(2).
 //! - Windows (`windows/transport.rs`): AF_HYPERV sockets (and loopback TCP for tests), WSAPoll.
 //!
-//! Each provides `Address`, `Connection`, `Closed`, `Socket`, `Listener`, `Handle` and the functions `dial`,
-//! `listen`, `accept`, `listener_handle` and `poll` over the [`Watched`] handles below.
+//! Each provides `Address`, `Connection`, `Closed`, `Socket`, `Listener`, `Handle` and the functions `resolve`
+//! (a name to the address it stands for), `dial`, `listen`, `accept`, `listener_handle` and `poll` over the [`Watched`] handles below.
 
 #[cfg(unix)]
 mod unix;

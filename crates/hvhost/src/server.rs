@@ -116,7 +116,9 @@ pub fn serve(
     options: &ServeOptions,
     out: &mut dyn Write,
 ) -> Result<(), PeerError> {
-    let listener = net::listen(address).map_err(|error| {
+    let resolved = net::resolve(address)
+        .map_err(|error| PeerError::Connect(format!("cannot listen on {address}: {error}")))?;
+    let listener = net::listen(&resolved).map_err(|error| {
         PeerError::Connect(format!(
             "cannot listen on {address}: {error}; is another hvhost using it?"
         ))

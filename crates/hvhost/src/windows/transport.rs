@@ -48,6 +48,17 @@ pub enum Listener {
     Tcp(TcpListener),
 }
 
+/// The address to open: `vm:NAME` looked up (Get-VM), the others as they are.
+pub fn resolve(address: &Address) -> Result<Address, String> {
+    match address {
+        Address::VmName { name, service } => Ok(Address::HyperV {
+            vm: vmname::resolve(name)?,
+            service: *service,
+        }),
+        other => Ok(other.clone()),
+    }
+}
+
 /// Connects to `address` within `timeout`; the stream is nonblocking.
 pub fn dial(address: &Address, timeout: Duration) -> Result<Socket, String> {
     let stream = match address {
@@ -165,7 +176,15 @@ fn hyperv_socket() -> io::Result<OwnedSocket> {
     // SAFETY: socket takes plain integers and returns a new handle or INVALID_SOCKET.
     let socket = unsafe { ws::socket(i32::from(AF_HYPERV), ws::SOCK_STREAM, HV_PROTOCOL_RAW) };
     if socket == ws::INVALID_SOCKET {
-        return Err(last_error());
+        let error = last_error();
+        if error.raw_os_error() == Some(ws::WSAEAFNOSUPPORT) {
+            return Err(io::Error::new(
+                error.kind(),
+                "this Windows has no Hyper-V sockets (AF_HYPERV: WSAEAFNOSUPPORT); hvhost.exe needs a \
+                 Hyper-V host, Windows 10 or Server 2016 or later",
+            ));
+        }
+        return Err(error);
     }
     // SAFETY: `socket` was just created and is owned by nothing else.
     Ok(unsafe { OwnedSocket::from_raw_socket(socket as RawSocket) })

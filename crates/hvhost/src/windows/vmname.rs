@@ -106,7 +106,10 @@ pub fn read_answer(
         [one] => Uuid::parse_str(one).map_err(|_| {
             format!("cannot look up VM '{name}': Get-VM gave '{one}', which is not a GUID")
         }),
-        [] => Err(format!("no VM is named '{name}' (Get-VM lists the VMs)")),
+        // The script prints a GUID or exits 4: silence and 0 is a powershell.exe that did not run it.
+        [] => Err(format!(
+            "cannot look up VM '{name}': {PROGRAM} exited 0 without an answer; is it Windows PowerShell?"
+        )),
         many => Err(format!(
             "{} VMs are named '{name}' ({}); give the one meant as hv:GUID:SERVICE",
             many.len(),
@@ -237,6 +240,8 @@ mod tests {
         )
         .unwrap_err();
         assert!(denied.contains("status 1): You do not have"), "{denied}");
+        let silent = read_answer("web", Some(0), "", "").unwrap_err();
+        assert!(silent.contains("without an answer"), "{silent}");
         let garbage = read_answer("web", Some(0), "not-a-guid", "").unwrap_err();
         assert!(garbage.contains("not a GUID"), "{garbage}");
     }
