@@ -3,7 +3,8 @@
 # x86_64-pc-windows-gnu and, where wine is installed, runs every test program under wine and checks that all
 # of their tests passed there (every test Linux has, and the Windows-only ones); then the end-to-end tests of
 # tests/windows_e2e.rs: hvhost.exe under wine against a real agent through a loopback relay, and its
-# register/unregister against wine's registry. Wine runs quiet (WINEDEBUG=-all), headless (no DISPLAY: console programs need none), each call
+# register/unregister against wine's registry; last, the zip of `make windows` (scripts/build-windows.sh).
+# Wine runs quiet (WINEDEBUG=-all), headless (no DISPLAY: console programs need none), each call
 # bounded by `timeout`, in a throwaway prefix made afresh under target/windows-test/ and removed after a pass.
 #
 # Debian's wine 8 has no bcryptprimitives.dll, whose ProcessPrng Rust's std for this target imports; the
@@ -152,4 +153,13 @@ e2e_passed=$(sed -n 's/.* \([0-9]*\) passed;.*/\1/p' <<<"$e2e_summary")
 say "hvhost.exe end to end under wine: ${e2e_summary#test result: }"
 stop_wine
 rm -rf "$WINEPREFIX"
+
+# The package of `make windows`, built and its contents checked.
+zip=$(CARGO="$CARGO" scripts/build-windows.sh)
+contents=$(python3 -c 'import sys, zipfile; print("\n".join(zipfile.ZipFile(sys.argv[1]).namelist()))' "$zip")
+folder=$(basename "$zip" .zip)
+for file in hvhost.exe README.txt hvagent-host-setup.ps1 hvagent-host-setup.reg; do
+    grep -qx "$folder/$file" <<<"$contents" || { say "FAILED: $zip has no $folder/$file"; exit 1; }
+done
+say "$zip holds $(wc -l <<<"$contents") files"
 echo "windows-test: $((passed + e2e_passed)) passed, $failed failed"
