@@ -48,7 +48,7 @@ usage: hvhost serve ADDR [--service heartbeat|timesync] [--interval SECONDS] [--
 
        hvhost register [--all | SERVICE...] | unregister [--all | SERVICE...]
            Windows: write (remove) the GuestCommunicationServices keys of hvagent's services, as
-           hvagent host-setup prints them; SERVICE is heartbeat, guestinfo, shutdown, timesync or backup
+           hvagent host-setup prints them; SERVICE is heartbeat, guestinfo, shutdown, timesync, backup or filecopy
 ";
 
 /// What ADDR is, on this host.

@@ -223,6 +223,7 @@ mod tests {
             ("48560003-facb-11e6-bd58-64006a7986d3", "hvagent shutdown"),
             ("48560004-facb-11e6-bd58-64006a7986d3", "hvagent timesync"),
             ("48560005-facb-11e6-bd58-64006a7986d3", "hvagent backup"),
+            ("48560007-facb-11e6-bd58-64006a7986d3", "hvagent filecopy"),
         ];
         assert_eq!(
             shown,
