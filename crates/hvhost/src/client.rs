@@ -42,13 +42,22 @@ impl std::fmt::Display for PeerError {
 
 impl std::error::Error for PeerError {}
 
+/// What to check when a dial fails. A Hyper-V host also refuses a connection to a service GUID it has no
+/// GuestCommunicationServices key for.
+#[cfg(windows)]
+const CONNECT_HINT: &str =
+    "is the agent in the guest running with listen = \"...\" for this service, and is the \
+                            service registered on this host (hvhost register)?";
+#[cfg(not(windows))]
+const CONNECT_HINT: &str = "is the agent running with listen = \"...\" for this service?";
+
 /// Dials an agent that listens at `address` (on Linux: Unix, vsock or hybrid vsock; on Windows: Hyper-V).
 pub fn dial(address: &Address) -> Result<Socket, PeerError> {
     let resolved = net::resolve(address)
         .map_err(|error| PeerError::Connect(format!("cannot connect to {address}: {error}")))?;
     net::dial(&resolved, ANSWER_TIMEOUT).map_err(|error| {
         PeerError::Connect(format!(
-            "cannot connect to {address}: {error}; is the agent running with listen = \"...\" for this service?"
+            "cannot connect to {address}: {error}; {CONNECT_HINT}"
         ))
     })
 }
