@@ -327,7 +327,7 @@ fn hvhost_serve_prints_the_state_of_each_round_trip() {
     );
 }
 
-/// An agent whose guest-info service listens at DIR/kvp.sock with its state in DIR/state.
+/// An agent whose guest-info service listens at DIR/kvp.sock with its pool files in DIR/pools.
 fn kvp_agent(dir: &Path) -> (Running, String) {
     let socket = dir.join("kvp.sock");
     let _ = std::fs::remove_file(&socket);
@@ -335,9 +335,11 @@ fn kvp_agent(dir: &Path) -> (Running, String) {
         dir,
         "agent.toml",
         &format!(
-            "[heartbeat]\nenabled = false\n[guestinfo]\nlisten = \"unix:{}\"\nstate_dir = \"{}\"\n",
+            "[heartbeat]\nenabled = false\n[guestinfo]\nlisten = \"unix:{}\"\nstate_dir = \"{}\"\n\
+             pool_dir = \"{}\"\n",
             socket.display(),
-            dir.join("state").display()
+            dir.join("state").display(),
+            dir.join("pools").display()
         ),
     );
     let agent = start_agent_logging(&config, dir);

@@ -4,6 +4,8 @@
 //! service's keys set that service's own settings type (in hvproto); the connection keys, which every
 //! service section takes, set the agent's [`ServiceConfig`].
 
+use std::time::Duration;
+
 use super::setting::{docs_of, names_of, KeyDoc, Parser, Setting, Table};
 use super::values::{self, choice, choices, typed, Seconds};
 use super::{peers, Config, Endpoint, ServiceConfig, ServiceSettings, SERVICES};
@@ -428,15 +430,64 @@ static SHUTDOWN: [ShutdownKey; 4] = [
 
 type GuestInfoKey = Setting<GuestInfoSettings>;
 
-static GUESTINFO: [GuestInfoKey; 1] = [GuestInfoKey::new(
-    "state_dir",
-    "The pairs the host stores in the guest persist under state_dir/kvp/.",
-    Parser::Path {
-        hint: "",
-        get: |settings| &settings.state_dir,
-        set: |settings, path| settings.state_dir = path,
-    },
-)];
+static GUESTINFO: [GuestInfoKey; 5] = [
+    GuestInfoKey::new(
+        "pool_dir",
+        "The pool files, .kvp_pool_0 to .kvp_pool_4 in hv_kvp_daemon's format; /var/lib/hyperv is where existing software looks.",
+        Parser::Path {
+            hint: "",
+            get: |settings| &settings.pool_dir,
+            set: |settings, path| settings.pool_dir = path,
+        },
+    ),
+    GuestInfoKey::new(
+        "kvp_flush_ms",
+        "At most one durable write per pool in this many milliseconds; a Set is answered once written.",
+        Parser::Other {
+            takes: || "a number of milliseconds from 0 to 10000".to_string(),
+            read: |settings, value| {
+                settings.flush_interval = match u64::try_from(typed::<i64>(value)?) {
+                    Ok(ms @ 0..=10_000) => Duration::from_millis(ms),
+                    _ => return Err("must be between 0 and 10000".to_string()),
+                };
+                Ok(())
+            },
+            show: |settings| Some(settings.flush_interval.as_millis().to_string()),
+        },
+    ),
+    GuestInfoKey::new(
+        "pool_max_bytes",
+        "The largest a pool file may grow by Sets (each pair takes 2,560 bytes); a Set past it is refused.",
+        Parser::Other {
+            takes: || "a number of bytes from 2560 to 67108864".to_string(),
+            read: |settings, value| {
+                settings.pool_max_bytes = match u64::try_from(typed::<i64>(value)?) {
+                    Ok(bytes @ 2560..=67_108_864) => bytes,
+                    _ => return Err("must be between 2560 and 67108864".to_string()),
+                };
+                Ok(())
+            },
+            show: |settings| Some(settings.pool_max_bytes.to_string()),
+        },
+    ),
+    GuestInfoKey::new(
+        "set_ip_command",
+        "The command a host's SET_IP_INFO runs, with the settings in its environment; none: not supported.",
+        Parser::Command {
+            get: |settings| &settings.set_ip_command,
+            set: |settings, argv| settings.set_ip_command = argv,
+        },
+    ),
+    GuestInfoKey::new(
+        "state_dir",
+        "Where earlier versions kept the pools (state_dir/kvp/pool_N): migrated into pool_dir once, at start.",
+        Parser::Path {
+            hint: "",
+            get: |settings| &settings.state_dir,
+            set: |settings, path| settings.state_dir = path,
+        },
+    ),
+];
 
 type BackupKey = Setting<BackupSettings>;
 

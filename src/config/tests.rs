@@ -278,7 +278,8 @@ fn printed_strings_are_escaped_and_parse_back() {
     assert_eq!(
         config.services[3].settings,
         ServiceSettings::GuestInfo(GuestInfoSettings {
-            state_dir: "/var/lib/hv\"agent\u{7f}".into()
+            state_dir: "/var/lib/hv\"agent\u{7f}".into(),
+            ..GuestInfoSettings::default()
         })
     );
     let printed = config.to_string();

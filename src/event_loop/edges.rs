@@ -35,8 +35,9 @@ pub(super) fn logic_for(service: &ServiceConfig) -> Box<dyn Logic> {
             Box::new(HeartbeatLogic::with_health(health_for(settings)))
         }
         ServiceSettings::GuestInfo(settings) => Box::new(GuestInfoLogic::new(
-            Box::new(FileStore::new(&settings.state_dir)),
+            Box::new(FileStore::open(settings)),
             Box::new(LiveSystem),
+            settings,
         )),
         ServiceSettings::TimeSync(settings) => {
             let helper = Path::new(remote::DEFAULT_SOCKET);

@@ -147,7 +147,7 @@ fn log_event(quiet: &mut Quiet, peer: &str, event: &Event, now: Instant) {
              {offered_messages:?}); answered with counts 0",
             quiet.service_name()
         ),
-        Event::Served { .. } | Event::ResponseTaken { .. } => {}
+        Event::Served { .. } | Event::Deferred { .. } | Event::ResponseTaken { .. } => {}
         Event::Refused {
             msgtype,
             status,
@@ -341,6 +341,11 @@ impl RunningService {
         }
         let mut out = Vec::new();
         self.logic.on_timer(now, &mut out);
+        self.send_from_logic(out);
+    }
+
+    /// Sends what the logic wants sent, each message on the link it names (gone links are skipped).
+    fn send_from_logic(&mut self, out: Vec<(LinkId, Message)>) {
         for (id, mut message) in out {
             if let Some(link) = self.links_mut().find(|link| link.channel.link() == id) {
                 // A request carries the versions its link negotiated.
@@ -376,6 +381,10 @@ impl RunningService {
                 }
             }
         }
+        // What the logic put off (a coalesced pool write and its answers) is done now, and answered.
+        let mut out = Vec::new();
+        self.logic.finishing(Instant::now(), &mut out);
+        self.send_from_logic(out);
     }
 
     /// The descriptor the logic wants watched, if any.

@@ -168,7 +168,8 @@ fn state_dir_must_be_absolute() {
     assert_eq!(
         settings_of(&config, ServiceKind::GuestInfo),
         ServiceSettings::GuestInfo(GuestInfoSettings {
-            state_dir: "/srv/hv".into()
+            state_dir: "/srv/hv".into(),
+            ..GuestInfoSettings::default()
         })
     );
     let error = parse_text("[guestinfo]\nstate_dir = \"var/lib\"\n").unwrap_err();

@@ -2,54 +2,75 @@
 //! values (the auto pool, 2, read from the system at every request), and gets, sets, deletes and enumerates
 //! pairs it stores in the guest: pools 0 (external), 1 (guest), 3 (auto-external, which openvmm's host
 //! exposes) and 4 (auto-internal), as Linux's hv_kvp_daemon keeps a file for every pool below
-//! KVP_POOL_COUNT. Pools are kept in memory and written through a [`PoolStore`] before a change is answered;
-//! a change that cannot be stored, or that would exceed the bounds, is answered with an error and changes
-//! nothing.
+//! KVP_POOL_COUNT. The pools live in files in hv_kvp_daemon's format ([`pair`]), which guest software reads
+//! and writes too, through a [`PoolStore`]; [`pools`] keeps them in memory and coalesces their writes. A
+//! Set or Delete is answered only once it is written durably (the answer is deferred); one that cannot be
+//! stored, or that would pass the bounds, is answered with an error and changes nothing.
 //!
-//! Every stored pair is canonical ([`canonical_key`], [`canonical_value`]): a record openvmm's host parser
-//! rejects would fail its whole KVP channel, so a Set that could not be read back is refused with
-//! HV_INVALIDARG and a reason, and pairs loaded from disk that break the rules are dropped with a warning.
+//! Every pair a host sets is canonical ([`canonical_key`], [`canonical_value`]): a record openvmm's host
+//! parser rejects would fail its whole KVP channel, so a Set that could not be read back is refused with
+//! HV_INVALIDARG and a reason; and it must fit a pool file record (HV_INVALIDARG too).
 //!
 //! Statuses follow Linux's hv_kvp_daemon where it has one: HV_S_CONT past the last item of an enumeration
 //! and for a key that is not there; HV_E_FAIL for a full pool, a pool that cannot be written (the auto pool,
-//! unknown pools) or a failed write; HV_INVALIDARG for a key or value no host could read back;
-//! HV_ERROR_NOT_SUPPORTED for the IP-injection operations.
+//! unknown pools) or a failed write; HV_INVALIDARG for a key or value no host could read back or no record
+//! holds; HV_ERROR_NOT_SUPPORTED for the IP-injection operations.
 //!
-//! [`GuestInfoSettings`] (`[guestinfo]`) say where the agent's [`PoolStore`] keeps the pools.
+//! [`GuestInfoSettings`] (`[guestinfo]`) say where the agent's [`PoolStore`] keeps the pools and how it
+//! writes them.
 
-use std::collections::BTreeMap;
+pub mod pair;
+pub mod pools;
+
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::info;
+
+pub use pair::{Edit, Pair};
+use pools::Pools;
 
 use super::logic::{LinkId, Logic, Refusal, StatusLine};
-use crate::wire::kvp::{
-    canonical_key, canonical_value, key_units, lossy, KvpBody, KvpError, KvpMessage, Operation,
-    Pool, ValueRecord,
-};
-use crate::wire::{IcVersion, MessageRef, ReplyWriter, Status};
+use crate::wire::kvp::{lossy, KvpBody, KvpMessage, Operation, Pool, ValueRecord};
+use crate::wire::{IcVersion, Message, MessageRef, ReplyWriter, Status};
 
-/// The default state directory.
+/// The default state directory: where versions before the pool files kept the pools (`kvp/pool_N`).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/hvagent";
+/// The default directory of the pool files.
+pub const DEFAULT_POOL_DIR: &str = "/var/lib/hvagent/kvp";
+/// hv_kvp_daemon's directory (KVP_CONFIG_LOC).
+pub const HV_KVP_DAEMON_DIR: &str = "/var/lib/hyperv";
+/// The default of `kvp_flush_ms`.
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+/// The default of `pool_max_bytes`: 409 records of 2,560 bytes.
+pub const DEFAULT_POOL_MAX_BYTES: u64 = 1 << 20;
 
 /// The guest-info service's settings.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct GuestInfoSettings {
-    /// The agent's [`PoolStore`] keeps the pools in `state_dir/kvp/`.
+    /// Where earlier versions kept the pools, `state_dir/kvp/pool_N`: migrated into `pool_dir` once.
     pub state_dir: PathBuf,
+    /// The pool files, `.kvp_pool_0` to `.kvp_pool_4`.
+    pub pool_dir: PathBuf,
+    /// At most one durable write per pool per this interval (`kvp_flush_ms`).
+    pub flush_interval: Duration,
+    /// The largest a pool file may grow by the host's or the CLI's Sets.
+    pub pool_max_bytes: u64,
+    /// The command SET_IP_INFO runs; empty: the operation is not supported.
+    pub set_ip_command: Vec<String>,
 }
 
 impl Default for GuestInfoSettings {
     fn default() -> GuestInfoSettings {
         GuestInfoSettings {
             state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            pool_dir: PathBuf::from(DEFAULT_POOL_DIR),
+            flush_interval: DEFAULT_FLUSH_INTERVAL,
+            pool_max_bytes: DEFAULT_POOL_MAX_BYTES,
+            set_ip_command: Vec::new(),
         }
     }
 }
-
-/// Most pairs one pool holds.
-pub const MAX_PAIRS: usize = 1024;
 
 /// The pools the host can write: every pool of Linux's KVP_POOL_COUNT (5) but the auto pool, whose values
 /// are the guest's own.
@@ -60,20 +81,21 @@ pub const STORED_POOLS: [Pool; 4] = [
     Pool::AUTO_INTERNAL,
 ];
 
-/// One stored pair: the key as UTF-16 units (no terminator), the value's type and bytes as the host sent them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pair {
-    pub key: Vec<u16>,
-    pub value_type: u32,
-    pub value: Vec<u8>,
-}
-
-/// Where pools persist.
+/// Where pools persist: files other processes may read and change too.
 pub trait PoolStore {
-    /// The pairs of `pool` as last saved; empty when there are none.
+    /// The pairs of `pool` as they are now; empty when there are none.
     fn load(&mut self, pool: Pool) -> Result<Vec<Pair>, String>;
-    /// Replaces `pool` as a whole, so that no crash leaves it half written.
-    fn save(&mut self, pool: Pool, pairs: &[Pair]) -> Result<(), String>;
+    /// The pairs of `pool` again when its file changed since this store last read or wrote it; None when
+    /// it did not.
+    fn reload_if_changed(&mut self, pool: Pool) -> Result<Option<Vec<Pair>>, String>;
+    /// Reads `pool` as it is at this moment, lets `edit` change it, and replaces it with the result so that
+    /// no crash leaves it half written and no other writer's change in between is lost; returns the pairs
+    /// written. Returns only once they are durable.
+    fn update(
+        &mut self,
+        pool: Pool,
+        edit: &mut dyn FnMut(&mut Vec<Pair>),
+    ) -> Result<Vec<Pair>, String>;
 }
 
 /// The guest's intrinsic values, in the host's index order (include/uapi/linux/hyperv.h).
@@ -107,7 +129,7 @@ fn intrinsic(info: &dyn SystemInfo, key: &str) -> String {
 
 /// The guest-info service's state: the stored pools and the edges.
 pub struct GuestInfoLogic {
-    pools: BTreeMap<Pool, Vec<Pair>>,
+    pools: Pools,
     store: Box<dyn PoolStore>,
     info: Box<dyn SystemInfo>,
     served: u64,
@@ -117,48 +139,19 @@ fn fail(why: impl std::fmt::Display) -> Refusal {
     Refusal::new(Status::FAIL, why)
 }
 
-fn invalid(why: KvpError) -> Refusal {
-    Refusal::invalid(why)
-}
-
-/// A pair in its canonical form, or why it has none.
-fn canonical_pair(pair: &Pair) -> Result<Pair, KvpError> {
-    let key_area = crate::wire::kvp::utf16_bytes(&pair.key);
-    let key = canonical_key(&key_area, key_area.len() as u32)?;
-    let (value_type, value) = canonical_value(pair.value_type, &pair.value)?;
-    Ok(Pair {
-        key,
-        value_type,
-        value,
-    })
-}
-
 impl GuestInfoLogic {
     /// Loads the stored pools; a pool that cannot be loaded starts empty (and says why).
-    pub fn new(mut store: Box<dyn PoolStore>, info: Box<dyn SystemInfo>) -> GuestInfoLogic {
-        let mut pools = BTreeMap::new();
-        for pool in STORED_POOLS {
-            let pairs = store.load(pool).unwrap_or_else(|why| {
-                warn!("guestinfo: the {} pool starts empty: {why}", pool.name());
-                Vec::new()
-            });
-            let pairs = pairs
-                .iter()
-                .filter_map(|pair| match canonical_pair(pair) {
-                    Ok(canonical) => Some(canonical),
-                    Err(why) => {
-                        warn!(
-                            "guestinfo: {} pool: dropped the stored pair {}: {why}; no host could read it \
-                             back (the pool file is rewritten at the next change)",
-                            pool.name(),
-                            lossy(&pair.key).escape_debug()
-                        );
-                        None
-                    }
-                })
-                .collect();
-            pools.insert(pool, pairs);
-        }
+    pub fn new(
+        mut store: Box<dyn PoolStore>,
+        info: Box<dyn SystemInfo>,
+        settings: &GuestInfoSettings,
+    ) -> GuestInfoLogic {
+        let pools = Pools::load(
+            store.as_mut(),
+            &STORED_POOLS,
+            settings.flush_interval,
+            settings.pool_max_bytes,
+        );
         GuestInfoLogic {
             pools,
             store,
@@ -167,23 +160,39 @@ impl GuestInfoLogic {
         }
     }
 
-    /// The pairs of a stored pool.
+    /// The pairs of a stored pool, as the host sees them (changes not yet written included).
     pub fn pairs(&self, pool: Pool) -> &[Pair] {
-        self.pools.get(&pool).map_or(&[], Vec::as_slice)
+        self.pools.view(pool)
     }
 
-    /// Answers one parsed request: the answer's status and body.
-    fn serve(&mut self, message: &mut KvpMessage) -> Result<Status, Refusal> {
+    /// Answers one parsed request: the answer's status and body, or that the answer comes later.
+    fn serve(
+        &mut self,
+        message: &mut KvpMessage,
+        link: LinkId,
+        request: &MessageRef<'_>,
+        now: Instant,
+    ) -> Result<Served, Refusal> {
         let pool = message.pool;
+        if self.pools.holds(pool) {
+            self.pools.refresh(self.store.as_mut(), pool);
+        }
         match (message.operation, &mut message.body) {
             (Operation::ENUMERATE, KvpBody::Enumerate { index, record }) => {
-                Ok(self.enumerate(pool, *index, record))
+                Ok(Served::Now(self.enumerate(pool, *index, record)))
             }
-            (Operation::GET, KvpBody::Value(record)) => self.get(pool, record),
-            (Operation::SET, KvpBody::Value(record)) => self.set(pool, record),
+            (Operation::GET, KvpBody::Value(record)) => self.get(pool, record).map(Served::Now),
+            (Operation::SET, KvpBody::Value(record)) => {
+                let pair = pair::from_record(record).map_err(Refusal::invalid)?;
+                self.change(pool, Edit::Set(pair), (link, request), now)
+            }
             (Operation::DELETE, KvpBody::Delete { key_size, key_area }) => {
-                let key = key_units(key_area, *key_size).map_err(fail)?;
-                self.delete(pool, &key)
+                let key = pair::lookup_key(key_area, *key_size).map_err(fail)?;
+                self.writable(pool)?;
+                if !self.pairs(pool).iter().any(|pair| pair.key == key) {
+                    return Ok(Served::Now(Status::CONTINUE));
+                }
+                self.change(pool, Edit::Delete(key), (link, request), now)
             }
             (operation, _) => Err(Refusal::new(
                 Status::NOT_SUPPORTED,
@@ -207,7 +216,7 @@ impl GuestInfoLogic {
         }
         match self.pairs(pool).get(index) {
             Some(pair) => {
-                *record = ValueRecord::new(pair.value_type, &pair.key, &pair.value);
+                *record = pair.to_record();
                 Status::OK
             }
             None => Status::CONTINUE,
@@ -228,100 +237,113 @@ impl GuestInfoLogic {
                 None => Status::CONTINUE,
             });
         }
+        let key = lossy(&key).into_bytes();
         match self.pairs(pool).iter().find(|pair| pair.key == key) {
             Some(pair) => {
-                *record = ValueRecord::new(pair.value_type, &pair.key, &pair.value);
+                *record = pair.to_record();
                 Ok(Status::OK)
             }
             None => Ok(Status::CONTINUE),
         }
     }
 
-    fn stored_pool(&self, pool: Pool) -> Result<Vec<Pair>, Refusal> {
+    /// Refuses a change to a pool the host cannot write.
+    fn writable(&self, pool: Pool) -> Result<(), Refusal> {
         if pool == Pool::AUTO {
             return Err(fail(
                 "the auto pool (2) holds the guest's intrinsic values, read from the system at every \
                  request; a host cannot set or delete them",
             ));
         }
-        self.pools
-            .get(&pool)
-            .cloned()
-            .ok_or_else(|| fail(format!("there is no pool {} (pools are 0 to 4)", pool.0)))
-    }
-
-    fn set(&mut self, pool: Pool, record: &ValueRecord) -> Result<Status, Refusal> {
-        let key = canonical_key(&record.key_area, record.key_size).map_err(invalid)?;
-        let value = record.value().map_err(invalid)?;
-        let (value_type, value) = canonical_value(record.value_type, value).map_err(invalid)?;
-        let mut pairs = self.stored_pool(pool)?;
-        let pair = Pair {
-            key,
-            value_type,
-            value,
-        };
-        match pairs.iter().position(|old| old.key == pair.key) {
-            Some(at) => pairs[at] = pair.clone(),
-            None if pairs.len() >= MAX_PAIRS => {
-                return Err(fail(format!(
-                    "the {pool} pool holds {MAX_PAIRS} pairs already"
-                )))
-            }
-            None => pairs.push(pair.clone()),
+        if !self.pools.holds(pool) {
+            return Err(fail(format!(
+                "there is no pool {} (pools are 0 to 4)",
+                pool.0
+            )));
         }
-        self.commit(pool, pairs)?;
-        info!(
-            "guestinfo: {} pool: set {} ({} bytes)",
-            pool.name(),
-            lossy(&pair.key).escape_debug(),
-            pair.value.len()
-        );
-        Ok(Status::OK)
-    }
-
-    fn delete(&mut self, pool: Pool, key: &[u16]) -> Result<Status, Refusal> {
-        let mut pairs = self.stored_pool(pool)?;
-        let Some(at) = pairs.iter().position(|pair| pair.key == key) else {
-            return Ok(Status::CONTINUE);
-        };
-        pairs.remove(at);
-        self.commit(pool, pairs)?;
-        info!(
-            "guestinfo: {} pool: deleted {}",
-            pool.name(),
-            lossy(key).escape_debug()
-        );
-        Ok(Status::OK)
-    }
-
-    /// Stores `pairs` as `pool`, and only then takes them into memory.
-    fn commit(&mut self, pool: Pool, pairs: Vec<Pair>) -> Result<(), Refusal> {
-        self.store.save(pool, &pairs).map_err(|why| {
-            warn!("guestinfo: cannot store the {} pool: {why}", pool.name());
-            fail(format!("the {pool} pool could not be stored: {why}"))
-        })?;
-        self.pools.insert(pool, pairs);
         Ok(())
     }
+
+    /// Queues a change, to be answered once it is written.
+    fn change(
+        &mut self,
+        pool: Pool,
+        edit: Edit,
+        (link, request): (LinkId, &MessageRef<'_>),
+        now: Instant,
+    ) -> Result<Served, Refusal> {
+        self.writable(pool)?;
+        let what = match &edit {
+            Edit::Set(pair) => format!(
+                "set {} ({} bytes)",
+                pair.key_text().escape_debug(),
+                pair.value.len()
+            ),
+            Edit::Delete(key) => format!("deleted {}", String::from_utf8_lossy(key).escape_debug()),
+        };
+        // The answer is the request's own bytes with the status, as Linux answers in place.
+        let answer = request
+            .header
+            .flags
+            .expects_answer()
+            .then(|| request.reply(Status::OK, request.body.to_vec()));
+        self.pools
+            .queue(pool, edit, answer.map(|answer| (link, answer)), now)
+            .map_err(|why| fail(format!("the {pool} pool is full: {why}")))?;
+        info!("guestinfo: {} pool: {what}", pool.name());
+        Ok(Served::Later)
+    }
+}
+
+/// How a request was answered.
+enum Served {
+    Now(Status),
+    /// Its answer is sent once its change is written.
+    Later,
 }
 
 impl Logic for GuestInfoLogic {
     fn request(
         &mut self,
-        _link: LinkId,
+        link: LinkId,
         request: &MessageRef<'_>,
         _version: IcVersion,
-        _now: Instant,
+        now: Instant,
         reply: &mut ReplyWriter<'_>,
     ) -> Result<Status, Refusal> {
         let mut message = KvpMessage::parse(request.body).map_err(Refusal::invalid)?;
-        let status = self.serve(&mut message)?;
+        let served = self.serve(&mut message, link, request, now)?;
         self.served += 1;
-        reply.extend_from_slice(&message.to_body());
-        Ok(status)
+        match served {
+            Served::Now(status) => {
+                reply.extend_from_slice(&message.to_body());
+                Ok(status)
+            }
+            Served::Later => {
+                reply.defer();
+                Ok(Status::OK)
+            }
+        }
+    }
+
+    fn closed(&mut self, link: LinkId) {
+        self.pools.forget_link(link);
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.pools.deadline()
+    }
+
+    fn on_timer(&mut self, now: Instant, out: &mut Vec<(LinkId, Message)>) {
+        self.pools.write_due(self.store.as_mut(), now, false, out);
+    }
+
+    fn finishing(&mut self, now: Instant, out: &mut Vec<(LinkId, Message)>) {
+        self.pools.write_due(self.store.as_mut(), now, true, out);
     }
 
     fn status(&self, _now: Instant) -> Vec<StatusLine> {
+        let counts = self.pools.counts;
         vec![
             ("kvp requests", self.served.to_string()),
             (
@@ -332,7 +354,28 @@ impl Logic for GuestInfoLogic {
                     .collect::<Vec<_>>()
                     .join(", "),
             ),
+            (
+                "kvp writes",
+                format!(
+                    "{} ({} changes, {} failed, {} waiting)",
+                    counts.writes,
+                    counts.changes,
+                    counts.failed,
+                    self.pools.queued()
+                ),
+            ),
         ]
+    }
+}
+
+impl Drop for GuestInfoLogic {
+    /// A logic dropped with changes queued (a reload that reopens the service) still writes them; their
+    /// answers have no link left to go to.
+    fn drop(&mut self) {
+        if self.pools.queued() > 0 {
+            self.pools
+                .write_due(self.store.as_mut(), Instant::now(), true, &mut Vec::new());
+        }
     }
 }
 

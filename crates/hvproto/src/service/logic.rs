@@ -13,7 +13,9 @@
 //! do to the system (set the clock, run a command) goes through the small edge traits it was built with, so
 //! tests drive it with fakes. The loop calls, in order: `negotiated` when a link agrees versions, `request`
 //! and `response` per message, `after_send` once the replies of a read were queued and flushed, `on_timer`
-//! when `deadline` has passed, `watch_ready` when `watched` has input, and `closed` when a link goes.
+//! when `deadline` has passed, `watch_ready` when `watched` has input, `closed` when a link goes, and
+//! `finishing` once when the agent stops. A logic may answer a request later ([`ReplyWriter::defer`]):
+//! it then sends the answer from `on_timer` (or `finishing`) as a message of its own.
 
 use std::time::Instant;
 
@@ -91,6 +93,10 @@ pub trait Logic {
     /// Runs what is due; requests the logic sends go to `out` with the link each is for. The loop stamps each
     /// with its link's negotiated framework and message versions.
     fn on_timer(&mut self, _now: Instant, _out: &mut Vec<(LinkId, Message)>) {}
+
+    /// The agent is stopping: complete what the logic put off (deferred answers, coalesced writes) now, with
+    /// the answers going to `out` as from [`Logic::on_timer`]. Called once, after the last requests were read.
+    fn finishing(&mut self, _now: Instant, _out: &mut Vec<(LinkId, Message)>) {}
 
     /// What the loop watches for input on the logic's behalf (a child's pipe, say).
     fn watched(&self) -> Option<Watch> {

@@ -159,6 +159,8 @@ pub enum Event {
         status: Status,
         why: String,
     },
+    /// A request its logic will answer later (a key-value Set, once stored durably).
+    Deferred { msgtype: MessageType },
     /// A response to a request the service's logic sent.
     ResponseTaken { msgtype: MessageType },
     /// A response nobody asked for, dropped.
@@ -232,6 +234,13 @@ impl Channel {
         }
         let mut reply = ReplyWriter::begin(&message, out);
         let (status, event) = self.answer(&message, logic, now, &mut reply);
+        if reply.is_deferred() {
+            reply.discard();
+            return match event {
+                Event::Served { msgtype } => Event::Deferred { msgtype },
+                other => other,
+            };
+        }
         if !header.flags.expects_answer() {
             reply.discard();
             return event;

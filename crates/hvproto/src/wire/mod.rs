@@ -273,6 +273,9 @@ impl Status {
     pub const NOT_SUPPORTED: Status = Status(0x8007_0032);
     pub const INVALID_ARG: Status = Status(0x8007_0057);
     pub const DEVICE_NOT_CONNECTED: Status = Status(0x8007_048F);
+    /// HV_GUID_NOTFOUND (include/uapi/linux/hyperv.h): the IP-info operations' answer for an adapter the
+    /// guest does not have.
+    pub const GUID_NOT_FOUND: Status = Status(0x8004_1002);
 }
 
 impl fmt::Display for Status {
@@ -294,6 +297,7 @@ impl fmt::Display for Status {
             Status(0x8007_00DE) => "ERROR_BAD_FILE_TYPE",
             Status(0x8007_00DF) => "ERROR_FILE_TOO_LARGE",
             Status(0x8007_02A9) => "ERROR_STOPPED_ON_SYMLINK",
+            Status::GUID_NOT_FOUND => "HV_GUID_NOTFOUND",
             _ => return write!(f, "{:#010x}", self.0),
         };
         write!(f, "{name} ({:#010x})", self.0)

@@ -2,6 +2,9 @@
 //! style): the headers go first with their sizes left open, the service appends the body, and
 //! [`ReplyWriter::finish`] fills in the sizes and the status. A connection's output queue is such a buffer,
 //! so answering a heartbeat builds no message and allocates nothing once the queue has grown.
+//!
+//! A service that can answer only later (guest info, once a pool write is durable) calls
+//! [`ReplyWriter::defer`]: nothing is sent now, and the service sends the answer itself when it is due.
 
 use super::{finish_frame, pipe_type, IcHeader, Message, Status, WireError, HEADER_LEN};
 
@@ -13,6 +16,8 @@ pub struct ReplyWriter<'a> {
     /// Where the answer's headers start in `out`.
     start: usize,
     header: IcHeader,
+    /// The service answers later, on its own.
+    deferred: bool,
 }
 
 impl<'a> ReplyWriter<'a> {
@@ -25,7 +30,20 @@ impl<'a> ReplyWriter<'a> {
             out,
             start,
             header: request.reply_header(Status::OK),
+            deferred: false,
         }
+    }
+
+    /// Says the answer is not sent now: the service keeps what it needs of the request and sends the answer
+    /// itself later (through its timers). Whatever was written is dropped.
+    pub fn defer(&mut self) {
+        self.clear_body();
+        self.deferred = true;
+    }
+
+    /// Whether [`ReplyWriter::defer`] was called.
+    pub fn is_deferred(&self) -> bool {
+        self.deferred
     }
 
     /// Appends `bytes` to the body.
@@ -43,9 +61,11 @@ impl<'a> ReplyWriter<'a> {
         &mut self.out[self.start + HEADER_LEN..]
     }
 
-    /// Drops the body written so far, to write another (an error answer instead of the one begun).
+    /// Drops the body written so far, to write another (an error answer instead of the one begun); an
+    /// answer deferred before is sent now after all.
     pub fn clear_body(&mut self) {
         self.out.truncate(self.start + HEADER_LEN);
+        self.deferred = false;
     }
 
     /// Completes the answer with `status`. An answer over [`super::MAX_MESSAGE_LEN`] is refused and taken

@@ -1,19 +1,32 @@
-use crate::service::logic::answer_of;
-use crate::wire::Message;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use super::pair::file_bytes;
 use super::*;
 use crate::wire::kvp::{utf16, utf16_bytes, value_type, MAX_KEY_SIZE, MAX_VALUE_SIZE};
-use crate::wire::MessageType;
+use crate::wire::{Message, MessageType};
 
-/// Pools in memory; `fail` makes every save fail.
+/// Pools in memory. `fail` makes every update fail; `outside` plays another process that changes a pool
+/// file: it is merged into the pool at the next update and reported by the next reload check.
 #[derive(Clone, Default)]
 struct MemStore {
     saved: Rc<RefCell<HashMap<u8, Vec<Pair>>>>,
+    changed: Rc<RefCell<Vec<u8>>>,
     fail: Rc<RefCell<bool>>,
-    saves: Rc<RefCell<u32>>,
+    updates: Rc<RefCell<u32>>,
+}
+
+impl MemStore {
+    /// Another process adds `pair` to `pool`'s file.
+    fn outside_write(&self, pool: Pool, pair: Pair) {
+        self.saved
+            .borrow_mut()
+            .entry(pool.0)
+            .or_default()
+            .push(pair);
+        self.changed.borrow_mut().push(pool.0);
+    }
 }
 
 impl PoolStore for MemStore {
@@ -25,13 +38,31 @@ impl PoolStore for MemStore {
             .cloned()
             .unwrap_or_default())
     }
-    fn save(&mut self, pool: Pool, pairs: &[Pair]) -> Result<(), String> {
-        *self.saves.borrow_mut() += 1;
+    fn reload_if_changed(&mut self, pool: Pool) -> Result<Option<Vec<Pair>>, String> {
+        let changed = self.changed.borrow().contains(&pool.0);
+        self.changed.borrow_mut().retain(|&p| p != pool.0);
+        Ok(changed.then(|| {
+            self.saved
+                .borrow()
+                .get(&pool.0)
+                .cloned()
+                .unwrap_or_default()
+        }))
+    }
+    fn update(
+        &mut self,
+        pool: Pool,
+        edit: &mut dyn FnMut(&mut Vec<Pair>),
+    ) -> Result<Vec<Pair>, String> {
+        *self.updates.borrow_mut() += 1;
         if *self.fail.borrow() {
             return Err("No space left on device".into());
         }
-        self.saved.borrow_mut().insert(pool.0, pairs.to_vec());
-        Ok(())
+        let mut pairs = self.load(pool)?;
+        edit(&mut pairs);
+        self.saved.borrow_mut().insert(pool.0, pairs.clone());
+        self.changed.borrow_mut().retain(|&p| p != pool.0);
+        Ok(pairs)
     }
 }
 
@@ -43,25 +74,80 @@ impl SystemInfo for FakeInfo {
     }
 }
 
-fn logic(store: &MemStore) -> GuestInfoLogic {
-    GuestInfoLogic::new(Box::new(store.clone()), Box::new(FakeInfo))
+fn settings() -> GuestInfoSettings {
+    GuestInfoSettings::default()
 }
 
-fn send(logic: &mut GuestInfoLogic, message: &KvpMessage) -> Result<(Status, KvpMessage), Refusal> {
-    let request = Message::request(
+fn logic(store: &MemStore) -> GuestInfoLogic {
+    GuestInfoLogic::new(Box::new(store.clone()), Box::new(FakeInfo), &settings())
+}
+
+fn request_of(message: &KvpMessage) -> Message {
+    Message::request(
         MessageType::KVP_EXCHANGE,
         IcVersion::new(3, 0),
         IcVersion::new(5, 0),
         3,
         message.to_body(),
-    );
-    let reply = answer_of(logic, 1, &request, IcVersion::new(5, 0), Instant::now())?;
+    )
+}
+
+/// What a request got at once: an answer, or a deferral.
+enum Got {
+    Now(Status, KvpMessage),
+    Later,
+}
+
+fn send_at(
+    logic: &mut GuestInfoLogic,
+    link: LinkId,
+    message: &KvpMessage,
+    now: Instant,
+) -> Result<Got, Refusal> {
+    let request = request_of(message);
+    let mut out = Vec::new();
+    let mut reply = ReplyWriter::begin(&request, &mut out);
+    let status = logic.request(link, &request.view(), IcVersion::new(5, 0), now, &mut reply)?;
+    if reply.is_deferred() {
+        reply.discard();
+        assert!(out.is_empty());
+        return Ok(Got::Later);
+    }
+    reply.finish(status).unwrap();
+    let answer = Message::parse(&out).unwrap();
     assert_eq!(
-        reply.body.len(),
+        answer.body.len(),
         request.body.len(),
         "an answer is as long as its request"
     );
-    Ok((reply.header.status, KvpMessage::parse(&reply.body).unwrap()))
+    Ok(Got::Now(status, KvpMessage::parse(answer.body).unwrap()))
+}
+
+/// Sends `message` and, when it is deferred, runs the timers until it is answered.
+fn send(logic: &mut GuestInfoLogic, message: &KvpMessage) -> Result<(Status, KvpMessage), Refusal> {
+    let now = Instant::now();
+    match send_at(logic, 1, message, now)? {
+        Got::Now(status, answer) => Ok((status, answer)),
+        Got::Later => {
+            let due = logic.deadline().expect("a deferred answer has a deadline");
+            let mut out = Vec::new();
+            logic.on_timer(due, &mut out);
+            assert_eq!(out.len(), 1, "one answer for one change");
+            let (link, answer) = out.pop().unwrap();
+            assert_eq!(link, 1);
+            assert_eq!(answer.header.transaction_id, 3);
+            assert!(answer.header.flags.is_response());
+            assert_eq!(
+                answer.body,
+                message.to_body(),
+                "the answer echoes the request"
+            );
+            Ok((
+                answer.header.status,
+                KvpMessage::parse(&answer.body).unwrap(),
+            ))
+        }
+    }
 }
 
 fn string_value(text: &str) -> Vec<u8> {
@@ -69,15 +155,18 @@ fn string_value(text: &str) -> Vec<u8> {
 }
 
 fn set(pool: Pool, key: &str, value: &str) -> KvpMessage {
-    KvpMessage::new(
-        Operation::SET,
+    set_record_in(
         pool,
-        KvpBody::Value(ValueRecord::new(
-            value_type::STRING,
-            &utf16(key),
-            &string_value(value),
-        )),
+        ValueRecord::new(value_type::STRING, &utf16(key), &string_value(value)),
     )
+}
+
+fn set_record_in(pool: Pool, record: ValueRecord) -> KvpMessage {
+    KvpMessage::new(Operation::SET, pool, KvpBody::Value(record))
+}
+
+fn set_record(record: ValueRecord) -> KvpMessage {
+    set_record_in(Pool::EXTERNAL, record)
 }
 
 fn get(pool: Pool, key: &str) -> KvpMessage {
@@ -119,6 +208,13 @@ fn shown(message: &KvpMessage) -> (String, String) {
     )
 }
 
+fn got_now(got: Result<Got, Refusal>) -> (Status, KvpMessage) {
+    match got.unwrap() {
+        Got::Now(status, answer) => (status, answer),
+        Got::Later => panic!("answered later"),
+    }
+}
+
 #[test]
 fn enumerate_auto_answers_the_intrinsic_values_then_no_more_items() {
     let store = MemStore::default();
@@ -137,10 +233,10 @@ fn enumerate_auto_answers_the_intrinsic_values_then_no_more_items() {
             assert_eq!(value, format!("fake {key}"));
         }
     }
-    let (status, _) = send(&mut logic, &enumerate(Pool::AUTO, 10)).unwrap();
-    assert_eq!(status, Status::CONTINUE);
-    let (status, _) = send(&mut logic, &enumerate(Pool::AUTO, u32::MAX)).unwrap();
-    assert_eq!(status, Status::CONTINUE);
+    for index in [10, u32::MAX] {
+        let (status, _) = send(&mut logic, &enumerate(Pool::AUTO, index)).unwrap();
+        assert_eq!(status, Status::CONTINUE);
+    }
 }
 
 #[test]
@@ -148,18 +244,12 @@ fn set_get_enumerate_delete_on_the_stored_pools() {
     let store = MemStore::default();
     let mut logic = logic(&store);
     for pool in STORED_POOLS {
-        assert_eq!(
-            send(&mut logic, &set(pool, "Role", "web")).unwrap().0,
-            Status::OK
-        );
-        assert_eq!(
-            send(&mut logic, &set(pool, "Zone", "a")).unwrap().0,
-            Status::OK
-        );
-        assert_eq!(
-            send(&mut logic, &set(pool, "Role", "db")).unwrap().0,
-            Status::OK
-        );
+        for (key, value) in [("Role", "web"), ("Zone", "a"), ("Role", "db")] {
+            assert_eq!(
+                send(&mut logic, &set(pool, key, value)).unwrap().0,
+                Status::OK
+            );
+        }
         let (status, answer) = send(&mut logic, &get(pool, "Role")).unwrap();
         assert_eq!(status, Status::OK);
         assert_eq!(shown(&answer), ("Role".to_string(), "db".to_string()));
@@ -183,106 +273,200 @@ fn set_get_enumerate_delete_on_the_stored_pools() {
             send(&mut logic, &delete(pool, "Role")).unwrap().0,
             Status::CONTINUE
         );
-        assert_eq!(logic.pairs(pool).len(), 1);
+        assert_eq!(logic.pairs(pool), [Pair::text("Zone", "a")]);
     }
-    // The pools are separate, and saved: 0, 1, 3 and 4 alike.
     for pool in [0u8, 1, 3, 4] {
-        assert_eq!(store.saved.borrow()[&pool].len(), 1, "pool {pool}");
+        assert_eq!(
+            store.saved.borrow()[&pool],
+            [Pair::text("Zone", "a")],
+            "pool {pool}"
+        );
     }
 }
 
 #[test]
-fn values_are_stored_with_their_type_and_bytes() {
+fn a_set_is_answered_only_once_written_and_a_stream_of_sets_is_one_write_per_interval() {
     let store = MemStore::default();
     let mut logic = logic(&store);
-    let record = ValueRecord::new(value_type::DWORD, &utf16("Count"), &42u32.to_le_bytes());
-    let message = KvpMessage::new(Operation::SET, Pool::EXTERNAL, KvpBody::Value(record));
-    assert_eq!(send(&mut logic, &message).unwrap().0, Status::OK);
-    let (_, answer) = send(&mut logic, &get(Pool::EXTERNAL, "Count")).unwrap();
-    let record = answer.record().unwrap();
-    assert_eq!(record.value_type, value_type::DWORD);
-    assert_eq!(record.value().unwrap(), &42u32.to_le_bytes());
+    let start = Instant::now();
+    let interval = settings().flush_interval;
+    // The first change is due at once: the pool was not written in the last interval.
+    assert!(matches!(
+        send_at(&mut logic, 7, &set(Pool::GUEST, "k0", "v"), start),
+        Ok(Got::Later)
+    ));
+    assert_eq!(logic.deadline(), Some(start));
+    let mut out = Vec::new();
+    logic.on_timer(start, &mut out);
+    assert_eq!((out.len(), *store.updates.borrow()), (1, 1));
+    assert_eq!(out[0].0, 7);
+    assert_eq!(out[0].1.header.status, Status::OK);
+    // Changes in the next interval wait for its end, and are written together.
+    out.clear();
+    for n in 1..=50u32 {
+        let now = start + Duration::from_millis(u64::from(n));
+        let message = set(Pool::GUEST, &format!("k{n}"), "v");
+        assert!(matches!(
+            send_at(&mut logic, 7, &message, now),
+            Ok(Got::Later)
+        ));
+        // The host sees its changes at once, before they are written.
+        assert_eq!(logic.pairs(Pool::GUEST).len(), n as usize + 1);
+        logic.on_timer(now, &mut out);
+        assert!(out.is_empty(), "nothing is answered before the write");
+    }
+    assert_eq!(logic.deadline(), Some(start + interval));
+    assert_eq!(
+        *store.updates.borrow(),
+        1,
+        "no write before the interval ends"
+    );
+    logic.on_timer(start + interval, &mut out);
+    assert_eq!((out.len(), *store.updates.borrow()), (50, 2));
+    assert!(out
+        .iter()
+        .all(|(_, answer)| answer.header.status == Status::OK));
+    assert_eq!(store.saved.borrow()[&1].len(), 51);
+    assert_eq!(logic.deadline(), None, "an idle logic wants no timer");
+    let status = logic.status(start);
+    assert!(status
+        .iter()
+        .any(|(label, value)| *label == "kvp writes" && value.starts_with("2 (51 changes")));
 }
 
 #[test]
-fn pools_are_reloaded_at_start() {
+fn numbers_are_stored_as_their_decimal_text_and_answered_as_strings_as_linux_does() {
     let store = MemStore::default();
-    let mut first = logic(&store);
-    send(&mut first, &set(Pool::GUEST, "kept", "yes")).unwrap();
-    drop(first);
-    let mut second = logic(&store);
-    let (status, answer) = send(&mut second, &get(Pool::GUEST, "kept")).unwrap();
+    let mut logic = logic(&store);
+    let dword = ValueRecord::new(value_type::DWORD, &utf16("Count"), &42u32.to_le_bytes());
+    assert_eq!(send(&mut logic, &set_record(dword)).unwrap().0, Status::OK);
+    let qword = ValueRecord::new(
+        value_type::LINUX_U64,
+        &utf16("Big"),
+        &(1u64 << 40).to_le_bytes(),
+    );
+    assert_eq!(send(&mut logic, &set_record(qword)).unwrap().0, Status::OK);
+    assert_eq!(
+        store.saved.borrow()[&0],
+        [
+            Pair::text("Count", "42"),
+            Pair::text("Big", "1099511627776")
+        ]
+    );
+    let (_, answer) = send(&mut logic, &get(Pool::EXTERNAL, "Count")).unwrap();
+    let record = answer.record().unwrap();
+    assert_eq!(record.value_type, value_type::STRING);
+    assert_eq!(shown(&answer).1, "42");
+}
+
+#[test]
+fn pools_are_read_at_start() {
+    let store = MemStore::default();
+    store.outside_write(Pool::AUTO_INTERNAL, Pair::text("kept", "yes"));
+    let mut logic = logic(&store);
+    let (status, answer) = send(&mut logic, &get(Pool::AUTO_INTERNAL, "kept")).unwrap();
+    assert_eq!((status, shown(&answer).1.as_str()), (Status::OK, "yes"));
+}
+
+#[test]
+fn another_writers_change_is_seen_before_the_next_read_and_kept_by_the_next_write() {
+    let store = MemStore::default();
+    let mut logic = logic(&store);
+    let now = Instant::now();
+    // A change of the host's is queued, and then another process adds a record to the file.
+    assert!(matches!(
+        send_at(&mut logic, 1, &set(Pool::GUEST, "host", "1"), now),
+        Ok(Got::Later)
+    ));
+    store.outside_write(Pool::GUEST, Pair::text("cloud-init", "report"));
+    let (status, first) = got_now(send_at(&mut logic, 1, &enumerate(Pool::GUEST, 0), now));
+    let (_, second) = got_now(send_at(&mut logic, 1, &enumerate(Pool::GUEST, 1), now));
     assert_eq!(status, Status::OK);
-    assert_eq!(shown(&answer).1, "yes");
+    assert_eq!(shown(&first), ("cloud-init".into(), "report".into()));
+    assert_eq!(
+        shown(&second),
+        ("host".into(), "1".into()),
+        "the queued change stays on top"
+    );
+    let mut out = Vec::new();
+    logic.on_timer(now, &mut out);
+    assert_eq!(
+        store.saved.borrow()[&1],
+        [Pair::text("cloud-init", "report"), Pair::text("host", "1")]
+    );
 }
 
 #[test]
 fn only_the_auto_pool_and_unknown_pools_cannot_be_written() {
     let store = MemStore::default();
     let mut logic = logic(&store);
-    for pool in [Pool::AUTO, Pool(5), Pool(9)] {
-        let refusal = send(&mut logic, &set(pool, "k", "v")).unwrap_err();
-        assert_eq!(refusal.status, Status::FAIL, "{pool}");
-        let refusal = send(&mut logic, &delete(pool, "OSName")).unwrap_err();
-        assert_eq!(refusal.status, Status::FAIL, "{pool}");
+    for pool in [Pool::AUTO, Pool(5), Pool(200)] {
+        for message in [set(pool, "k", "v"), delete(pool, "k")] {
+            let refusal = send(&mut logic, &message).unwrap_err();
+            assert_eq!(refusal.status, Status::FAIL, "{pool:?}");
+        }
         assert_eq!(
-            send(&mut logic, &enumerate(pool, 0)).unwrap().0,
-            if pool == Pool::AUTO {
-                Status::OK
-            } else {
-                Status::CONTINUE
-            }
+            send(&mut logic, &get(pool, "k")).unwrap().0,
+            Status::CONTINUE
         );
+        if pool != Pool::AUTO {
+            assert_eq!(
+                send(&mut logic, &enumerate(pool, 0)).unwrap().0,
+                Status::CONTINUE
+            );
+        }
     }
-    let refusal = send(&mut logic, &set(Pool::AUTO, "OSName", "Windows")).unwrap_err();
-    assert!(refusal.why.contains("intrinsic"), "{}", refusal.why);
-    assert_eq!(*store.saves.borrow(), 0);
-    // GET on the auto pool finds the intrinsic values by name, unchanged by the refused Set.
-    let (status, answer) = send(&mut logic, &get(Pool::AUTO, "OSName")).unwrap();
-    assert_eq!(status, Status::OK);
-    assert_eq!(shown(&answer).1, "fake OSName");
-    // openvmm's host writes pool 3 (AUTO_EXTERNAL): accepted like pools 0 and 1.
-    assert_eq!(
-        send(&mut logic, &set(Pool::AUTO_EXTERNAL, "k", "v"))
-            .unwrap()
-            .0,
-        Status::OK
-    );
+    assert_eq!(*store.updates.borrow(), 0);
 }
 
 #[test]
-fn a_full_pool_refuses_new_keys_and_changes_nothing() {
+fn a_pool_at_its_size_cap_refuses_new_keys_and_changes_nothing() {
     let store = MemStore::default();
-    let mut logic = logic(&store);
-    for n in 0..MAX_PAIRS {
+    let settings = GuestInfoSettings {
+        pool_max_bytes: file_bytes(2),
+        ..settings()
+    };
+    let mut logic = GuestInfoLogic::new(Box::new(store.clone()), Box::new(FakeInfo), &settings);
+    for key in ["a", "b"] {
         assert_eq!(
-            send(&mut logic, &set(Pool::EXTERNAL, &format!("k{n}"), "v"))
-                .unwrap()
-                .0,
+            send(&mut logic, &set(Pool::EXTERNAL, key, "1")).unwrap().0,
             Status::OK
         );
     }
-    let refusal = send(&mut logic, &set(Pool::EXTERNAL, "one-too-many", "v")).unwrap_err();
+    let refusal = send(&mut logic, &set(Pool::EXTERNAL, "c", "1")).unwrap_err();
     assert_eq!(refusal.status, Status::FAIL);
-    assert!(refusal.why.contains("1024"), "{}", refusal.why);
-    assert_eq!(logic.pairs(Pool::EXTERNAL).len(), MAX_PAIRS);
-    assert_eq!(store.saved.borrow()[&0].len(), MAX_PAIRS);
-    // Replacing an existing key still works; the other pool is not full.
+    assert!(refusal.why.contains("pool_max_bytes"), "{}", refusal.why);
     assert_eq!(
-        send(&mut logic, &set(Pool::EXTERNAL, "k7", "new"))
-            .unwrap()
-            .0,
+        send(&mut logic, &set(Pool::EXTERNAL, "a", "2")).unwrap().0,
         Status::OK
     );
     assert_eq!(
-        send(&mut logic, &set(Pool::GUEST, "k", "v")).unwrap().0,
+        store.saved.borrow()[&0],
+        [Pair::text("a", "2"), Pair::text("b", "1")]
+    );
+    // Another writer filling the file in the meantime makes the queued change fail at the write.
+    let now = Instant::now();
+    assert_eq!(
+        send(&mut logic, &delete(Pool::EXTERNAL, "b")).unwrap().0,
         Status::OK
     );
-}
-
-/// A SET of `record` on the external pool.
-fn set_record(record: ValueRecord) -> KvpMessage {
-    KvpMessage::new(Operation::SET, Pool::EXTERNAL, KvpBody::Value(record))
+    assert!(matches!(
+        send_at(&mut logic, 1, &set(Pool::EXTERNAL, "c", "1"), now),
+        Ok(Got::Later)
+    ));
+    store
+        .saved
+        .borrow_mut()
+        .get_mut(&0)
+        .unwrap()
+        .push(Pair::text("other", "x"));
+    let mut out = Vec::new();
+    logic.finishing(now, &mut out);
+    assert_eq!(out[0].1.header.status, Status::FAIL);
+    assert_eq!(
+        logic.pairs(Pool::EXTERNAL),
+        [Pair::text("a", "2"), Pair::text("other", "x")]
+    );
 }
 
 #[test]
@@ -302,12 +486,18 @@ fn sizes_beyond_the_wire_bounds_are_refused_and_change_nothing() {
     let mut record = ValueRecord::new(value_type::STRING, &utf16("k"), &string_value("v"));
     record.key_area = vec![0; MAX_KEY_SIZE];
     cases.push(record);
+    // 1023 units of a two-byte character: a valid wire value, 2046 bytes... and one more does not fit.
+    cases.push(ValueRecord::new(
+        value_type::STRING,
+        &utf16("k"),
+        &string_value(&"é".repeat(1024)),
+    ));
     for record in cases {
         let refusal = send(&mut logic, &set_record(record.clone())).unwrap_err();
         assert_eq!(refusal.status, Status::INVALID_ARG, "{record:?}");
     }
     assert!(logic.pairs(Pool::EXTERNAL).is_empty());
-    assert_eq!(*store.saves.borrow(), 0);
+    assert_eq!(*store.updates.borrow(), 0);
     // The largest a host can read back: 255 key units and their NUL, 1023 value units and theirs.
     let key = vec![0x4B; MAX_KEY_SIZE / 2 - 1];
     let value = string_value(&"v".repeat(MAX_VALUE_SIZE / 2 - 1));
@@ -315,7 +505,7 @@ fn sizes_beyond_the_wire_bounds_are_refused_and_change_nothing() {
     assert_eq!((record.key_size, record.value_size), (512, 2048));
     assert_eq!(send(&mut logic, &set_record(record)).unwrap().0, Status::OK);
     assert_eq!(logic.pairs(Pool::EXTERNAL)[0].key.len(), 255);
-    assert_eq!(logic.pairs(Pool::EXTERNAL)[0].value.len(), MAX_VALUE_SIZE);
+    assert_eq!(logic.pairs(Pool::EXTERNAL)[0].value.len(), 1023);
 }
 
 #[test]
@@ -323,7 +513,6 @@ fn records_no_host_could_read_back_are_refused_with_invalidarg_and_a_reason() {
     let store = MemStore::default();
     let mut logic = logic(&store);
     let mut cases: Vec<(&str, ValueRecord)> = Vec::new();
-    // 256 key units and no NUL: stored, it would come back cut or as another key.
     let mut record = ValueRecord::new(value_type::STRING, &utf16("k"), &string_value("v"));
     record.key_area = [0x4B, 0].repeat(MAX_KEY_SIZE / 2);
     record.key_size = MAX_KEY_SIZE as u32;
@@ -364,158 +553,100 @@ fn records_no_host_could_read_back_are_refused_with_invalidarg_and_a_reason() {
         assert!(refusal.why.contains(reason), "{reason}: {}", refusal.why);
     }
     assert!(logic.pairs(Pool::EXTERNAL).is_empty());
-    assert_eq!(*store.saves.borrow(), 0);
-}
-
-#[test]
-fn accepted_values_are_stored_in_the_form_a_host_reads_back() {
-    let store = MemStore::default();
-    let mut logic = logic(&store);
-    // (key, type sent, bytes sent, type kept, bytes kept)
-    type Case = (&'static str, u32, Vec<u8>, u32, Vec<u8>);
-    let cases: [Case; 5] = [
-        // A string without its NUL gets one; one with bytes after its NUL is cut there.
-        (
-            "no-nul",
-            1,
-            utf16_bytes(&utf16("ab"))[..4].to_vec(),
-            1,
-            string_value("ab"),
-        ),
-        (
-            "cut",
-            2,
-            [string_value("ab"), string_value("zz")].concat(),
-            2,
-            string_value("ab"),
-        ),
-        ("empty", 1, Vec::new(), 1, string_value("")),
-        // Linux's REG_U64 (8) is kept as REG_QWORD (11), the number openvmm and Windows read.
-        (
-            "u64",
-            8,
-            7u64.to_le_bytes().to_vec(),
-            11,
-            7u64.to_le_bytes().to_vec(),
-        ),
-        (
-            "dword",
-            4,
-            9u32.to_le_bytes().to_vec(),
-            4,
-            9u32.to_le_bytes().to_vec(),
-        ),
-    ];
-    for (key, sent_type, sent, kept_type, kept) in &cases {
-        let record = ValueRecord::new(*sent_type, &utf16(key), sent);
-        assert_eq!(
-            send(&mut logic, &set_record(record)).unwrap().0,
-            Status::OK,
-            "{key}"
-        );
-        let (_, answer) = send(&mut logic, &get(Pool::EXTERNAL, key)).unwrap();
-        let record = answer.record().unwrap();
-        assert_eq!(
-            (record.value_type, record.value().unwrap()),
-            (*kept_type, &kept[..]),
-            "{key}"
-        );
-        assert_eq!(record.key_size as usize, 2 * (key.len() + 1), "{key}");
-    }
-    // Every enumerated record passes the checks openvmm's host makes before it accepts one.
-    for index in 0..cases.len() as u32 {
-        let (status, answer) = send(&mut logic, &enumerate(Pool::EXTERNAL, index)).unwrap();
-        assert_eq!(status, Status::OK);
-        let record = answer.record().unwrap();
-        assert!(crate::wire::kvp::canonical_key(&record.key_area, record.key_size).is_ok());
-        let value = record.value().unwrap();
-        assert_eq!(
-            crate::wire::kvp::canonical_value(record.value_type, value),
-            Ok((record.value_type, value.to_vec()))
-        );
-    }
-}
-
-#[test]
-fn stored_pairs_no_host_could_read_are_dropped_at_start() {
-    let store = MemStore::default();
-    store.saved.borrow_mut().insert(
-        0,
-        vec![
-            Pair {
-                key: utf16("good"),
-                value_type: value_type::STRING,
-                value: string_value("yes"),
-            },
-            Pair {
-                key: utf16("bad-type"),
-                value_type: 3,
-                value: vec![1, 2],
-            },
-            Pair {
-                key: vec![0x41, 0xDC00],
-                value_type: value_type::STRING,
-                value: string_value("lone surrogate key"),
-            },
-            Pair {
-                key: utf16("unterminated"),
-                value_type: value_type::STRING,
-                value: utf16_bytes(&utf16("x"))[..2].to_vec(),
-            },
-        ],
-    );
-    let logic = logic(&store);
-    let keys: Vec<String> = logic
-        .pairs(Pool::EXTERNAL)
-        .iter()
-        .map(|pair| lossy(&pair.key))
-        .collect();
-    assert_eq!(keys, ["good", "unterminated"]);
-    assert_eq!(logic.pairs(Pool::EXTERNAL)[1].value, string_value("x"));
 }
 
 #[test]
 fn a_key_without_its_terminator_finds_the_same_stored_key() {
     let store = MemStore::default();
     let mut logic = logic(&store);
-    send(&mut logic, &set(Pool::GUEST, "AB", "found")).unwrap();
-    // GET and DELETE look keys up leniently: "AB" with key_size 4 (no NUL) is "AB".
-    let mut record = ValueRecord::new(value_type::STRING, &utf16("AB"), &[]);
-    record.key_size = 4;
-    let message = KvpMessage::new(Operation::GET, Pool::GUEST, KvpBody::Value(record));
-    let (status, answer) = send(&mut logic, &message).unwrap();
-    assert_eq!(status, Status::OK);
-    assert_eq!(shown(&answer).1, "found");
     assert_eq!(
-        answer.record().unwrap().key_size,
-        6,
-        "the answer's key is canonical"
+        send(&mut logic, &set(Pool::EXTERNAL, "Role", "web"))
+            .unwrap()
+            .0,
+        Status::OK
     );
-    // "A" is another key.
+    let mut message = get(Pool::EXTERNAL, "Role");
+    if let KvpBody::Value(record) = &mut message.body {
+        record.key_size = 8;
+    }
+    let (status, answer) = send(&mut logic, &message).unwrap();
+    assert_eq!((status, shown(&answer).1.as_str()), (Status::OK, "web"));
+}
+
+#[test]
+fn a_failed_write_answers_an_error_and_the_host_sees_the_pool_as_it_was() {
+    let store = MemStore::default();
+    let mut logic = logic(&store);
     assert_eq!(
-        send(&mut logic, &get(Pool::GUEST, "A")).unwrap().0,
-        Status::CONTINUE
+        send(&mut logic, &set(Pool::EXTERNAL, "a", "1")).unwrap().0,
+        Status::OK
+    );
+    *store.fail.borrow_mut() = true;
+    let (status, _) = send(&mut logic, &set(Pool::EXTERNAL, "b", "2")).unwrap();
+    assert_eq!(status, Status::FAIL);
+    assert_eq!(logic.pairs(Pool::EXTERNAL), [Pair::text("a", "1")]);
+    *store.fail.borrow_mut() = false;
+    assert_eq!(
+        send(&mut logic, &set(Pool::EXTERNAL, "b", "2")).unwrap().0,
+        Status::OK
     );
 }
 
 #[test]
-fn a_failed_save_answers_an_error_and_keeps_the_pool() {
+fn changes_of_a_closed_link_or_without_transaction_are_written_but_not_answered() {
     let store = MemStore::default();
     let mut logic = logic(&store);
-    send(&mut logic, &set(Pool::EXTERNAL, "a", "1")).unwrap();
-    *store.fail.borrow_mut() = true;
-    let refusal = send(&mut logic, &set(Pool::EXTERNAL, "a", "2")).unwrap_err();
-    assert_eq!(refusal.status, Status::FAIL);
-    assert!(refusal.why.contains("No space left"), "{}", refusal.why);
+    let now = Instant::now();
+    assert!(matches!(
+        send_at(&mut logic, 4, &set(Pool::GUEST, "a", "1"), now),
+        Ok(Got::Later)
+    ));
+    logic.closed(4);
+    let mut request = request_of(&set(Pool::GUEST, "b", "2"));
+    request.header.flags = crate::wire::IcFlags(crate::wire::IcFlags::REQUEST);
+    let mut out = Vec::new();
+    let mut reply = ReplyWriter::begin(&request, &mut out);
+    logic
+        .request(5, &request.view(), IcVersion::new(5, 0), now, &mut reply)
+        .unwrap();
+    assert!(reply.is_deferred());
+    reply.discard();
+    let mut answers = Vec::new();
+    logic.on_timer(now, &mut answers);
+    assert!(answers.is_empty());
     assert_eq!(
-        send(&mut logic, &delete(Pool::EXTERNAL, "a"))
-            .unwrap_err()
-            .status,
-        Status::FAIL
+        store.saved.borrow()[&1],
+        [Pair::text("a", "1"), Pair::text("b", "2")]
     );
-    *store.fail.borrow_mut() = false;
-    let (_, answer) = send(&mut logic, &get(Pool::EXTERNAL, "a")).unwrap();
-    assert_eq!(shown(&answer).1, "1");
+}
+
+#[test]
+fn finishing_writes_and_answers_what_waits_and_a_dropped_logic_still_writes() {
+    let store = MemStore::default();
+    let mut logic = logic(&store);
+    let now = Instant::now();
+    send(&mut logic, &set(Pool::GUEST, "a", "1")).unwrap();
+    // Within the interval after that write: the next one waits.
+    assert!(matches!(
+        send_at(&mut logic, 2, &set(Pool::GUEST, "b", "2"), now),
+        Ok(Got::Later)
+    ));
+    let mut out = Vec::new();
+    logic.on_timer(now, &mut out);
+    assert!(out.is_empty());
+    logic.finishing(now, &mut out);
+    assert_eq!(out.len(), 1);
+    assert!(matches!(
+        send_at(
+            &mut logic,
+            2,
+            &set(Pool::GUEST, "c", "3"),
+            now + Duration::from_millis(1)
+        ),
+        Ok(Got::Later)
+    ));
+    drop(logic);
+    assert_eq!(store.saved.borrow()[&1].len(), 3);
 }
 
 #[test]
@@ -538,14 +669,17 @@ fn ip_operations_and_short_bodies_are_refused() {
         3,
         vec![0, 0, 0, 0, 1, 2],
     );
-    let refusal = answer_of(
-        &mut logic,
-        1,
-        &request,
-        IcVersion::new(5, 0),
-        Instant::now(),
-    )
-    .unwrap_err();
+    let mut out = Vec::new();
+    let mut reply = ReplyWriter::begin(&request, &mut out);
+    let refusal = logic
+        .request(
+            1,
+            &request.view(),
+            IcVersion::new(5, 0),
+            Instant::now(),
+            &mut reply,
+        )
+        .unwrap_err();
     assert_eq!(refusal.status, Status::INVALID_ARG);
 }
 
@@ -569,7 +703,6 @@ proptest::proptest! {
             let mut record = ValueRecord::new(value_type, &key, &value);
             record.key_area = key.iter().flat_map(|unit| unit.to_le_bytes()).collect();
             record.key_area.resize(MAX_KEY_SIZE, 0);
-            // Mostly the size the key's units and a NUL take, sometimes any size at all.
             record.key_size = key_size.unwrap_or(2 * key.len() as u32 + 2);
             if send(&mut logic, &set_record(record)).is_ok() {
                 accepted += 1;
