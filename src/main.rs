@@ -26,6 +26,12 @@ usage: hvagent [run] [--config FILE] [--control PATH]
                                       (--all: every service at its default port)
        hvagent thaw                   thaw every filesystem that can freeze (harmless when none is frozen):
                                       what systemd runs after the agent stops; needs CAP_SYS_ADMIN
+       hvagent kvp list [--pool P] | get KEY [--pool P] | set KEY VALUE [--pool P] | delete KEY [--pool P]
+                   [--json] [--config FILE]
+                                      the key-value pools in their files (pool_dir), whether or not the
+                                      agent runs: get reads the external pool unless --pool, set and delete
+                                      the guest pool; P is external, guest, auto, auto-external,
+                                      auto-internal or 0 to 4
        hvagent guid PORT              print the hv_sock service GUID of a vsock port (decimal or 0x-hex)
        hvagent port GUID              print the vsock port of an hv_sock service GUID
        hvagent clock-helper [--socket PATH] [--idle SECONDS] [--peer-uid UID]... [--fake-clock]
@@ -60,6 +66,7 @@ struct Options {
     peer_uids: Vec<String>,
     fake_clock: bool,
     keys: bool,
+    pool: Option<String>,
 }
 
 impl Options {
@@ -80,6 +87,7 @@ enum Command {
     Guid(String),
     Port(String),
     ClockHelper(Options),
+    Kvp(Options, Vec<String>),
     Thaw,
     Help,
     Version,
@@ -91,7 +99,7 @@ fn parse_args() -> Result<Command, Usage> {
     let mut subcommand: Option<String> = None;
     let mut options = Options::default();
     let mut given: Vec<&str> = Vec::new();
-    let mut operand: Option<String> = None;
+    let mut operands: Vec<String> = Vec::new();
     while let Some(arg) = parser.next()? {
         match arg {
             Long("config") | Short('c') => {
@@ -138,19 +146,23 @@ fn parse_args() -> Result<Command, Usage> {
                 options.fake_clock = true;
                 given.push("--fake-clock");
             }
+            Long("pool") => {
+                options.pool = Some(parser.value()?.string()?);
+                given.push("--pool");
+            }
             Long("help") | Short('h') => return Ok(Command::Help),
             Long("version") | Short('V') => return Ok(Command::Version),
             Value(value) if subcommand.is_none() => subcommand = Some(value.string()?),
-            Value(value) if operand.is_none() => operand = Some(value.string()?),
+            Value(value) => operands.push(value.string()?),
             other => return Err(other.unexpected().into()),
         }
     }
-    let needs_operand = |what: &str| {
-        operand
-            .clone()
-            .ok_or_else(|| Usage(format!("missing {what}")))
+    let needs_operand = |what: &str| match &operands[..] {
+        [] => Err(Usage(format!("missing {what}"))),
+        [one] => Ok(one.clone()),
+        [_, extra, ..] => Err(Usage(format!("unexpected argument '{extra}'"))),
     };
-    let no_operand = || match &operand {
+    let no_operand = || match operands.first() {
         Some(extra) => Err(Usage(format!("unexpected argument '{extra}'"))),
         None => Ok(()),
     };
@@ -196,6 +208,10 @@ fn parse_args() -> Result<Command, Usage> {
         Some("guid") => only(&[]).and_then(|()| needs_operand("PORT").map(Command::Guid)),
         Some("port") => only(&[]).and_then(|()| needs_operand("GUID").map(Command::Port)),
         Some("thaw") => only(&[]).and_then(|()| no_operand().map(|()| Command::Thaw)),
+        Some("kvp") => {
+            only(&["--pool", "--json", "--config"])?;
+            Ok(Command::Kvp(options, operands))
+        }
         Some("clock-helper") => {
             only(&["--socket", "--idle", "--peer-uid", "--fake-clock"])?;
             no_operand().map(|()| Command::ClockHelper(options))
@@ -262,7 +278,38 @@ fn main() -> ExitCode {
         Command::HostSetup(options) => host_setup(&options),
         Command::Doctor(options) => doctor(&options),
         Command::ClockHelper(options) => clock_helper(options),
+        Command::Kvp(options, operands) => kvp(&options, &operands),
         Command::Thaw => thaw(),
+    }
+}
+
+/// `hvagent kvp ...`: the pools of the config's [guestinfo] section, in their files.
+fn kvp(options: &Options, operands: &[String]) -> ExitCode {
+    use hvagent::ops::kvp::{self, Failure};
+    let settings = match config::load(options.config.as_deref()) {
+        Ok(config) => config
+            .services
+            .iter()
+            .find_map(|service| match &service.settings {
+                config::ServiceSettings::GuestInfo(settings) => Some(settings.clone()),
+                _ => None,
+            })
+            .unwrap_or_default(),
+        Err(error) => {
+            eprintln!("hvagent: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let outcome = kvp::parse_action(operands).and_then(|action| {
+        let pool = options.pool.as_deref().map(kvp::parse_pool).transpose()?;
+        kvp::run(&settings, &action, pool, options.json)
+    });
+    match outcome {
+        Ok(text) => print_out(&text),
+        Err(Failure { status, message }) => {
+            eprintln!("hvagent: {message}");
+            ExitCode::from(status)
+        }
     }
 }
 
