@@ -80,7 +80,10 @@ impl Guest {
             .args(&all)
             .output()
             .unwrap();
-        (output.status.code(), text(&output.stdout) + &text(&output.stderr))
+        (
+            output.status.code(),
+            text(&output.stdout) + &text(&output.stderr),
+        )
     }
 
     /// `hvagent kvp ARGS... --config CONFIG`: (exit code, stdout, stderr).
@@ -90,12 +93,17 @@ impl Guest {
         all.extend_from_slice(args);
         all.extend_from_slice(&["--config", config]);
         let output = hvagent(&all);
-        (output.status.code(), text(&output.stdout), text(&output.stderr))
+        (
+            output.status.code(),
+            text(&output.stdout),
+            text(&output.stderr),
+        )
     }
 }
 
 #[test]
-fn the_hosts_set_appears_in_hvagent_kvp_get_and_what_hvagent_kvp_set_wrote_in_the_hosts_enumerate() {
+fn the_hosts_set_appears_in_hvagent_kvp_get_and_what_hvagent_kvp_set_wrote_in_the_hosts_enumerate()
+{
     let dir = tempfile::tempdir().unwrap();
     let guest = Guest::new(dir.path());
     let _agent = guest.start();
@@ -112,12 +120,18 @@ fn the_hosts_set_appears_in_hvagent_kvp_get_and_what_hvagent_kvp_set_wrote_in_th
     }
     let (code, out) = guest.host(&["enumerate", "--pool", "guest"]);
     assert_eq!(code, Some(0), "{out}");
-    println!("$ hvhost kvp {} enumerate --pool guest\n{out}", guest.address());
+    println!(
+        "$ hvhost kvp {} enumerate --pool guest\n{out}",
+        guest.address()
+    );
     assert!(
         out.contains("kvp pool=guest index=0 key=ProvisioningState value=\"done\""),
         "{out}"
     );
-    assert!(out.contains("kvp pool=guest index=1 key=Role value=\"web\""), "{out}");
+    assert!(
+        out.contains("kvp pool=guest index=1 key=Role value=\"web\""),
+        "{out}"
+    );
     assert!(out.contains("done items=2 pool=guest"), "{out}");
     // A delete by the guest is seen too.
     assert_eq!(guest.cli(&["delete", "Role"]).0, Some(0));
@@ -130,7 +144,10 @@ fn a_record_another_process_appends_under_the_lock_is_in_the_hosts_next_enumerat
     let dir = tempfile::tempdir().unwrap();
     let guest = Guest::new(dir.path());
     let _agent = guest.start();
-    assert_eq!(guest.host(&["set", "fromhost", "1", "--pool", "guest"]).0, Some(0));
+    assert_eq!(
+        guest.host(&["set", "fromhost", "1", "--pool", "guest"]).0,
+        Some(0)
+    );
     let (_, out) = guest.host(&["enumerate", "--pool", "guest"]);
     assert!(out.contains("done items=1"), "{out}");
     // As cloud-init's KVP reporting does, but with hv_kvp_daemon's fcntl lock: open, lock, append a record.
@@ -169,9 +186,15 @@ fn a_pool_file_in_hv_kvp_daemons_format_is_read() {
     let _agent = guest.start();
     let (code, out) = guest.host(&["get", "Größe"]);
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("answer=HV_S_OK (0x00000000) value=\"zwölf\""), "{out}");
+    assert!(
+        out.contains("answer=HV_S_OK (0x00000000) value=\"zwölf\""),
+        "{out}"
+    );
     let (_, out) = guest.host(&["enumerate", "--pool", "external"]);
-    assert!(out.contains("index=0 key=VirtualMachineId value=\"4c4c4544-0042\""), "{out}");
+    assert!(
+        out.contains("index=0 key=VirtualMachineId value=\"4c4c4544-0042\""),
+        "{out}"
+    );
     // The agent's write keeps the format: the host's Set is one more record of 2,560 bytes.
     assert_eq!(guest.host(&["set", "k", "v"]).0, Some(0));
     let bytes = std::fs::read(guest.pool_file(0)).unwrap();
@@ -207,10 +230,18 @@ fn a_crash_between_write_and_rename_loses_nothing_acknowledged() {
     );
     guest.wait_for_listener();
     let (_, out) = guest.host(&["set", "third", "never acknowledged"]);
-    assert!(!out.contains("HV_S_OK"), "the crashed write was acknowledged: {out}");
-    let status = crashing.wait_for(Duration::from_secs(10)).expect("the agent died");
+    assert!(
+        !out.contains("HV_S_OK"),
+        "the crashed write was acknowledged: {out}"
+    );
+    let status = crashing
+        .wait_for(Duration::from_secs(10))
+        .expect("the agent died");
     assert!(!status.success());
-    assert!(dir.path().join("pools/.kvp_pool_0.tmp").exists(), "it died after writing the new pool");
+    assert!(
+        dir.path().join("pools/.kvp_pool_0.tmp").exists(),
+        "it died after writing the new pool"
+    );
     // Everything acknowledged is there, for the CLI and for the next agent.
     let (code, out, _) = guest.cli(&["list", "--pool", "external"]);
     assert_eq!(code, Some(0));
@@ -220,7 +251,11 @@ fn a_crash_between_write_and_rename_loses_nothing_acknowledged() {
     );
     let _agent = guest.start();
     let (_, out) = guest.host(&["enumerate", "--pool", "external"]);
-    assert!(out.contains("done items=2"), "{out}\n{}", agent_log(dir.path()));
+    assert!(
+        out.contains("done items=2"),
+        "{out}\n{}",
+        agent_log(dir.path())
+    );
     assert_eq!(guest.host(&["set", "third", "now"]).0, Some(0));
     assert_eq!(guest.cli(&["get", "third"]).1, "now\n");
 }

@@ -15,13 +15,13 @@ use crate::system::filecopy::SystemSink;
 use crate::system::freeze::{self, SystemFreezer};
 use crate::system::health::ChildCheck;
 use crate::system::hooks::DirHooks;
-use crate::system::kvp_store::FileStore;
+use crate::system::kvp_store::{self, FileStore};
 use crate::system::power::SystemPower;
 use crate::system::sysinfo::LiveSystem;
 use hvproto::clock::{Clock, OffsetSink};
 use hvproto::service::backup::BackupLogic;
 use hvproto::service::filecopy::FileCopyLogic;
-use hvproto::service::guestinfo::GuestInfoLogic;
+use hvproto::service::guestinfo::{self, GuestInfoLogic};
 use hvproto::service::health::{Check, Health, HealthSettings, Reading};
 use hvproto::service::heartbeat::HeartbeatLogic;
 use hvproto::service::shutdown::ShutdownLogic;
@@ -34,11 +34,19 @@ pub(super) fn logic_for(service: &ServiceConfig) -> Box<dyn Logic> {
         ServiceSettings::Heartbeat(settings) => {
             Box::new(HeartbeatLogic::with_health(health_for(settings)))
         }
-        ServiceSettings::GuestInfo(settings) => Box::new(GuestInfoLogic::new(
-            Box::new(FileStore::open(settings)),
-            Box::new(LiveSystem),
-            settings,
-        )),
+        ServiceSettings::GuestInfo(settings) => {
+            let daemon_dir = Path::new(guestinfo::HV_KVP_DAEMON_DIR);
+            if let Some(why) =
+                kvp_store::daemon_conflict(Path::new("/proc"), daemon_dir, &settings.pool_dir)
+            {
+                error!("guestinfo: {why}");
+            }
+            Box::new(GuestInfoLogic::new(
+                Box::new(FileStore::open(settings)),
+                Box::new(LiveSystem),
+                settings,
+            ))
+        }
         ServiceSettings::TimeSync(settings) => {
             let helper = Path::new(remote::DEFAULT_SOCKET);
             Box::new(timesync_logic(settings, Path::new("/proc"), helper))

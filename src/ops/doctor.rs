@@ -130,7 +130,41 @@ impl Doctor {
                     _ => None,
                 });
         findings.extend(self.check_allowed_dirs(&filecopy.unwrap_or_default()));
+        let guestinfo = config
+            .iter()
+            .flat_map(Config::enabled)
+            .find_map(|service| match &service.settings {
+                crate::config::ServiceSettings::GuestInfo(settings) => Some(settings),
+                _ => None,
+            });
+        if let Some(settings) = guestinfo {
+            findings.push(self.check_kvp_daemon(&settings.pool_dir));
+        }
         findings
+    }
+
+    /// hv_kvp_daemon on the same pool files is a problem; on other files, worth a note.
+    fn check_kvp_daemon(&self, pool_dir: &Path) -> Finding {
+        use crate::system::kvp_store;
+        let daemon_dir = self.at(hvproto::service::guestinfo::HV_KVP_DAEMON_DIR);
+        let pool_dir = self.at(&pool_dir.to_string_lossy());
+        if let Some(why) = kvp_store::daemon_conflict(&self.at("/proc"), &daemon_dir, &pool_dir) {
+            let (text, fix) = why.split_once("; ").unwrap_or((&why, ""));
+            return problem("hv_kvp_daemon", text, fix);
+        }
+        match kvp_store::hv_kvp_daemons(&self.at("/proc"))[..] {
+            [] => finding(Level::Ok, "hv_kvp_daemon", "not running: the pool files are the agent's"),
+            _ => finding(
+                Level::Note,
+                "hv_kvp_daemon",
+                format!(
+                    "runs on its own pool files in {}, beside the agent's in {}: guest software reads \
+                     whichever directory it knows",
+                    hvproto::service::guestinfo::HV_KVP_DAEMON_DIR,
+                    pool_dir.display()
+                ),
+            ),
+        }
     }
 
     fn check_config(&self) -> (Option<Config>, Vec<Finding>) {

@@ -152,5 +152,52 @@ pub fn migrate(old_dir: &Path, pool_dir: &Path) {
     }
 }
 
+/// The pids of the hv_kvp_daemon processes under `proc_root` (normally /proc), by their comm.
+pub fn hv_kvp_daemons(proc_root: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    let mut pids: Vec<u32> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+            let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+            (comm.trim_end() == "hv_kvp_daemon").then_some(pid)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
+/// Whether `pool_dir` is `daemon_dir` (hv_kvp_daemon's /var/lib/hyperv, under a test's root): the same
+/// path, or the same directory reached another way.
+pub fn is_daemon_dir(pool_dir: &Path, daemon_dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if pool_dir == daemon_dir {
+        return true;
+    }
+    match (std::fs::metadata(pool_dir), std::fs::metadata(daemon_dir)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+/// Why the agent and hv_kvp_daemon would fight over `pool_dir`, when they would.
+pub fn daemon_conflict(proc_root: &Path, daemon_dir: &Path, pool_dir: &Path) -> Option<String> {
+    let pids = hv_kvp_daemons(proc_root);
+    if pids.is_empty() || !is_daemon_dir(pool_dir, daemon_dir) {
+        return None;
+    }
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    Some(format!(
+        "hv_kvp_daemon (pid {}) serves the same pool files in {}: it keeps its own copy of each pool and \
+         writes it back whole, so the two overwrite each other's changes (and its locks do not hold once \
+         the agent replaced a file); stop and disable hv_kvp_daemon (hv-kvp-daemon.service), or set \
+         pool_dir in [guestinfo] to a directory of the agent's own",
+        pids.join(", "),
+        pool_dir.display()
+    ))
+}
+
 #[cfg(test)]
 mod tests;

@@ -452,3 +452,27 @@ fn allowed_dirs_must_exist_be_writable_for_the_agents_user_and_be_read_write_und
     );
     assert_eq!(doctor.check_allowed_dirs(&dirs)[0].level, Level::Ok);
 }
+
+#[test]
+fn hv_kvp_daemon_on_the_same_pool_files_is_a_problem_and_on_its_own_a_note() {
+    let tree = Tree::hyperv();
+    tree.file("proc/77/comm", "hv_kvp_daemon\n");
+    tree.dir("var/lib/hyperv");
+    let config = |pool_dir: &str| {
+        let text = format!(
+            "[heartbeat]\nenabled = false\n[timesync]\nenabled = false\n[shutdown]\nenabled = false\n\
+             [guestinfo]\nlisten = \"unix:{}\"\npool_dir = \"{pool_dir}\"\n",
+            tree.path("kvp.sock").display()
+        );
+        tree.file("etc/hvagent/hvagent.toml", &text);
+    };
+    config("/var/lib/hyperv");
+    let findings = tree.run();
+    let found = about(&findings, "hv_kvp_daemon");
+    assert_eq!(found.level, Level::Problem, "{found:?}");
+    assert!(found.text.contains("pid 77"), "{found:?}");
+    config("/var/lib/hvagent/kvp");
+    assert_eq!(about(&tree.run(), "hv_kvp_daemon").level, Level::Note);
+    tree.remove("proc/77");
+    assert_eq!(about(&tree.run(), "hv_kvp_daemon").level, Level::Ok);
+}
