@@ -259,3 +259,161 @@ fn a_crash_between_write_and_rename_loses_nothing_acknowledged() {
     assert_eq!(guest.host(&["set", "third", "now"]).0, Some(0));
     assert_eq!(guest.cli(&["get", "third"]).1, "now\n");
 }
+
+/// The first interface of this machine with a MAC address and addresses `ip` lists: (name, MAC, the
+/// addresses as ADDRESS/PREFIX, sorted).
+fn adapter_with_addresses() -> Option<(String, String, Vec<String>)> {
+    let output = Command::new("ip")
+        .args(["-o", "addr", "show"])
+        .output()
+        .ok()?;
+    let listing = text(&output.stdout);
+    let mut names: Vec<&str> = listing
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .collect();
+    names.dedup();
+    names.into_iter().find_map(|name| {
+        let mac = std::fs::read_to_string(format!("/sys/class/net/{name}/address")).ok()?;
+        let mac = mac.trim().to_string();
+        if mac.is_empty() || mac == "00:00:00:00:00:00" {
+            return None;
+        }
+        let mut addresses: Vec<String> = listing
+            .lines()
+            .filter(|line| line.split_whitespace().nth(1) == Some(name))
+            .filter_map(|line| {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                let at = words.iter().position(|w| *w == "inet" || *w == "inet6")?;
+                words.get(at + 1).map(|address| address.to_string())
+            })
+            .collect();
+        addresses.sort();
+        (!addresses.is_empty()).then(|| (name.to_string(), mac, addresses))
+    })
+}
+
+#[test]
+fn get_ip_info_for_this_guests_adapter_matches_ip_addr_in_both_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let guest = Guest::new(dir.path());
+    let _agent = guest.start();
+    let (code, out) = guest.host(&["ip-info", "00:15:5D:FF:FF:FE"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("answer=HV_GUID_NOTFOUND (0x80041002)"),
+        "{out}"
+    );
+    let Some((name, mac, expected)) = adapter_with_addresses() else {
+        eprintln!(
+            "SKIPPED (loudly): this machine has no adapter with a MAC address and an address; \
+             GET_IP_INFO is compared with ip addr only where one exists (the unit tests use a fake tree)"
+        );
+        return;
+    };
+    for (command, form) in [("ip-info", "binary"), ("ip-info-strings", "string")] {
+        let (code, out) = guest.host(&[command, &mac.to_uppercase()]);
+        assert_eq!(code, Some(0), "{out}\n{}", agent_log(dir.path()));
+        assert!(
+            out.contains(&format!("form={form} answer=HV_S_OK")),
+            "{out}"
+        );
+        let mut got: Vec<String> = out
+            .lines()
+            .filter_map(|line| line.strip_prefix("address="))
+            .map(|rest| rest.split(' ').next().unwrap_or_default().to_string())
+            .collect();
+        got.sort();
+        assert_eq!(got, expected, "{name} {mac}: {out}");
+        println!("$ hvhost kvp ADDR {command} {mac}   ({name})\n{out}");
+    }
+}
+
+#[test]
+fn set_ip_info_runs_the_configured_command_with_the_settings_in_its_environment() {
+    use common::{negotiate_request, v, Peer};
+    use hvproto::wire::ipinfo::{self, IpInfo, Ipv4Entry, Origin};
+    use hvproto::wire::{Message, MessageType, Status};
+    let Some((name, mac, _)) = adapter_with_addresses() else {
+        eprintln!("SKIPPED (loudly): no adapter with a MAC address to name in SET_IP_INFO");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("set-ip.env");
+    let script = dir.path().join("set-ip");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nenv | grep ^HVAGENT_IP_ | sort > {}\n",
+            record.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let socket = dir.path().join("kvp.sock");
+    let config = write_config(
+        dir.path(),
+        "agent.toml",
+        &format!(
+            "[heartbeat]\nenabled = false\n[guestinfo]\nlisten = \"unix:{}\"\npool_dir = \"{}\"\n\
+             set_ip_command = [\"{}\"]\n",
+            socket.display(),
+            dir.path().join("pools").display(),
+            script.display()
+        ),
+    );
+    let _agent = start_agent_logging(&config, dir.path());
+    wait_for_path(&socket);
+    wait_until(
+        Duration::from_secs(10),
+        || std::os::unix::net::UnixStream::connect(&socket).is_ok(),
+        || "the agent never listened".to_string(),
+    );
+    let mut peer = Peer::connect(&socket);
+    peer.send(&negotiate_request(&[v(5, 0)]));
+    peer.receive().expect("a negotiation answer");
+    let mut body = vec![0u8; ipinfo::STRING_FORM_LEN];
+    body[0] = 5;
+    let info = IpInfo {
+        adapter_id: mac.clone(),
+        family: 1,
+        dhcp_enabled: false,
+        ipv4: vec![Ipv4Entry {
+            address: [10, 9, 8, 7],
+            mask: [255, 255, 255, 0],
+            origin: Origin::STATIC,
+        }],
+        ipv4_gateways: vec![[10, 9, 8, 1]],
+        ipv4_dns: vec![[10, 9, 8, 53]],
+        ..IpInfo::default()
+    };
+    ipinfo::emit(&info, &mut body, true).unwrap();
+    for (slot, unit) in body[28..284].chunks_exact_mut(2).zip(mac.encode_utf16()) {
+        slot.copy_from_slice(&unit.to_le_bytes());
+    }
+    peer.send(&Message::request(
+        MessageType::KVP_EXCHANGE,
+        v(3, 0),
+        v(5, 0),
+        9,
+        body,
+    ));
+    let answer = peer.receive().expect("an answer once the command ended");
+    assert_eq!(
+        answer.header.status,
+        Status::OK,
+        "{}",
+        agent_log(dir.path())
+    );
+    assert_eq!(answer.header.transaction_id, 9);
+    let env = std::fs::read_to_string(&record).unwrap();
+    assert!(
+        env.contains(&format!("HVAGENT_IP_INTERFACE={name}\n")),
+        "{env}"
+    );
+    assert!(env.contains("HVAGENT_IP_ADDRESSES=10.9.8.7/24\n"), "{env}");
+    assert!(env.contains("HVAGENT_IP_GATEWAYS=10.9.8.1\n"), "{env}");
+    assert!(env.contains("HVAGENT_IP_DHCP=0\n"), "{env}");
+    assert!(env.contains("HVAGENT_IP_DNS=10.9.8.53\n"), "{env}");
+}

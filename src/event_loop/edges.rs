@@ -16,6 +16,7 @@ use crate::system::freeze::{self, SystemFreezer};
 use crate::system::health::ChildCheck;
 use crate::system::hooks::DirHooks;
 use crate::system::kvp_store::{self, FileStore};
+use crate::system::netinfo::LiveNetwork;
 use crate::system::power::SystemPower;
 use crate::system::sysinfo::LiveSystem;
 use hvproto::clock::{Clock, OffsetSink};
@@ -41,11 +42,15 @@ pub(super) fn logic_for(service: &ServiceConfig) -> Box<dyn Logic> {
             {
                 error!("guestinfo: {why}");
             }
-            Box::new(GuestInfoLogic::new(
-                Box::new(FileStore::open(settings)),
-                Box::new(LiveSystem),
-                settings,
-            ))
+            let network = LiveNetwork::new(Path::new("/"), settings.set_ip_command.clone());
+            Box::new(
+                GuestInfoLogic::new(
+                    Box::new(FileStore::open(settings)),
+                    Box::new(LiveSystem),
+                    settings,
+                )
+                .with_network(Box::new(network)),
+            )
         }
         ServiceSettings::TimeSync(settings) => {
             let helper = Path::new(remote::DEFAULT_SOCKET);

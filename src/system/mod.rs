@@ -9,6 +9,7 @@ pub mod hooks;
 pub mod kvp_legacy;
 pub mod kvp_store;
 pub mod limits;
+pub mod netinfo;
 pub mod netns;
 pub mod pool_file;
 pub mod power;

@@ -33,6 +33,10 @@ pub struct Inet6Address {
     pub address: Ipv6Addr,
     pub ifindex: u32,
     pub ifname: String,
+    /// The prefix length.
+    pub prefix_len: u32,
+    /// IFA_F_* flags (IFA_F_PERMANENT 0x80: configured, not from autoconfiguration or DHCPv6).
+    pub flags: u32,
 }
 
 fn hex_u32(field: &str) -> Option<u32> {
@@ -52,13 +56,13 @@ fn parse_if_inet6_line(line: &str) -> Option<Inet6Address> {
     }
     let address = Ipv6Addr::from(u128::from_str_radix(hex, 16).ok()?);
     let ifindex = hex_u32(ifindex)?;
-    for field in [prefix_len, scope, flags] {
-        hex_u32(field)?;
-    }
+    hex_u32(scope)?;
     Some(Inet6Address {
         address,
         ifindex,
         ifname: ifname.to_string(),
+        prefix_len: hex_u32(prefix_len)?,
+        flags: hex_u32(flags)?,
     })
 }
 

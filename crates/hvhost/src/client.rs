@@ -116,6 +116,14 @@ impl Client {
         Ok(self.inbox.remove(0))
     }
 
+    /// The message version negotiated, once it is.
+    pub fn message_version(&self) -> Option<hvproto::wire::IcVersion> {
+        match self.channel.state() {
+            hvproto::service::host::HostState::Ready { message, .. } => Some(message),
+            hvproto::service::host::HostState::Negotiating => None,
+        }
+    }
+
     /// Offers versions and checks the agent's choice.
     pub fn negotiate(&mut self) -> Result<HostEvent, PeerError> {
         let offer = self.channel.offer();

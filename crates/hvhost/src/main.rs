@@ -32,8 +32,11 @@ usage: hvhost serve ADDR [--service heartbeat|timesync] [--interval SECONDS] [--
        hvhost shutdown ADDR [--reboot|--hibernate] [--force] [--reason N] [--message TEXT]
            ask a listening agent to power off (reboot, hibernate); exit 0 when it answers HV_S_OK
        hvhost kvp ADDR enumerate [--pool P] | get KEY [--pool P] | set KEY VALUE [--pool P] | delete KEY [--pool P]
+                       | ip-info MAC | ip-info-strings MAC
            key-value exchange with a listening agent; P is external (default for get/set/delete), guest,
-           auto (default for enumerate), auto-external, auto-internal or a number
+           auto (default for enumerate), auto-external, auto-internal or a number. ip-info: GET_IP_INFO for
+           the adapter with that MAC address (KVP 5.0's binary form; ip-info-strings offers 4.0 alone and
+           gets Linux's string form)
        hvhost backup ADDR --freeze | --thaw | --run CMD [ARG...]  [--timeout SECONDS]
            ask a listening agent's backup service to freeze the guest's filesystems, to thaw them, or to
            freeze, run CMD on the host (everything after --run, no shell) and thaw whatever CMD did;

@@ -109,6 +109,12 @@ pub enum KvpCommand {
     Get(String),
     Set(String, String),
     Delete(String),
+    /// GET_IP_INFO for the adapter with this MAC address; `strings`: offer KVP 4.0 only, so the answer is
+    /// Linux's string form rather than openvmm's binary one.
+    IpInfo {
+        adapter: String,
+        strings: bool,
+    },
 }
 
 impl KvpCommand {
@@ -120,8 +126,17 @@ impl KvpCommand {
             ["get", key] => Ok(KvpCommand::Get(key.to_string())),
             ["set", key, value] => Ok(KvpCommand::Set(key.to_string(), value.to_string())),
             ["delete", key] => Ok(KvpCommand::Delete(key.to_string())),
+            ["ip-info", mac] => Ok(KvpCommand::IpInfo {
+                adapter: mac.to_string(),
+                strings: false,
+            }),
+            ["ip-info-strings", mac] => Ok(KvpCommand::IpInfo {
+                adapter: mac.to_string(),
+                strings: true,
+            }),
             _ => Err(
-                "kvp needs enumerate, get KEY, set KEY VALUE or delete KEY after the address"
+                "kvp needs enumerate, get KEY, set KEY VALUE, delete KEY, ip-info MAC or ip-info-strings \
+                 MAC after the address"
                     .to_string(),
             ),
         }
@@ -167,6 +182,9 @@ pub fn kvp(
     out: &mut dyn Write,
 ) -> Result<bool, PeerError> {
     let pool = pool.unwrap_or_else(|| command.default_pool());
+    if let KvpCommand::IpInfo { adapter, strings } = command {
+        return ip_info(address, adapter, *strings, out);
+    }
     let mut client = open(address, ServiceKind::GuestInfo, out)?;
     let mut ask = |message: KvpMessage| -> Result<(Status, Option<KvpMessage>), PeerError> {
         let (status, body) = client.exchange(message.to_body())?;
@@ -271,5 +289,107 @@ pub fn kvp(
             );
             Ok(status == Status::OK)
         }
+        KvpCommand::IpInfo { .. } => Ok(false),
     }
+}
+
+/// KVP 4.0 alone: the version whose IP info is Linux's string form.
+const STRING_FORM_VERSIONS: [hvproto::wire::IcVersion; 1] = [hvproto::wire::IcVersion::new(4, 0)];
+
+/// `hvhost kvp ADDR ip-info MAC`: GET_IP_INFO, the answer printed one field a line.
+fn ip_info(
+    address: &Address,
+    adapter: &str,
+    strings: bool,
+    out: &mut dyn Write,
+) -> Result<bool, PeerError> {
+    use hvproto::wire::ipinfo::{self, format_ipv4, format_ipv6, IpInfo};
+    let channel = if strings {
+        hvproto::service::host::HostChannel::for_messages(
+            hvproto::wire::MessageType::KVP_EXCHANGE,
+            &STRING_FORM_VERSIONS,
+        )
+    } else {
+        hvproto::service::host::HostChannel::new(ServiceKind::GuestInfo)
+    };
+    let mut client = open_channel(address, channel, out)?;
+    let binary = client.message_version().is_some_and(ipinfo::binary_form);
+    // As openvmm sends it: the two header bytes and 0x1d02 more, the adapter id in the form's place.
+    let mut body = vec![0u8; ipinfo::STRING_FORM_LEN];
+    body[0] = Operation::GET_IP_INFO.0;
+    body[1] = Pool::GUEST.0;
+    let request = IpInfo {
+        adapter_id: adapter.to_string(),
+        ..IpInfo::default()
+    };
+    ipinfo::emit(&request, &mut body, binary)
+        .map_err(|error| PeerError::Protocol(hvproto::service::host::HostError::Body(error)))?;
+    let id_at = if binary { 28 } else { 2 };
+    for (slot, unit) in body[id_at..id_at + 254]
+        .chunks_exact_mut(2)
+        .zip(adapter.encode_utf16())
+    {
+        slot.copy_from_slice(&unit.to_le_bytes());
+    }
+    let (status, answer) = client.exchange(body)?;
+    let form = if binary { "binary" } else { "string" };
+    say(
+        out,
+        &format!(
+            "kvp ip-info adapter={} form={form} answer={status}",
+            adapter.escape_debug()
+        ),
+    );
+    if status != Status::OK {
+        return Ok(false);
+    }
+    let info = ipinfo::parse(&answer, binary)
+        .map_err(|error| PeerError::Protocol(hvproto::service::host::HostError::Body(error)))?;
+    say(
+        out,
+        &format!(
+            "family={} dhcp={}",
+            info.family,
+            u8::from(info.dhcp_enabled)
+        ),
+    );
+    for entry in &info.ipv4 {
+        let prefix = u32::from_be_bytes(entry.mask).leading_ones();
+        say(
+            out,
+            &format!(
+                "address={}/{prefix} origin={}",
+                format_ipv4(entry.address),
+                entry.origin.0
+            ),
+        );
+    }
+    for entry in &info.ipv6 {
+        say(
+            out,
+            &format!(
+                "address={}/{} origin={}",
+                format_ipv6(entry.address),
+                entry.prefix,
+                entry.origin.0
+            ),
+        );
+    }
+    for gateway in info
+        .ipv4_gateways
+        .iter()
+        .map(|a| format_ipv4(*a))
+        .chain(info.ipv6_gateways.iter().map(|a| format_ipv6(*a)))
+    {
+        say(out, &format!("gateway={gateway}"));
+    }
+    for dns in info
+        .ipv4_dns
+        .iter()
+        .map(|a| format_ipv4(*a))
+        .chain(info.ipv6_dns.iter().map(|a| format_ipv6(*a)))
+    {
+        say(out, &format!("dns={dns}"));
+    }
+    Ok(true)
 }

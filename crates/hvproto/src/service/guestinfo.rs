@@ -14,11 +14,12 @@
 //! Statuses follow Linux's hv_kvp_daemon where it has one: HV_S_CONT past the last item of an enumeration
 //! and for a key that is not there; HV_E_FAIL for a full pool, a pool that cannot be written (the auto pool,
 //! unknown pools) or a failed write; HV_INVALIDARG for a key or value no host could read back or no record
-//! holds; HV_ERROR_NOT_SUPPORTED for the IP-injection operations.
+//! holds. The IP-info operations are [`ipconfig`]'s.
 //!
 //! [`GuestInfoSettings`] (`[guestinfo]`) say where the agent's [`PoolStore`] keeps the pools and how it
 //! writes them.
 
+pub mod ipconfig;
 pub mod pair;
 pub mod pools;
 
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use log::info;
 
+use ipconfig::{IpAnswer, IpConfig, Network, NoNetwork};
 pub use pair::{Edit, Pair};
 use pools::Pools;
 
@@ -132,6 +134,7 @@ pub struct GuestInfoLogic {
     pools: Pools,
     store: Box<dyn PoolStore>,
     info: Box<dyn SystemInfo>,
+    ip: IpConfig,
     served: u64,
 }
 
@@ -156,8 +159,16 @@ impl GuestInfoLogic {
             pools,
             store,
             info,
+            ip: IpConfig::new(Box::new(NoNetwork)),
             served: 0,
         }
+    }
+
+    /// Answers the IP-info operations from `network` (without it, no adapter is known and SET_IP_INFO is
+    /// not supported).
+    pub fn with_network(mut self, network: Box<dyn Network>) -> GuestInfoLogic {
+        self.ip = IpConfig::new(network);
+        self
     }
 
     /// The pairs of a stored pool, as the host sees them (changes not yet written included).
@@ -307,10 +318,29 @@ impl Logic for GuestInfoLogic {
         &mut self,
         link: LinkId,
         request: &MessageRef<'_>,
-        _version: IcVersion,
+        version: IcVersion,
         now: Instant,
         reply: &mut ReplyWriter<'_>,
     ) -> Result<Status, Refusal> {
+        let operation = request.body.first().copied().map(Operation);
+        let ip = match operation {
+            Some(Operation::GET_IP_INFO) => Some(self.ip.get(request, version)?),
+            Some(Operation::SET_IP_INFO) => Some(self.ip.set(link, request, version, now)?),
+            _ => None,
+        };
+        match ip {
+            Some(IpAnswer::Now(body)) => {
+                self.served += 1;
+                reply.extend_from_slice(&body);
+                return Ok(Status::OK);
+            }
+            Some(IpAnswer::Later) => {
+                self.served += 1;
+                reply.defer();
+                return Ok(Status::OK);
+            }
+            None => {}
+        }
         let mut message = KvpMessage::parse(request.body).map_err(Refusal::invalid)?;
         let served = self.serve(&mut message, link, request, now)?;
         self.served += 1;
@@ -328,14 +358,19 @@ impl Logic for GuestInfoLogic {
 
     fn closed(&mut self, link: LinkId) {
         self.pools.forget_link(link);
+        self.ip.forget_link(link);
     }
 
     fn deadline(&self) -> Option<Instant> {
-        self.pools.deadline()
+        match (self.pools.deadline(), self.ip.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn on_timer(&mut self, now: Instant, out: &mut Vec<(LinkId, Message)>) {
         self.pools.write_due(self.store.as_mut(), now, false, out);
+        self.ip.on_timer(now, out);
     }
 
     fn finishing(&mut self, now: Instant, out: &mut Vec<(LinkId, Message)>) {

@@ -23,6 +23,7 @@
 
 pub mod fcopy;
 pub mod heartbeat;
+pub mod ipinfo;
 pub mod kvp;
 pub mod negotiate;
 mod reply;

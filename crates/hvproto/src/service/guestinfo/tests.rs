@@ -649,17 +649,185 @@ fn finishing_writes_and_answers_what_waits_and_a_dropped_logic_still_writes() {
     assert_eq!(store.saved.borrow()[&1].len(), 3);
 }
 
+fn ip_request(operation: Operation, body: Vec<u8>, version: IcVersion) -> Message {
+    let mut request = request_of(&KvpMessage::new(
+        operation,
+        Pool::GUEST,
+        KvpBody::Other(Vec::new()),
+    ));
+    request.body = body;
+    request.body[0] = operation.0;
+    request.header.message_version = version;
+    request
+}
+
+fn ip_send(
+    logic: &mut GuestInfoLogic,
+    request: &Message,
+    now: Instant,
+) -> Result<Option<(Status, Vec<u8>)>, Refusal> {
+    let mut out = Vec::new();
+    let mut reply = ReplyWriter::begin(request, &mut out);
+    let status = logic.request(
+        1,
+        &request.view(),
+        request.header.message_version,
+        now,
+        &mut reply,
+    )?;
+    if reply.is_deferred() {
+        reply.discard();
+        return Ok(None);
+    }
+    reply.finish(status).unwrap();
+    let answer = Message::parse(&out).unwrap();
+    Ok(Some((status, answer.body.to_vec())))
+}
+
+/// A network of one adapter; SET runs "a command" that ends at the second look.
+#[derive(Clone, Default)]
+struct FakeNetwork {
+    set: Rc<RefCell<Vec<crate::wire::ipinfo::IpInfo>>>,
+    looks: Rc<RefCell<u32>>,
+}
+
+impl ipconfig::Network for FakeNetwork {
+    fn adapter(&self, id: &str) -> Option<crate::wire::ipinfo::IpInfo> {
+        (id == "00:15:5D:00:01:02").then(|| crate::wire::ipinfo::IpInfo {
+            adapter_id: id.into(),
+            family: 1,
+            dhcp_enabled: true,
+            ipv4: vec![crate::wire::ipinfo::Ipv4Entry {
+                address: [192, 0, 2, 2],
+                mask: [255, 255, 255, 0],
+                origin: crate::wire::ipinfo::Origin::OTHER,
+            }],
+            ..Default::default()
+        })
+    }
+    fn start_set(&mut self, info: &crate::wire::ipinfo::IpInfo) -> Result<(), Refusal> {
+        if info.adapter_id != "00:15:5D:00:01:02" {
+            return Err(ipconfig::unknown_adapter(&info.adapter_id));
+        }
+        self.set.borrow_mut().push(info.clone());
+        Ok(())
+    }
+    fn poll_set(&mut self, _now: Instant) -> Option<Result<(), String>> {
+        *self.looks.borrow_mut() += 1;
+        (*self.looks.borrow() >= 2).then_some(Ok(()))
+    }
+}
+
+fn ip_body(binary: bool, adapter: &str) -> Vec<u8> {
+    use crate::wire::ipinfo;
+    let mut body = vec![0u8; ipinfo::STRING_FORM_LEN];
+    let info = ipinfo::IpInfo {
+        adapter_id: adapter.into(),
+        ..Default::default()
+    };
+    ipinfo::emit(&info, &mut body, binary).unwrap();
+    let area = if binary { 28..284 } else { 2..258 };
+    for (slot, unit) in body[area].chunks_exact_mut(2).zip(adapter.encode_utf16()) {
+        slot.copy_from_slice(&unit.to_le_bytes());
+    }
+    body
+}
+
 #[test]
-fn ip_operations_and_short_bodies_are_refused() {
+fn get_ip_info_is_answered_in_the_negotiated_form_and_an_unknown_adapter_is_guid_not_found() {
+    use crate::wire::ipinfo;
     let store = MemStore::default();
-    let mut logic = logic(&store);
-    let ip = KvpMessage::new(
-        Operation::SET_IP_INFO,
-        Pool::AUTO,
-        KvpBody::Other(vec![0; 100]),
+    let mut logic = logic(&store).with_network(Box::new(FakeNetwork::default()));
+    for (version, binary) in [(IcVersion::new(4, 0), false), (IcVersion::new(5, 0), true)] {
+        let request = ip_request(
+            Operation::GET_IP_INFO,
+            ip_body(binary, "00:15:5D:00:01:02"),
+            version,
+        );
+        let (status, body) = ip_send(&mut logic, &request, Instant::now())
+            .unwrap()
+            .unwrap();
+        assert_eq!(status, Status::OK);
+        assert_eq!(body.len(), request.body.len());
+        let info = ipinfo::parse(&body, binary).unwrap();
+        assert_eq!(info.ipv4[0].address, [192, 0, 2, 2]);
+        assert!(info.dhcp_enabled);
+        let request = ip_request(
+            Operation::GET_IP_INFO,
+            ip_body(binary, "00:15:5D:FF:FF:FF"),
+            version,
+        );
+        let refusal = ip_send(&mut logic, &request, Instant::now()).unwrap_err();
+        assert_eq!(refusal.status, Status::GUID_NOT_FOUND);
+        assert_eq!(refusal.status.0, 0x8004_1002);
+    }
+    let short = ip_request(
+        Operation::GET_IP_INFO,
+        vec![4, 0, 0, 0, 1, 2],
+        IcVersion::new(4, 0),
     );
     assert_eq!(
-        send(&mut logic, &ip).unwrap_err().status,
+        ip_send(&mut logic, &short, Instant::now())
+            .unwrap_err()
+            .status,
+        Status::INVALID_ARG
+    );
+}
+
+#[test]
+fn set_ip_info_runs_the_command_and_is_answered_when_it_ends() {
+    let store = MemStore::default();
+    let network = FakeNetwork::default();
+    let mut logic = logic(&store).with_network(Box::new(network.clone()));
+    let now = Instant::now();
+    let request = ip_request(
+        Operation::SET_IP_INFO,
+        ip_body(true, "00:15:5D:00:01:02"),
+        IcVersion::new(5, 0),
+    );
+    assert_eq!(
+        ip_send(&mut logic, &request, now).unwrap(),
+        None,
+        "deferred"
+    );
+    assert_eq!(network.set.borrow().len(), 1);
+    // One at a time.
+    assert_eq!(
+        ip_send(&mut logic, &request, now).unwrap_err().status,
+        Status::FAIL
+    );
+    let mut out = Vec::new();
+    let first = logic.deadline().unwrap();
+    logic.on_timer(first, &mut out);
+    assert!(out.is_empty(), "still running");
+    logic.on_timer(logic.deadline().unwrap(), &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.header.status, Status::OK);
+    assert_eq!(logic.deadline(), None, "nothing polls once it ended");
+    let unknown = ip_request(
+        Operation::SET_IP_INFO,
+        ip_body(true, "nope"),
+        IcVersion::new(5, 0),
+    );
+    assert_eq!(
+        ip_send(&mut logic, &unknown, now).unwrap_err().status,
+        Status::GUID_NOT_FOUND
+    );
+}
+
+#[test]
+fn without_a_network_set_ip_info_is_not_supported_and_short_bodies_are_refused() {
+    let store = MemStore::default();
+    let mut logic = logic(&store);
+    let set = ip_request(
+        Operation::SET_IP_INFO,
+        ip_body(false, "x"),
+        IcVersion::new(4, 0),
+    );
+    assert_eq!(
+        ip_send(&mut logic, &set, Instant::now())
+            .unwrap_err()
+            .status,
         Status::NOT_SUPPORTED
     );
     let request = Message::request(
