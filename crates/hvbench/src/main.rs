@@ -15,6 +15,8 @@
 //! - the time from SIGTERM to the agent's exit (target < 1 s), polled every 100 µs;
 //! - the time from spawning a fresh agent to its READY=1 on a NOTIFY_SOCKET (target ≤ 10 ms) and to its
 //!   first negotiation answer, and the size of the binary, which the release profile strips (target ≤ 1 MiB);
+//! - heartbeat p99 while another connection sends 10,000 key-value Sets, over idle p99 (kvpload.rs; target
+//!   ≤ 2×);
 //! - the two builds side by side (builds.rs): the glibc release build and the static musl build of
 //!   `make static`, each connected and idle: VmRSS (targets ≤ 2 MiB and ≤ 1 MiB), PSS (glibc ≤ 1 MiB),
 //!   binary size (≤ 1 MiB each) and heartbeat p50 against the echo;
@@ -28,6 +30,7 @@
 mod builds;
 mod copy;
 mod hostscale;
+mod kvpload;
 mod peer;
 mod pin;
 mod procfs;
@@ -55,6 +58,7 @@ usage: hvbench [--agent PATH] [--static-agent PATH] [--count N] [--heartbeats N]
                [--no-pin]
        hvbench hostscale [--host PATH] [--agents 10,100,1000] [--window S] [--settle S]
        hvbench [--agent PATH] copy
+       hvbench [--agent PATH] kvp   only the key-value load figure: heartbeat p99 during 10,000 Sets
 
 Benchmarks hvagent over Unix sockets in a temp dir and prints figures (`name: value unit` lines and one
 `bench:` summary line); it asserts nothing.
@@ -108,6 +112,8 @@ struct Options {
 enum Invocation {
     Bench(Options),
     HostScale(ScaleOptions),
+    /// Only the key-value load figure (kvpload.rs), with this agent.
+    Kvp(Option<PathBuf>),
     Echo(PathBuf),
     Sink(PathBuf, PathBuf),
     /// `hvbench copy [--agent PATH]`: the file-copy figures alone.
@@ -146,6 +152,7 @@ fn parse_args() -> Result<Invocation, lexopt::Error> {
                 return Ok(Invocation::Sink(socket, parser.value()?.into()));
             }
             Value(value) if value == "hostscale" => return parse_hostscale(parser),
+            Value(value) if value == "kvp" => return Ok(Invocation::Kvp(options.agent)),
             other => return Err(other.unexpected()),
         }
     }
@@ -195,6 +202,12 @@ fn main() -> ExitCode {
         }
         Ok(Invocation::Bench(options)) => bench(&options),
         Ok(Invocation::HostScale(options)) => hostscale(&options),
+        Ok(Invocation::Kvp(agent)) => {
+            beside_hvbench(agent.as_deref(), "hvagent").and_then(|agent| {
+                let scratch = Scratch::new()?;
+                kvpload::measure(&agent, &scratch.0)
+            })
+        }
         Err(error) => {
             eprintln!("hvbench: {error}\n{USAGE}");
             return ExitCode::from(2);
@@ -500,6 +513,7 @@ fn bench(options: &Options) -> Result<(), Failure> {
          size_bytes={size}",
         ratios[0][0], ratios[0][1], idle_memory.rss, memory.rss, loaded.rss
     ));
+    kvpload::measure(&agent_bin, &scratch.0)?;
     builds::compare(
         &agent_bin,
         options.static_agent.as_deref(),

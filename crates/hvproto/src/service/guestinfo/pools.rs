@@ -21,9 +21,11 @@ use crate::service::logic::LinkId;
 use crate::wire::kvp::Pool;
 use crate::wire::{Message, Status};
 
-/// Changes queued in one pool before it is written at once whatever the interval: a bound on the memory the
-/// answers waiting for a write hold (each keeps its request's body, about 2.6 KB).
-pub const MAX_QUEUED: usize = 1024;
+/// Changes queued in one pool beyond which it is written at once whatever the interval. Their answers go out
+/// together after the write, each as long as its request (about 2.6 KB), and a connection whose peer has
+/// more than 256 KiB of answers waiting is dropped (hvtransport's MAX_QUEUED): 64 keep a burst of answers
+/// well within that, and bound the memory they hold.
+pub const MAX_QUEUED: usize = 64;
 
 /// A change waiting for its write, and its answer when the host wants one.
 struct Queued {
@@ -144,7 +146,7 @@ impl Pools {
         apply(&mut state.view, &edit, self.max_bytes)?;
         state.queued.push(Queued { edit, answer });
         let earliest = state.last_write.map_or(now, |at| (at + interval).max(now));
-        let due = if state.queued.len() >= MAX_QUEUED {
+        let due = if state.queued.len() > MAX_QUEUED {
             now
         } else {
             state.due.unwrap_or(earliest)

@@ -71,10 +71,7 @@ fn the_binary_form_is_openvmms_message_ip_address_info_binary_at_body_offset_4()
     assert_eq!(adapter_id(&body, true).unwrap(), "00-15-5D-00-01-02");
     emit(&sample(), &mut body, true).unwrap();
     let u32_at = |at: usize| u32::from_le_bytes(body[at..at + 4].try_into().unwrap());
-    assert_eq!(
-        [4, 8, 12, 16, 20, 24].map(u32_at),
-        [1, 2, 1, 1, 2, 1]
-    );
+    assert_eq!([4, 8, 12, 16, 20, 24].map(u32_at), [1, 2, 1, 1, 2, 1]);
     assert_eq!(
         utf16_at(&body, 28, 256),
         "00-15-5D-00-01-02",
