@@ -9,18 +9,33 @@
 //! [`super::kvp_legacy`]) are migrated into the pool files once: their pairs are added (a key the pool file
 //! has already keeps its value there) and the old file is removed.
 //!
-//! While a backup has the filesystems frozen, writes are refused: one would block the loop until the thaw,
-//! which the loop itself must perform.
+//! A write is done in two halves ([`pool_file::prepare`], [`pool_file::Prepared::commit`]): the loop's thread
+//! takes the locks, reads the pool, applies the changes and writes the new file into the page cache (well
+//! under a millisecond); a writer thread of the store's own then fsyncs it, renames it over the pool and
+//! fsyncs the directory (milliseconds, on a busy disk many), and says so through a pipe the loop watches. So
+//! the loop serves heartbeats while the disk works, and a change is still answered only once durable. The
+//! logic neither writes nor reads a pool while its write is under way (closing another descriptor of the
+//! file would drop the locks the writer still holds).
+//!
+//! While a backup has the filesystems frozen, writes are refused: one would block until the thaw, which the
+//! loop itself must perform.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use log::{info, warn};
+use nix::fcntl::OFlag;
 
 use super::kvp_legacy;
-use super::pool_file::{self, FaultHook, Stamp, Wait};
+use super::pool_file::{self, FaultHook, Prepared, Stamp, Wait};
 use hvproto::service::guestinfo::pair::{apply, Edit};
-use hvproto::service::guestinfo::{GuestInfoSettings, Pair, PoolStore, STORED_POOLS};
+use hvproto::service::guestinfo::{
+    Finished, GuestInfoSettings, Pair, PoolStore, Update, STORED_POOLS,
+};
+use hvproto::service::Watch;
 use hvproto::wire::kvp::Pool;
 
 /// How long the agent waits for another process's lock on a pool file.
@@ -35,6 +50,66 @@ pub struct FileStore {
     dir: PathBuf,
     stamps: [Option<Stamp>; 5],
     fault: Option<FaultHook>,
+    /// The writer thread, started at the first write; None also when it could not be (writes then finish
+    /// on the caller's thread).
+    writer: Option<Writer>,
+    /// Writes handed to the writer and not yet reported by `finished`.
+    pending: usize,
+    /// Ends the writer reported, kept until `finished` hands them over.
+    landed: Vec<Landed>,
+}
+
+/// One write's second half, for the writer thread.
+struct Job {
+    pool: Pool,
+    prepared: Prepared,
+    fault: Option<FaultHook>,
+}
+
+type Landed = (Pool, std::io::Result<(Vec<Pair>, Stamp)>);
+
+/// The writer thread: jobs in, ends out, a byte on the pipe for each end.
+struct Writer {
+    jobs: Option<mpsc::Sender<Job>>,
+    ends: mpsc::Receiver<Landed>,
+    wake: OwnedFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start() -> std::io::Result<Writer> {
+        let (wake, wake_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        let (jobs, inbox) = mpsc::channel::<Job>();
+        let (outbox, ends) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("kvp-writer".to_string())
+            .spawn(move || {
+                for job in inbox {
+                    let end = job.prepared.commit(job.fault);
+                    if outbox.send((job.pool, end)).is_err() {
+                        return;
+                    }
+                    // A full pipe already wakes the loop; nothing else can go wrong that matters here.
+                    let _ = nix::unistd::write(&wake_write, &[1]);
+                }
+            })?;
+        Ok(Writer {
+            jobs: Some(jobs),
+            ends,
+            wake,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Writer {
+    /// The writes handed over are finished before the store goes.
+    fn drop(&mut self) {
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn crash_before_rename(_temp: &Path) {
@@ -56,6 +131,9 @@ impl FileStore {
             dir: dir.to_path_buf(),
             stamps: [None; 5],
             fault,
+            writer: None,
+            pending: 0,
+            landed: Vec::new(),
         }
     }
 
@@ -89,21 +167,94 @@ impl PoolStore for FileStore {
         self.load(pool).map(Some)
     }
 
-    fn update(
-        &mut self,
-        pool: Pool,
-        edit: &mut dyn FnMut(&mut Vec<Pair>),
-    ) -> Result<Vec<Pair>, String> {
+    fn update(&mut self, pool: Pool, edit: &mut dyn FnMut(&mut Vec<Pair>)) -> Update {
         if crate::ops::log_hold::frozen() {
-            return Err(
+            return Update::Done(Err(
                 "filesystems are frozen for a backup; nothing is written until the thaw"
                     .to_string(),
-            );
+            ));
         }
         let path = self.path(pool);
+        let failed = |error: std::io::Error| format!("cannot replace {}: {error}", path.display());
+        let prepared = match pool_file::prepare(&self.dir, pool, Wait::AtMost(LOCK_WAIT), edit) {
+            Ok(prepared) => prepared,
+            Err(error) => return Update::Done(Err(failed(error))),
+        };
+        if self.writer.is_none() {
+            match Writer::start() {
+                Ok(writer) => self.writer = Some(writer),
+                Err(error) => warn!(
+                    "guestinfo: no writer thread ({error}): pool writes finish in the loop, which waits for them"
+                ),
+            }
+        }
+        let job = Job {
+            pool,
+            prepared,
+            fault: self.fault,
+        };
+        let Some(jobs) = self.writer.as_ref().and_then(|writer| writer.jobs.as_ref()) else {
+            return Update::Done(self.landed_now(pool, job.prepared.commit(job.fault)));
+        };
+        match jobs.send(job) {
+            Ok(()) => {
+                self.pending += 1;
+                Update::Started
+            }
+            // The thread is gone (it cannot end otherwise): finish here.
+            Err(mpsc::SendError(job)) => {
+                Update::Done(self.landed_now(pool, job.prepared.commit(job.fault)))
+            }
+        }
+    }
+
+    fn finished(&mut self) -> Vec<Finished> {
+        if let Some(writer) = &self.writer {
+            let mut drained = [0u8; 64];
+            while matches!(nix::unistd::read(writer.wake.as_raw_fd(), &mut drained), Ok(n) if n > 0)
+            {
+            }
+            while let Ok(end) = writer.ends.try_recv() {
+                self.landed.push(end);
+            }
+        }
+        let landed: Vec<Landed> = self.landed.drain(..).collect();
+        self.pending -= landed.len().min(self.pending);
+        landed
+            .into_iter()
+            .map(|(pool, end)| (pool, self.landed_now(pool, end)))
+            .collect()
+    }
+
+    fn watched(&self) -> Option<Watch> {
+        self.writer
+            .as_ref()
+            .map(|writer| Watch(i64::from(writer.wake.as_raw_fd())))
+    }
+
+    fn wait(&mut self) {
+        let Some(writer) = &self.writer else {
+            return;
+        };
+        while self.landed.len() < self.pending {
+            match writer.ends.recv() {
+                Ok(end) => self.landed.push(end),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+impl FileStore {
+    /// The end of a write, as the logic takes it: the stamp of the new file noted.
+    fn landed_now(
+        &mut self,
+        pool: Pool,
+        end: std::io::Result<(Vec<Pair>, Stamp)>,
+    ) -> Result<Vec<Pair>, String> {
+        let path = self.path(pool);
         let (pairs, stamp) =
-            pool_file::update(&self.dir, pool, Wait::AtMost(LOCK_WAIT), self.fault, edit)
-                .map_err(|error| format!("cannot replace {}: {error}", path.display()))?;
+            end.map_err(|error| format!("cannot replace {}: {error}", path.display()))?;
         *self.stamp_slot(pool)? = Some(stamp);
         Ok(pairs)
     }

@@ -284,6 +284,30 @@ pub fn update(
     before_rename: Option<FaultHook>,
     edit: &mut dyn FnMut(&mut Vec<Pair>),
 ) -> io::Result<(Vec<Pair>, Stamp)> {
+    prepare(dir, pool, wait, edit)?.commit(before_rename)
+}
+
+/// The first half of an [`update`]: the new pool written (not yet synced) to the temporary file, with the
+/// locks on the file it replaces still held. [`Prepared::commit`] finishes it, on any thread; until then
+/// this process must open no other descriptor of that pool file, since closing one would drop its fcntl
+/// lock (POSIX record locks belong to the process).
+pub struct Prepared {
+    locked: Locked,
+    temp: File,
+    temp_path: PathBuf,
+    target: PathBuf,
+    dir: PathBuf,
+    /// The pairs written.
+    pub pairs: Vec<Pair>,
+}
+
+/// Takes the locks, reads the pool, applies `edit` and writes the result to the temporary file.
+pub fn prepare(
+    dir: &Path,
+    pool: Pool,
+    wait: Wait,
+    edit: &mut dyn FnMut(&mut Vec<Pair>),
+) -> io::Result<Prepared> {
     if !dir.exists() {
         fs::DirBuilder::new()
             .recursive(true)
@@ -297,32 +321,47 @@ pub fn update(
     let (mut pairs, _) = read_locked(&mut locked)?;
     edit(&mut pairs);
     let held = locked.file.metadata()?;
-    let temp = temp_path(dir, pool);
-    let mut out = OpenOptions::new()
+    let temp_path = temp_path(dir, pool);
+    let mut temp = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(&temp)?;
+        .open(&temp_path)?;
     // The pool keeps the owner and mode it had: root running `hvagent kvp set` must not leave a file the
     // agent's own user can no longer write. Changing the owner needs CAP_CHOWN, which only such a caller has.
-    let own = out.metadata()?;
+    let own = temp.metadata()?;
     if (own.uid(), own.gid()) != (held.uid(), held.gid()) {
-        let _ = std::os::unix::fs::fchown(&out, Some(held.uid()), Some(held.gid()));
+        let _ = std::os::unix::fs::fchown(&temp, Some(held.uid()), Some(held.gid()));
     }
-    out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+    temp.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
         held.mode() & 0o7777,
     ))?;
-    out.write_all(&encode(&pairs))?;
-    out.sync_all()?;
-    if let Some(hook) = before_rename {
-        hook(&temp);
+    temp.write_all(&encode(&pairs))?;
+    Ok(Prepared {
+        locked,
+        temp,
+        temp_path,
+        target,
+        dir: dir.to_path_buf(),
+        pairs,
+    })
+}
+
+impl Prepared {
+    /// The second half: fsyncs the new pool, renames it over the old one and fsyncs the directory, then lets
+    /// go of the locks. `before_rename`, when given, runs between the fsync and the rename.
+    pub fn commit(self, before_rename: Option<FaultHook>) -> io::Result<(Vec<Pair>, Stamp)> {
+        self.temp.sync_all()?;
+        if let Some(hook) = before_rename {
+            hook(&self.temp_path);
+        }
+        fs::rename(&self.temp_path, &self.target)?;
+        File::open(&self.dir)?.sync_all()?;
+        let stamp = Stamp::of(&self.temp.metadata()?);
+        drop(self.locked);
+        Ok((self.pairs, stamp))
     }
-    fs::rename(&temp, &target)?;
-    File::open(dir)?.sync_all()?;
-    let stamp = Stamp::of(&out.metadata()?);
-    drop(locked);
-    Ok((pairs, stamp))
 }
 
 #[cfg(test)]

@@ -1,5 +1,25 @@
 use super::*;
 use hvproto::wire::kvp::{utf16, utf16_bytes};
+use std::os::fd::AsRawFd;
+
+/// An update to its end, as the logic sees it once the writer thread reports it.
+fn updated(
+    store: &mut FileStore,
+    pool: Pool,
+    edit: &mut dyn FnMut(&mut Vec<Pair>),
+) -> Result<Vec<Pair>, String> {
+    match store.update(pool, edit) {
+        Update::Done(result) => result,
+        Update::Started => {
+            store.wait();
+            let mut finished = store.finished();
+            assert_eq!(finished.len(), 1);
+            let (landed, result) = finished.remove(0);
+            assert_eq!(landed, pool);
+            result
+        }
+    }
+}
 
 fn settings(dir: &Path) -> GuestInfoSettings {
     GuestInfoSettings {
@@ -41,9 +61,7 @@ fn the_old_private_format_is_migrated_once_and_a_key_already_there_keeps_its_val
     );
     assert!(!kvp_legacy::path(&old_dir, Pool::EXTERNAL).exists());
     // Once: a second start changes nothing, even after the pool changed.
-    store
-        .update(Pool::EXTERNAL, &mut |pairs| pairs.clear())
-        .unwrap();
+    updated(&mut store, Pool::EXTERNAL, &mut |pairs| pairs.clear()).unwrap();
     let mut again = FileStore::open(&settings);
     assert_eq!(again.load(Pool::EXTERNAL).unwrap(), []);
 }
@@ -67,9 +85,10 @@ fn another_processs_change_is_noticed_by_its_stamp_and_only_then_read() {
     let mut store = FileStore::new(dir.path(), None);
     assert_eq!(store.load(Pool::GUEST).unwrap(), []);
     assert_eq!(store.reload_if_changed(Pool::GUEST).unwrap(), None);
-    store
-        .update(Pool::GUEST, &mut |pairs| pairs.push(Pair::text("a", "1")))
-        .unwrap();
+    updated(&mut store, Pool::GUEST, &mut |pairs| {
+        pairs.push(Pair::text("a", "1"))
+    })
+    .unwrap();
     assert_eq!(
         store.reload_if_changed(Pool::GUEST).unwrap(),
         None,
@@ -97,17 +116,16 @@ fn nothing_is_written_while_filesystems_are_frozen() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = FileStore::new(dir.path(), None);
     log_hold::hold();
-    let refused = store.update(Pool::EXTERNAL, &mut |pairs| {
+    let refused = updated(&mut store, Pool::EXTERNAL, &mut |pairs| {
         pairs.push(Pair::text("a", "1"))
     });
     log_hold::release_into(&mut Vec::new());
     assert!(refused.unwrap_err().contains("frozen"));
     assert!(!store.path(Pool::EXTERNAL).exists());
-    store
-        .update(Pool::EXTERNAL, &mut |pairs| {
-            pairs.push(Pair::text("a", "1"))
-        })
-        .unwrap();
+    updated(&mut store, Pool::EXTERNAL, &mut |pairs| {
+        pairs.push(Pair::text("a", "1"))
+    })
+    .unwrap();
     assert_eq!(store.load(Pool::EXTERNAL).unwrap(), [Pair::text("a", "1")]);
 }
 
@@ -117,6 +135,39 @@ fn a_write_to_an_unwritable_place_is_an_error() {
     let file = dir.path().join("not-a-dir");
     std::fs::write(&file, b"").unwrap();
     let mut store = FileStore::new(&file, None);
-    let error = store.update(Pool::EXTERNAL, &mut |_| {}).unwrap_err();
+    let error = updated(&mut store, Pool::EXTERNAL, &mut |_| {}).unwrap_err();
     assert!(error.contains("cannot replace"), "{error}");
+}
+
+#[test]
+fn the_second_half_of_a_write_runs_on_the_writer_thread_and_wakes_the_loop_through_its_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = FileStore::new(dir.path(), None);
+    assert_eq!(store.watched(), None, "no thread before the first write");
+    let started = store.update(Pool::GUEST, &mut |pairs| pairs.push(Pair::text("a", "1")));
+    assert_eq!(started, Update::Started);
+    let Some(Watch(fd)) = store.watched() else {
+        panic!("the pipe is watched once a write is under way");
+    };
+    let mut poll = [nix::poll::PollFd::new(
+        wake_end(&store, fd),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ready = nix::poll::poll(&mut poll, nix::poll::PollTimeout::from(10_000u16)).unwrap();
+    assert_eq!(ready, 1, "the writer wakes the loop");
+    let finished = store.finished();
+    assert_eq!(finished, [(Pool::GUEST, Ok(vec![Pair::text("a", "1")]))]);
+    assert_eq!(
+        store.reload_if_changed(Pool::GUEST).unwrap(),
+        None,
+        "the new file's stamp is known"
+    );
+    assert_eq!(store.finished(), []);
+}
+
+/// The pipe's read end, borrowed from the store that owns it.
+fn wake_end(store: &FileStore, fd: i64) -> std::os::fd::BorrowedFd<'_> {
+    let writer = store.writer.as_ref().unwrap();
+    assert_eq!(i64::from(writer.wake.as_raw_fd()), fd);
+    std::os::fd::AsFd::as_fd(&writer.wake)
 }

@@ -32,7 +32,7 @@ use ipconfig::{IpAnswer, IpConfig, Network, NoNetwork};
 pub use pair::{Edit, Pair};
 use pools::Pools;
 
-use super::logic::{LinkId, Logic, Refusal, StatusLine};
+use super::logic::{LinkId, Logic, Refusal, StatusLine, Watch};
 use crate::wire::kvp::{lossy, KvpBody, KvpMessage, Operation, Pool, ValueRecord};
 use crate::wire::{IcVersion, Message, MessageRef, ReplyWriter, Status};
 
@@ -88,16 +88,35 @@ pub trait PoolStore {
     /// The pairs of `pool` as they are now; empty when there are none.
     fn load(&mut self, pool: Pool) -> Result<Vec<Pair>, String>;
     /// The pairs of `pool` again when its file changed since this store last read or wrote it; None when
-    /// it did not.
+    /// it did not. Not called for a pool whose write is under way.
     fn reload_if_changed(&mut self, pool: Pool) -> Result<Option<Vec<Pair>>, String>;
     /// Reads `pool` as it is at this moment, lets `edit` change it, and replaces it with the result so that
-    /// no crash leaves it half written and no other writer's change in between is lost; returns the pairs
-    /// written. Returns only once they are durable.
-    fn update(
-        &mut self,
-        pool: Pool,
-        edit: &mut dyn FnMut(&mut Vec<Pair>),
-    ) -> Result<Vec<Pair>, String>;
+    /// no crash leaves it half written and no other writer's change in between is lost. [`Update::Done`]
+    /// with the pairs written once they are durable; or [`Update::Started`] when the store makes them
+    /// durable later, off the caller's thread, and reports it through [`PoolStore::finished`].
+    fn update(&mut self, pool: Pool, edit: &mut dyn FnMut(&mut Vec<Pair>)) -> Update;
+    /// The writes started earlier that are now durable, or failed.
+    fn finished(&mut self) -> Vec<Finished> {
+        Vec::new()
+    }
+    /// What the loop watches so that it calls [`Logic::watch_ready`] when a write finished.
+    fn watched(&self) -> Option<Watch> {
+        None
+    }
+    /// Waits until every write under way has finished (the agent stopping).
+    fn wait(&mut self) {}
+}
+
+/// The end of a write a store finished later: the pool, and the pairs written or why not.
+pub type Finished = (Pool, Result<Vec<Pair>, String>);
+
+/// How a [`PoolStore::update`] went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Update {
+    /// Finished: the pairs written, durable, or why not.
+    Done(Result<Vec<Pair>, String>),
+    /// The pool is written and on its way to the disk; [`PoolStore::finished`] reports the end.
+    Started,
 }
 
 /// The guest's intrinsic values, in the host's index order (include/uapi/linux/hyperv.h).
@@ -135,6 +154,9 @@ pub struct GuestInfoLogic {
     store: Box<dyn PoolStore>,
     info: Box<dyn SystemInfo>,
     ip: IpConfig,
+    /// Answers of writes the store finished, sent at the next timer, and when they became ready.
+    ready: Vec<(LinkId, Message)>,
+    ready_at: Option<Instant>,
     served: u64,
 }
 
@@ -160,6 +182,8 @@ impl GuestInfoLogic {
             store,
             info,
             ip: IpConfig::new(Box::new(NoNetwork)),
+            ready: Vec::new(),
+            ready_at: None,
             served: 0,
         }
     }
@@ -362,19 +386,35 @@ impl Logic for GuestInfoLogic {
     }
 
     fn deadline(&self) -> Option<Instant> {
-        match (self.pools.deadline(), self.ip.deadline()) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.pools.deadline(), self.ip.deadline(), self.ready_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn on_timer(&mut self, now: Instant, out: &mut Vec<(LinkId, Message)>) {
+        out.append(&mut self.ready);
+        self.ready_at = None;
         self.pools.write_due(self.store.as_mut(), now, false, out);
         self.ip.on_timer(now, out);
     }
 
+    fn watched(&self) -> Option<Watch> {
+        self.store.watched()
+    }
+
+    /// A write the store finished: its answers go out at the next timer, which is due at once.
+    fn watch_ready(&mut self, now: Instant) {
+        self.pools
+            .take_finished(self.store.as_mut(), &mut self.ready);
+        if !self.ready.is_empty() {
+            self.ready_at = Some(now);
+        }
+    }
+
     fn finishing(&mut self, now: Instant, out: &mut Vec<(LinkId, Message)>) {
-        self.pools.write_due(self.store.as_mut(), now, true, out);
+        out.append(&mut self.ready);
+        self.pools.write_all(self.store.as_mut(), now, out);
     }
 
     fn status(&self, _now: Instant) -> Vec<StatusLine> {
@@ -409,7 +449,7 @@ impl Drop for GuestInfoLogic {
     fn drop(&mut self) {
         if self.pools.queued() > 0 {
             self.pools
-                .write_due(self.store.as_mut(), Instant::now(), true, &mut Vec::new());
+                .write_all(self.store.as_mut(), Instant::now(), &mut Vec::new());
         }
     }
 }

@@ -9,6 +9,10 @@
 //!
 //! A pool whose file another process changed is read again before the host reads it ([`Pools::refresh`]);
 //! the queued changes are applied on top of what was read.
+//!
+//! A store may finish a write later ([`Update::Started`]: the fsyncs off the loop's thread): the pool is
+//! then not written or read again until [`Pools::take_finished`] takes the end in, and its changes are
+//! answered then.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -16,7 +20,7 @@ use std::time::{Duration, Instant};
 use log::warn;
 
 use super::pair::{apply, Edit, Pair};
-use super::PoolStore;
+use super::{PoolStore, Update};
 use crate::service::logic::LinkId;
 use crate::wire::kvp::Pool;
 use crate::wire::{Message, Status};
@@ -33,11 +37,19 @@ struct Queued {
     answer: Option<(LinkId, Message)>,
 }
 
+/// A write the store finishes later, and what it carries.
+struct InFlight {
+    changes: Vec<Queued>,
+    outcomes: Vec<Result<(), String>>,
+}
+
 #[derive(Default)]
 struct PoolState {
     base: Vec<Pair>,
     view: Vec<Pair>,
     queued: Vec<Queued>,
+    /// The write under way: no other write or read of the pool's file starts until it ends.
+    in_flight: Option<InFlight>,
     last_write: Option<Instant>,
     due: Option<Instant>,
 }
@@ -102,9 +114,19 @@ impl Pools {
         self.states.get(&pool).map_or(&[], |state| &state.view)
     }
 
-    /// Changes waiting for a write, in every pool.
+    /// Changes not yet durable, in every pool: queued, or in a write under way.
     pub fn queued(&self) -> usize {
-        self.states.values().map(|state| state.queued.len()).sum()
+        self.states
+            .values()
+            .map(|state| {
+                state.queued.len() + state.in_flight.as_ref().map_or(0, |f| f.changes.len())
+            })
+            .sum()
+    }
+
+    /// Whether a write is under way.
+    pub fn writing(&self) -> bool {
+        self.states.values().any(|state| state.in_flight.is_some())
     }
 
     /// Reads `pool` again if its file changed since the agent last read or wrote it.
@@ -112,6 +134,10 @@ impl Pools {
         let Some(state) = self.states.get_mut(&pool) else {
             return;
         };
+        // The agent's own write is landing: the view has it, and the file must not be opened meanwhile.
+        if state.in_flight.is_some() {
+            return;
+        }
         match store.reload_if_changed(pool) {
             Ok(Some(base)) => {
                 let mut view = base.clone();
@@ -155,9 +181,13 @@ impl Pools {
         Ok(())
     }
 
-    /// When the next write is due.
+    /// When the next write is due (a pool being written waits for that write to end).
     pub fn deadline(&self) -> Option<Instant> {
-        self.states.values().filter_map(|state| state.due).min()
+        self.states
+            .values()
+            .filter(|state| state.in_flight.is_none())
+            .filter_map(|state| state.due)
+            .min()
     }
 
     /// Writes every pool whose write is due at `now` (all of them with `everything`), and puts the answers
@@ -172,6 +202,7 @@ impl Pools {
         let due: Vec<Pool> = self
             .states
             .iter()
+            .filter(|(_, state)| state.in_flight.is_none())
             .filter(|(_, state)| state.due.is_some_and(|at| everything || at <= now))
             .map(|(&pool, _)| pool)
             .collect();
@@ -191,20 +222,74 @@ impl Pools {
         let Some(state) = self.states.get_mut(&pool) else {
             return;
         };
-        let queued = std::mem::take(&mut state.queued);
+        let changes = std::mem::take(&mut state.queued);
         state.due = None;
         state.last_write = Some(now);
-        let mut outcomes: Vec<Result<(), String>> = Vec::with_capacity(queued.len());
-        let written = store.update(pool, &mut |pairs| {
+        let mut outcomes: Vec<Result<(), String>> = Vec::with_capacity(changes.len());
+        let update = store.update(pool, &mut |pairs| {
             outcomes.clear();
-            for change in &queued {
+            for change in &changes {
                 outcomes.push(apply(pairs, &change.edit, max_bytes));
             }
         });
-        match written {
+        let flight = InFlight { changes, outcomes };
+        match update {
+            Update::Done(result) => self.complete(pool, flight, result, out),
+            Update::Started => state.in_flight = Some(flight),
+        }
+    }
+
+    /// Takes in the writes the store finished, and puts their answers into `out`.
+    pub fn take_finished(&mut self, store: &mut dyn PoolStore, out: &mut Vec<(LinkId, Message)>) {
+        for (pool, result) in store.finished() {
+            let flight = self
+                .states
+                .get_mut(&pool)
+                .and_then(|state| state.in_flight.take());
+            if let Some(flight) = flight {
+                self.complete(pool, flight, result, out);
+            }
+        }
+    }
+
+    /// Writes everything that waits and waits for every write to end (the agent stopping).
+    pub fn write_all(
+        &mut self,
+        store: &mut dyn PoolStore,
+        now: Instant,
+        out: &mut Vec<(LinkId, Message)>,
+    ) {
+        // Two rounds at most: what waited behind a write under way goes in the second.
+        for _ in 0..2 {
+            self.write_due(store, now, true, out);
+            if self.writing() {
+                store.wait();
+                self.take_finished(store, out);
+            }
+        }
+    }
+
+    /// A write ended: the pool is what was written (or, when it failed, what it was), with the changes
+    /// queued since applied on top, and every change it carried is answered.
+    fn complete(
+        &mut self,
+        pool: Pool,
+        flight: InFlight,
+        result: Result<Vec<Pair>, String>,
+        out: &mut Vec<(LinkId, Message)>,
+    ) {
+        let max_bytes = self.max_bytes;
+        let Some(state) = self.states.get_mut(&pool) else {
+            return;
+        };
+        let InFlight {
+            changes,
+            mut outcomes,
+        } = flight;
+        match result {
             Ok(pairs) => {
                 self.counts.writes += 1;
-                self.counts.changes += queued.len() as u64;
+                self.counts.changes += changes.len() as u64;
                 state.base = pairs;
             }
             Err(why) => {
@@ -212,13 +297,18 @@ impl Pools {
                 warn!(
                     "guestinfo: cannot store the {} pool: {why}; {} change(s) answered HV_E_FAIL",
                     pool.name(),
-                    queued.len()
+                    changes.len()
                 );
-                outcomes = vec![Err(why); queued.len()];
+                outcomes = vec![Err(why); changes.len()];
             }
         }
-        state.view = state.base.clone();
-        for (change, outcome) in queued.into_iter().zip(outcomes) {
+        let mut view = state.base.clone();
+        for queued in &state.queued {
+            // One that no longer fits is refused when the pool is written.
+            let _ = apply(&mut view, &queued.edit, max_bytes);
+        }
+        state.view = view;
+        for (change, outcome) in changes.into_iter().zip(outcomes) {
             let status = match &outcome {
                 Ok(()) => Status::OK,
                 Err(why) => {
@@ -240,7 +330,11 @@ impl Pools {
     /// Drops the answers queued for `link`, which is gone; its changes are still written.
     pub fn forget_link(&mut self, link: LinkId) {
         for state in self.states.values_mut() {
-            for queued in &mut state.queued {
+            let in_flight = state
+                .in_flight
+                .iter_mut()
+                .flat_map(|flight| flight.changes.iter_mut());
+            for queued in state.queued.iter_mut().chain(in_flight) {
                 if queued.answer.as_ref().is_some_and(|(to, _)| *to == link) {
                     queued.answer = None;
                 }

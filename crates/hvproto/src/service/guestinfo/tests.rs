@@ -49,7 +49,13 @@ impl PoolStore for MemStore {
                 .unwrap_or_default()
         }))
     }
-    fn update(
+    fn update(&mut self, pool: Pool, edit: &mut dyn FnMut(&mut Vec<Pair>)) -> Update {
+        Update::Done(self.update_now(pool, edit))
+    }
+}
+
+impl MemStore {
+    fn update_now(
         &mut self,
         pool: Pool,
         edit: &mut dyn FnMut(&mut Vec<Pair>),
@@ -63,6 +69,47 @@ impl PoolStore for MemStore {
         self.saved.borrow_mut().insert(pool.0, pairs.clone());
         self.changed.borrow_mut().retain(|&p| p != pool.0);
         Ok(pairs)
+    }
+}
+
+/// A store that finishes its writes later, when the test says (as the agent's does on another thread).
+#[derive(Clone, Default)]
+struct LaterStore {
+    now: MemStore,
+    done: Rc<RefCell<Vec<Finished>>>,
+    finished: Rc<RefCell<Vec<Finished>>>,
+    reloads: Rc<RefCell<u32>>,
+}
+
+impl LaterStore {
+    /// The writes under way reach the disk.
+    fn land(&self) {
+        let mut landed = self.done.borrow_mut().drain(..).collect();
+        self.finished.borrow_mut().append(&mut landed);
+    }
+}
+
+impl PoolStore for LaterStore {
+    fn load(&mut self, pool: Pool) -> Result<Vec<Pair>, String> {
+        self.now.load(pool)
+    }
+    fn reload_if_changed(&mut self, pool: Pool) -> Result<Option<Vec<Pair>>, String> {
+        *self.reloads.borrow_mut() += 1;
+        self.now.reload_if_changed(pool)
+    }
+    fn update(&mut self, pool: Pool, edit: &mut dyn FnMut(&mut Vec<Pair>)) -> Update {
+        let result = self.now.update_now(pool, edit);
+        self.done.borrow_mut().push((pool, result));
+        Update::Started
+    }
+    fn finished(&mut self) -> Vec<Finished> {
+        self.finished.borrow_mut().drain(..).collect()
+    }
+    fn watched(&self) -> Option<Watch> {
+        Some(Watch(9))
+    }
+    fn wait(&mut self) {
+        self.land();
     }
 }
 
@@ -332,6 +379,62 @@ fn a_set_is_answered_only_once_written_and_a_stream_of_sets_is_one_write_per_int
     assert!(status
         .iter()
         .any(|(label, value)| *label == "kvp writes" && value.starts_with("2 (51 changes")));
+}
+
+#[test]
+fn a_write_finished_off_the_loop_is_answered_when_it_lands_and_nothing_else_touches_the_pool_meanwhile(
+) {
+    let store = LaterStore::default();
+    let mut logic = GuestInfoLogic::new(Box::new(store.clone()), Box::new(FakeInfo), &settings());
+    assert_eq!(logic.watched(), Some(Watch(9)));
+    let start = Instant::now();
+    assert!(matches!(
+        send_at(&mut logic, 1, &set(Pool::GUEST, "a", "1"), start),
+        Ok(Got::Later)
+    ));
+    let mut out = Vec::new();
+    logic.on_timer(start, &mut out);
+    assert!(out.is_empty(), "not answered before it is durable");
+    assert_eq!(
+        logic.deadline(),
+        None,
+        "no timer while the write is under way"
+    );
+    // A change while it is under way waits for it; the host sees both, and the file is not read again.
+    let reloads = *store.reloads.borrow();
+    let later = start + Duration::from_millis(1);
+    assert!(matches!(
+        send_at(&mut logic, 1, &set(Pool::GUEST, "b", "2"), later),
+        Ok(Got::Later)
+    ));
+    let (_, answer) = got_now(send_at(&mut logic, 1, &get(Pool::GUEST, "a"), later));
+    assert_eq!(shown(&answer).1, "1");
+    assert_eq!(
+        *store.reloads.borrow(),
+        reloads,
+        "the pool's file is left alone while it is written"
+    );
+    logic.on_timer(start + Duration::from_secs(1), &mut out);
+    assert_eq!(
+        *store.now.updates.borrow(),
+        1,
+        "one write of a pool at a time"
+    );
+    store.land();
+    logic.watch_ready(later);
+    assert_eq!(logic.deadline(), Some(later));
+    logic.on_timer(later, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.header.status, Status::OK);
+    // The next write goes once the interval since the last one ends, and finishing waits for it.
+    assert_eq!(logic.deadline(), Some(start + settings().flush_interval));
+    out.clear();
+    logic.finishing(later, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        store.now.saved.borrow()[&1],
+        [Pair::text("a", "1"), Pair::text("b", "2")]
+    );
 }
 
 #[test]
