@@ -72,25 +72,12 @@ pub fn parse_action(operands: &[String]) -> Result<Action, Failure> {
 
 /// A pool by name, as hvhost names them (external, guest, auto, auto-external, auto-internal), or number.
 pub fn parse_pool(text: &str) -> Result<Pool, Failure> {
-    let pool = match text {
-        "external" => Pool::EXTERNAL,
-        "guest" => Pool::GUEST,
-        "auto" => Pool::AUTO,
-        "auto-external" => Pool::AUTO_EXTERNAL,
-        "auto-internal" => Pool::AUTO_INTERNAL,
-        number => Pool(number.parse().map_err(|_| {
-            usage(format!(
-                "--pool '{text}' is not external, guest, auto, auto-external, auto-internal or 0 to 4"
-            ))
-        })?),
-    };
-    if pool.0 > 4 {
-        return Err(usage(format!(
-            "there is no pool {} (pools are 0 to 4)",
-            pool.0
-        )));
+    match Pool::parse(text) {
+        Some(pool) if pool.0 <= 4 => Ok(pool),
+        _ => Err(usage(format!(
+            "--pool '{text}' is not external, guest, auto, auto-external, auto-internal or 0 to 4"
+        ))),
     }
-    Ok(pool)
 }
 
 /// Runs `action` on the pools of `settings` and returns what to print.
@@ -167,25 +154,22 @@ fn checked_pair(key: &str, value: &str) -> Result<Pair, Failure> {
     if key.is_empty() || key.contains('\0') || value.contains('\0') {
         return Err(usage("a key must not be empty, and neither may hold a NUL"));
     }
-    let key_units = key.encode_utf16().count();
-    if key.len() > FILE_KEY_AREA - 1 || key_units > MAX_KEY_SIZE / 2 - 1 {
-        return Err(usage(format!(
-            "the key is {} bytes ({key_units} UTF-16 units); at most {} bytes and {} units fit",
-            key.len(),
-            FILE_KEY_AREA - 1,
-            MAX_KEY_SIZE / 2 - 1
-        )));
-    }
-    let value_units = value.encode_utf16().count();
-    if value.len() > FILE_VALUE_AREA - 1 || value_units > MAX_VALUE_SIZE / 2 - 1 {
-        return Err(usage(format!(
-            "the value is {} bytes ({value_units} UTF-16 units); at most {} bytes and {} units fit",
-            value.len(),
-            FILE_VALUE_AREA - 1,
-            MAX_VALUE_SIZE / 2 - 1
-        )));
-    }
+    fits("key", key, FILE_KEY_AREA - 1, MAX_KEY_SIZE / 2 - 1)?;
+    fits("value", value, FILE_VALUE_AREA - 1, MAX_VALUE_SIZE / 2 - 1)?;
     Ok(Pair::text(key, value))
+}
+
+/// Refuses `text` when it is longer than a record holds (`bytes` as UTF-8) or a host reads back whole
+/// (`units` of UTF-16).
+fn fits(what: &str, text: &str, bytes: usize, units: usize) -> Result<(), Failure> {
+    let count = text.encode_utf16().count();
+    if text.len() > bytes || count > units {
+        return Err(usage(format!(
+            "the {what} is {} bytes ({count} UTF-16 units); at most {bytes} bytes and {units} units fit",
+            text.len()
+        )));
+    }
+    Ok(())
 }
 
 fn update(dir: &Path, pool: Pool, edit: &mut dyn FnMut(&mut Vec<Pair>)) -> Result<(), Failure> {

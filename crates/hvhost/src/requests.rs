@@ -153,17 +153,9 @@ impl KvpCommand {
 
 /// A pool by name (external, guest, auto, auto-external, auto-internal) or number.
 pub fn parse_pool(text: &str) -> Result<Pool, String> {
-    let pool = match text {
-        "external" => Pool::EXTERNAL,
-        "guest" => Pool::GUEST,
-        "auto" => Pool::AUTO,
-        "auto-external" => Pool::AUTO_EXTERNAL,
-        "auto-internal" => Pool::AUTO_INTERNAL,
-        number => Pool(number.parse().map_err(|_| {
-            format!("--pool '{text}' is not external, guest, auto, auto-external, auto-internal or a number")
-        })?),
-    };
-    Ok(pool)
+    Pool::parse(text).ok_or_else(|| {
+        format!("--pool '{text}' is not external, guest, auto, auto-external, auto-internal or a number")
+    })
 }
 
 /// Most items `hvhost kvp enumerate` asks for before it stops on its own.

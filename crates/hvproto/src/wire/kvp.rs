@@ -100,6 +100,20 @@ impl Pool {
     }
 }
 
+impl Pool {
+    /// A pool by the name [`Pool::name`] gives it, or by number; None for anything else.
+    pub fn parse(text: &str) -> Option<Pool> {
+        match text {
+            "external" => Some(Pool::EXTERNAL),
+            "guest" => Some(Pool::GUEST),
+            "auto" => Some(Pool::AUTO),
+            "auto-external" => Some(Pool::AUTO_EXTERNAL),
+            "auto-internal" => Some(Pool::AUTO_INTERNAL),
+            number => number.parse().ok().map(Pool),
+        }
+    }
+}
+
 impl fmt::Display for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({})", self.name(), self.0)
