@@ -25,7 +25,8 @@
 //! writes pool 1 only for a host's Set or Delete in it, which Hyper-V's host does not send.
 //!
 //! The new file keeps the mode and owner of the one it replaces; a new pool file is mode 0644, as
-//! hv_kvp_daemon creates them, owned by whoever writes it, in a directory made mode 0755.
+//! hv_kvp_daemon creates them, owned by the directory's owner when the writer may give it away (root), in a
+//! directory made mode 0755.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -205,19 +206,34 @@ fn flock(file: File, exclusive: bool, wait: Wait) -> io::Result<Flock<File>> {
     }
 }
 
+/// Opens the pool file at `path` read-write, creating it when there is none. A file it creates is given
+/// the owner of its directory (when the caller may: root), so that `hvagent kvp set` run by root on the
+/// agent's directory does not leave a pool the agent's own user cannot write.
+fn open_for_writing(path: &Path) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).mode(0o644);
+    match options.clone().create_new(true).open(path) {
+        Ok(file) => {
+            if let Some(dir) = path.parent().and_then(|dir| fs::metadata(dir).ok()) {
+                let own = file.metadata()?;
+                if (own.uid(), own.gid()) != (dir.uid(), dir.gid()) {
+                    let _ = std::os::unix::fs::fchown(&file, Some(dir.uid()), Some(dir.gid()));
+                }
+            }
+            Ok(file)
+        }
+        Err(error) if error.kind() == io::ErrorKind::AlreadyExists => options.open(path),
+        Err(error) => Err(error),
+    }
+}
+
 /// Opens and locks the pool file at `path`, again and again until the file locked is the one the name
 /// points to (a writer may have renamed a new one over it while this waited). A read of a file that does
 /// not exist gives None; a write creates it.
 fn lock(path: &Path, exclusive: bool, wait: Wait) -> io::Result<Option<Locked>> {
     loop {
         let opened = if exclusive {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(0o644)
-                .open(path)
+            open_for_writing(path)
         } else {
             File::open(path)
         };

@@ -213,3 +213,34 @@ fn a_writer_waits_for_hv_kvp_daemons_fcntl_lock() {
     holder.wait().unwrap();
     read(dir.path(), pool, Wait::AtMost(Duration::from_millis(500))).unwrap();
 }
+
+#[test]
+fn a_new_pool_file_gets_its_directorys_owner_when_the_writer_may_give_it() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let pools = dir.path().join("pools");
+    fs::create_dir(&pools).unwrap();
+    // What this test runs as: the owner of what it creates.
+    let me = fs::metadata(&pools).unwrap();
+    let root = me.uid() == 0;
+    let owner = if root {
+        (65_534, 65_534)
+    } else {
+        (me.uid(), me.gid())
+    };
+    if root {
+        std::os::unix::fs::chown(&pools, Some(owner.0), Some(owner.1)).unwrap();
+    }
+    for key in ["a", "b"] {
+        update(&pools, Pool::GUEST, Wait::Forever, None, &mut |pairs| {
+            pairs.push(Pair::text(key, "1"))
+        })
+        .unwrap();
+        let meta = fs::metadata(path(&pools, Pool::GUEST)).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            owner,
+            "as root the directory's owner, else the writer"
+        );
+    }
+}
