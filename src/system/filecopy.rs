@@ -7,7 +7,10 @@
 //! and an fsync of the directory.
 //!
 //! Writes start their writeback at once (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which does not wait),
-//! so the fsync at COMPLETE has little left to do and the loop is not held for seconds by it.
+//! so the fsync at COMPLETE has little left to do; that fsync, the link or rename, the directory's fsync
+//! and the close that frees a replaced or abandoned file's blocks run on a thread of the sink's own
+//! ([`Worker`]), and COMPLETE is answered once it has put the file in place, so the loop serves heartbeats
+//! meanwhile.
 
 use std::ffi::{CString, OsStr};
 use std::fs::File;
@@ -16,15 +19,16 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{channel, Receiver, Sender, TryRecvError};
+use std::thread::JoinHandle;
 
 use log::{debug, warn};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::{fstatat, FileStat, Mode, SFlag};
 
-use hvproto::service::filecopy::{CopySink, SinkError, Target};
-
-use super::reclaim;
+use hvproto::service::filecopy::{Commit, CopySink, SinkError, Target};
+use hvproto::service::Watch;
 
 /// Where temporary files start their names: hidden, and recognisably the agent's.
 pub const TEMP_PREFIX: &str = ".hvagent-copy.";
@@ -45,6 +49,12 @@ pub struct SystemSink {
     open: Option<Open>,
     /// Whether to try an unnamed temporary file first (tests turn it off to cover the named one).
     unnamed: bool,
+    /// The thread that puts copies in place, started at the first need; None also when it could not be
+    /// (then that work is done in the loop).
+    worker: Option<Worker>,
+    worker_failed: bool,
+    /// A commit is under way on the worker.
+    committing: bool,
 }
 
 impl Default for SystemSink {
@@ -52,6 +62,9 @@ impl Default for SystemSink {
         SystemSink {
             open: None,
             unnamed: true,
+            worker: None,
+            worker_failed: false,
+            committing: false,
         }
     }
 }
@@ -61,12 +74,25 @@ impl SystemSink {
         SystemSink::default()
     }
 
+    /// The worker thread, started if need be.
+    fn worker(&mut self) -> Option<&Worker> {
+        if self.worker.is_none() && !self.worker_failed {
+            match Worker::start() {
+                Ok(worker) => self.worker = Some(worker),
+                Err(why) => {
+                    warn!("filecopy: no thread of its own ({why}): copies are synced and renamed in the loop");
+                    self.worker_failed = true;
+                }
+            }
+        }
+        self.worker.as_ref()
+    }
+
     /// A sink that always names its temporary files, as it does where O_TMPFILE or /proc is missing.
     pub fn named_temp_files() -> SystemSink {
-        SystemSink {
-            unnamed: false,
-            ..SystemSink::default()
-        }
+        let mut sink = SystemSink::default();
+        sink.unnamed = false;
+        sink
     }
 }
 
@@ -407,89 +433,224 @@ impl CopySink for SystemSink {
         Ok(())
     }
 
-    fn commit(&mut self, overwrite: bool) -> Result<(), SinkError> {
-        let Some(open) = &self.open else {
+    fn commit(&mut self, overwrite: bool) -> Result<Commit, SinkError> {
+        let Some(open) = self.open.take() else {
             return Err(SinkError::Failed("no temporary file is open".to_string()));
         };
-        let path = &open.path;
-        open.temp.sync_all().map_err(|error| {
-            SinkError::Failed(format!("cannot sync the copy of {path}: {error}"))
-        })?;
-        // The file this copy replaces, held (O_PATH opens nothing, not even a FIFO) so that the rename
-        // does not free its blocks in the loop: its last close does, on the closing thread.
-        let replaced = overwrite
-            .then(|| {
-                nix::fcntl::openat(
-                    Some(open.dir.as_raw_fd()),
-                    open.name.as_c_str(),
-                    OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                    Mode::empty(),
-                )
-                .ok()
-            })
-            .flatten();
-        let renamed = match (&open.temp_name, overwrite) {
-            (Some(temp_name), true) => rename_over(&open.dir, temp_name, &open.name),
-            (Some(temp_name), false) => rename_noreplace(&open.dir, temp_name, &open.name),
-            (None, false) => link_unnamed(&open.temp, &open.dir, &open.name),
-            // A link never replaces: the file gets a hidden name first, for the rename over the old one.
-            (None, true) => {
-                let temp_name = c_name(&temp_name(&self_name(&open.name)))?;
-                link_unnamed(&open.temp, &open.dir, &temp_name).and_then(|()| {
-                    let renamed = rename_over(&open.dir, &temp_name, &open.name);
-                    if renamed.is_err() {
-                        let _ = nix::unistd::unlinkat(
-                            Some(open.dir.as_raw_fd()),
-                            temp_name.as_c_str(),
-                            nix::unistd::UnlinkatFlags::NoRemoveDir,
-                        );
-                    }
-                    renamed
-                })
-            }
+        let open = match self.worker() {
+            Some(worker) => match worker.send(Job::Commit(open, overwrite)) {
+                Ok(()) => {
+                    self.committing = true;
+                    return Ok(Commit::Later);
+                }
+                Err(Job::Commit(open, _)) => open,
+                Err(Job::Close(_)) => unreachable!("a commit's job comes back as it went"),
+            },
+            None => open,
         };
-        match renamed {
-            Ok(()) => {}
-            Err(Errno::EEXIST) => {
-                return Err(SinkError::Exists(format!(
-                    "{path} appeared during the copy (the host did not ask to overwrite it)"
-                )))
-            }
-            Err(errno) => return Err(failed(path, "cannot rename the copy to", errno)),
-        }
-        if let Some(replaced) = replaced {
-            // SAFETY: openat returned this descriptor, and nothing else owns it.
-            reclaim::close_later(unsafe { OwnedFd::from_raw_fd(replaced) });
-        }
-        // The file is in place; an fsync of the directory that fails leaves it there but says so.
-        if let Err(error) = open.dir.sync_all() {
-            warn!("filecopy: {path} is in place, but syncing its directory failed: {error}");
-        }
-        self.open = None;
-        Ok(())
+        put_in_place(open, overwrite).map(|()| Commit::Done)
+    }
+
+    fn watched(&self) -> Option<Watch> {
+        let worker = self.worker.as_ref().filter(|_| self.committing)?;
+        Some(Watch(i64::from(worker.wake.as_raw_fd())))
+    }
+
+    fn finished(&mut self) -> Option<Result<(), SinkError>> {
+        let worker = self.worker.as_ref().filter(|_| self.committing)?;
+        let mut drained = [0u8; 16];
+        while matches!(nix::unistd::read(worker.wake.as_raw_fd(), &mut drained), Ok(n) if n > 0) {}
+        let outcome = match worker.outcomes.try_recv() {
+            Ok(outcome) => outcome,
+            Err(TryRecvError::Empty) => return None,
+            Err(TryRecvError::Disconnected) => Err(worker_gone()),
+        };
+        self.committing = false;
+        Some(outcome)
+    }
+
+    fn wait(&mut self) -> Option<Result<(), SinkError>> {
+        let worker = self.worker.as_ref().filter(|_| self.committing)?;
+        let outcome = worker
+            .outcomes
+            .recv()
+            .unwrap_or_else(|_| Err(worker_gone()));
+        self.committing = false;
+        Some(outcome)
     }
 
     fn abort(&mut self) {
         let Some(open) = self.open.take() else {
             return;
         };
-        // An unnamed one has no name to remove: its close is all it takes.
-        if let Some(temp_name) = &open.temp_name {
-            if let Err(errno) = nix::unistd::unlinkat(
-                Some(open.dir.as_raw_fd()),
-                temp_name.as_c_str(),
-                nix::unistd::UnlinkatFlags::NoRemoveDir,
-            ) {
-                warn!(
-                    "filecopy: cannot remove the temporary file {} beside {}: {}",
-                    OsStr::from_bytes(temp_name.as_bytes()).to_string_lossy(),
-                    open.path,
-                    errno.desc()
-                );
+        remove_temp(&open);
+        // A large file's blocks are freed at its last close, which would hold the loop.
+        if let Some(worker) = self.worker() {
+            let _ = worker.send(Job::Close(open.temp));
+        }
+    }
+}
+
+impl Drop for SystemSink {
+    /// A commit under way is finished before the agent goes on stopping.
+    fn drop(&mut self) {
+        if let Some(mut worker) = self.worker.take() {
+            worker.jobs = None;
+            if let Some(thread) = worker.thread.take() {
+                let _ = thread.join();
             }
         }
-        // Its blocks are freed at its last close: a large one's would hold the loop.
-        reclaim::close_later(open.temp);
+    }
+}
+
+/// What the worker thread does.
+enum Job {
+    /// Put a whole copy in place (`overwrite` as the host asked).
+    Commit(Open, bool),
+    /// Close a file whose last close frees its blocks.
+    Close(File),
+}
+
+/// The file-copy edge's thread: it syncs and renames each finished copy and closes what is freed, the calls
+/// that take milliseconds (tens of them on a busy disk, or for the blocks of a large file a rename
+/// replaces), so that the loop goes on serving heartbeats meanwhile. A commit's end is a byte on `wake`,
+/// the pipe the loop watches, and its outcome on `outcomes`.
+struct Worker {
+    jobs: Option<Sender<Job>>,
+    outcomes: Receiver<Result<(), SinkError>>,
+    wake: OwnedFd,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    fn start() -> Result<Worker, String> {
+        let (wake, wake_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+            .map_err(|errno| format!("cannot make its pipe: {}", errno.desc()))?;
+        let (jobs, queue) = channel::<Job>();
+        let (ends, outcomes) = channel();
+        let thread = std::thread::Builder::new()
+            .name("hvagent-filecopy".to_string())
+            .spawn(move || {
+                for job in queue {
+                    match job {
+                        Job::Commit(open, overwrite) => {
+                            let _ = ends.send(put_in_place(open, overwrite));
+                            // A full pipe wakes the loop already.
+                            let _ = nix::unistd::write(&wake_write, &[1]);
+                        }
+                        Job::Close(file) => drop(file),
+                    }
+                }
+            })
+            .map_err(|error| error.to_string())?;
+        Ok(Worker {
+            jobs: Some(jobs),
+            outcomes,
+            wake,
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands `job` to the thread; gives it back when the thread is gone.
+    fn send(&self, job: Job) -> Result<(), Job> {
+        match &self.jobs {
+            Some(jobs) => jobs.send(job).map_err(|unsent| unsent.0),
+            None => Err(job),
+        }
+    }
+}
+
+fn worker_gone() -> SinkError {
+    SinkError::Failed("the file-copy thread ended before the copy was in place".to_string())
+}
+
+/// Removes a named temporary file (an unnamed one goes with its descriptor).
+fn remove_temp(open: &Open) {
+    let Some(temp_name) = &open.temp_name else {
+        return;
+    };
+    if let Err(errno) = nix::unistd::unlinkat(
+        Some(open.dir.as_raw_fd()),
+        temp_name.as_c_str(),
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    ) {
+        warn!(
+            "filecopy: cannot remove the temporary file {} beside {}: {}",
+            OsStr::from_bytes(temp_name.as_bytes()).to_string_lossy(),
+            open.path,
+            errno.desc()
+        );
+    }
+}
+
+/// Syncs the copy, gives it its name (replacing a file only when `overwrite`) and syncs the directory; a
+/// copy that cannot be put in place is removed. Runs on the worker thread, or in the loop where there is
+/// none.
+fn put_in_place(open: Open, overwrite: bool) -> Result<(), SinkError> {
+    let placed = link_or_rename(&open, overwrite);
+    if placed.is_err() {
+        remove_temp(&open);
+        return placed.map(drop);
+    }
+    // The file is in place; an fsync of the directory that fails leaves it there but says so.
+    if let Err(error) = open.dir.sync_all() {
+        warn!(
+            "filecopy: {} is in place, but syncing its directory failed: {error}",
+            open.path
+        );
+    }
+    // Dropped here, last: the replaced file's blocks are freed at this close.
+    drop(placed);
+    Ok(())
+}
+
+/// The fsync and the link or rename of [`put_in_place`]; Ok holds the file it replaced, if any.
+fn link_or_rename(open: &Open, overwrite: bool) -> Result<Option<OwnedFd>, SinkError> {
+    let path = &open.path;
+    open.temp
+        .sync_all()
+        .map_err(|error| SinkError::Failed(format!("cannot sync the copy of {path}: {error}")))?;
+    // The file this copy replaces, held (O_PATH opens nothing, not even a FIFO), so that its blocks are
+    // freed at the close of this descriptor rather than inside the rename.
+    let replaced = overwrite
+        .then(|| {
+            nix::fcntl::openat(
+                Some(open.dir.as_raw_fd()),
+                open.name.as_c_str(),
+                OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .ok()
+        })
+        .flatten()
+        // SAFETY: openat returned this descriptor, and nothing else owns it.
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    let renamed = match (&open.temp_name, overwrite) {
+        (Some(temp_name), true) => rename_over(&open.dir, temp_name, &open.name),
+        (Some(temp_name), false) => rename_noreplace(&open.dir, temp_name, &open.name),
+        (None, false) => link_unnamed(&open.temp, &open.dir, &open.name),
+        // A link never replaces: the file gets a hidden name first, for the rename over the old one.
+        (None, true) => {
+            let temp_name = c_name(&temp_name(&self_name(&open.name)))?;
+            link_unnamed(&open.temp, &open.dir, &temp_name).and_then(|()| {
+                let renamed = rename_over(&open.dir, &temp_name, &open.name);
+                if renamed.is_err() {
+                    let _ = nix::unistd::unlinkat(
+                        Some(open.dir.as_raw_fd()),
+                        temp_name.as_c_str(),
+                        nix::unistd::UnlinkatFlags::NoRemoveDir,
+                    );
+                }
+                renamed
+            })
+        }
+    };
+    match renamed {
+        Ok(()) => Ok(replaced),
+        Err(Errno::EEXIST) => Err(SinkError::Exists(format!(
+            "{path} appeared during the copy (the host did not ask to overwrite it)"
+        ))),
+        Err(errno) => Err(failed(path, "cannot rename the copy to", errno)),
     }
 }
 

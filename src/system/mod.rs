@@ -13,7 +13,6 @@ pub mod netinfo;
 pub mod netns;
 pub mod pool_file;
 pub mod power;
-pub mod reclaim;
 pub mod sysinfo;
 
 use std::path::Path;

@@ -13,6 +13,36 @@ fn target(base: &std::path::Path, dirs: &[&str], name: &str, create_path: bool) 
     }
 }
 
+/// Commits and waits for the worker thread to finish it, as the loop does when the pipe wakes it.
+fn commit(sink: &mut SystemSink, overwrite: bool) -> Result<(), SinkError> {
+    match sink.commit(overwrite)? {
+        Commit::Done => Ok(()),
+        Commit::Later => {
+            let watch = sink.watched().expect("a later commit is watched");
+            // SAFETY: the sink keeps the pipe open for as long as it reports it.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(watch.0 as i32) };
+            let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+            let woken = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10_000u16)).unwrap();
+            assert_eq!(woken, 1, "the pipe wakes the loop within 10 s");
+            sink.finished()
+                .expect("the outcome once the pipe woke the loop")
+        }
+    }
+}
+
+#[test]
+fn the_worker_waits_out_a_commit_when_asked() {
+    let root = tempfile::tempdir().unwrap();
+    let mut sink = SystemSink::new();
+    sink.begin(&target(root.path(), &[], "w", false), false)
+        .unwrap();
+    sink.write_at(0, b"hello").unwrap();
+    assert_eq!(sink.commit(false).unwrap(), Commit::Later);
+    assert_eq!(sink.wait().expect("an outcome"), Ok(()));
+    assert!(sink.watched().is_none() && sink.finished().is_none() && sink.wait().is_none());
+    assert_eq!(std::fs::read(root.path().join("w")).unwrap(), b"hello");
+}
+
 /// The names in `dir`, sorted.
 fn listing(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -41,7 +71,7 @@ fn a_copy_appears_only_at_commit_with_its_mode_and_abort_leaves_nothing() {
         let during = listing(root.path());
         assert_eq!(during.len(), visible, "entries during the copy: {during:?}");
         assert!(during.iter().all(|name| name.starts_with(TEMP_PREFIX)));
-        sink.commit(false).unwrap();
+        commit(&mut sink, false).unwrap();
         assert_eq!(std::fs::read(root.path().join("f")).unwrap(), b"hello");
         let mode = std::fs::metadata(root.path().join("f"))
             .unwrap()
@@ -68,7 +98,7 @@ fn an_existing_file_is_refused_unless_overwrite_and_then_replaced() {
         sink.begin(&target(root.path(), &[], "f", false), true)
             .unwrap();
         sink.write_at(0, b"new!!").unwrap();
-        sink.commit(true).unwrap();
+        commit(&mut sink, true).unwrap();
         assert_eq!(std::fs::read(root.path().join("f")).unwrap(), b"new!!");
         assert_eq!(listing(root.path()), ["f"], "no temporary name left");
     }
@@ -82,7 +112,10 @@ fn a_file_that_appears_during_the_copy_is_not_replaced() {
             .unwrap();
         sink.write_at(0, b"mine!").unwrap();
         std::fs::write(root.path().join("f"), b"theirs").unwrap();
-        assert!(matches!(sink.commit(false), Err(SinkError::Exists(_))));
+        assert!(matches!(
+            commit(&mut sink, false),
+            Err(SinkError::Exists(_))
+        ));
         sink.abort();
         assert_eq!(std::fs::read(root.path().join("f")).unwrap(), b"theirs");
         assert_eq!(listing(root.path()), ["f"]);
@@ -135,7 +168,7 @@ fn a_fifo_or_a_file_in_the_path_is_not_plain_and_a_missing_dir_needs_create_path
     sink.begin(&target(root.path(), &["a", "b"], "f", true), false)
         .unwrap();
     sink.write_at(0, b"deep!").unwrap();
-    sink.commit(false).unwrap();
+    commit(&mut sink, false).unwrap();
     assert_eq!(std::fs::read(root.path().join("a/b/f")).unwrap(), b"deep!");
 }
 

@@ -22,9 +22,9 @@ use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
-use super::logic::{LinkId, Logic, Refusal, StatusLine};
+use super::logic::{LinkId, Logic, Refusal, StatusLine, Watch};
 use crate::wire::fcopy::{self, Operation, Start};
-use crate::wire::{IcVersion, MessageRef, ReplyWriter, Status};
+use crate::wire::{IcVersion, Message, MessageRef, ReplyWriter, Status};
 pub use target::{NameRefusal, Target};
 
 /// The statuses of the answers. Linux defines the first two (`include/uapi/linux/hyperv.h`); the rest
@@ -130,9 +130,19 @@ impl SinkError {
     }
 }
 
+/// What [`CopySink::commit`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Commit {
+    /// The file is in place.
+    Done,
+    /// The edge finishes it off the loop: [`CopySink::watched`] wakes the loop when it has, and
+    /// [`CopySink::finished`] tells how it went. COMPLETE is answered then.
+    Later,
+}
+
 /// The filesystem side of one copy at a time: a temporary file beside the target, written, then put in
-/// place or removed. The agent's opens beneath the allowed directory without following symlinks; tests
-/// use a fake.
+/// place or removed. The agent's opens beneath the allowed directory without following symlinks, and
+/// syncs and renames on a thread of its own; tests use a fake.
 pub trait CopySink {
     /// Checks the target (its directories made when `create_path`, none of them a symlink or device,
     /// enough free space, no existing file unless `overwrite`) and creates the temporary file.
@@ -140,8 +150,21 @@ pub trait CopySink {
     /// Writes `data` at `offset` of the temporary file.
     fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), SinkError>;
     /// Syncs the temporary file, renames it to the target (refusing to replace an existing one unless
-    /// `overwrite`) and syncs the directory.
-    fn commit(&mut self, overwrite: bool) -> Result<(), SinkError>;
+    /// `overwrite`) and syncs the directory, now or later ([`Commit`]). A commit that fails removes the
+    /// temporary file itself.
+    fn commit(&mut self, overwrite: bool) -> Result<Commit, SinkError>;
+    /// What the loop watches while a [`Commit::Later`] is under way.
+    fn watched(&self) -> Option<Watch> {
+        None
+    }
+    /// The outcome of the commit under way once it has ended; None while it has not.
+    fn finished(&mut self) -> Option<Result<(), SinkError>> {
+        None
+    }
+    /// Waits for the commit under way to end and returns its outcome (the agent stopping).
+    fn wait(&mut self) -> Option<Result<(), SinkError>> {
+        None
+    }
     /// Removes the temporary file, if there is one; harmless when there is none.
     fn abort(&mut self);
 }
@@ -185,11 +208,25 @@ struct Copy {
     last: Instant,
 }
 
-/// The file-copy service's state: idle, or one copy in progress.
+/// A copy whose COMPLETE arrived and whose file the edge is still putting in place.
+#[derive(Debug)]
+struct Committing {
+    link: LinkId,
+    copy: Copy,
+    /// COMPLETE's answer, its status set when the commit ends; None when the host wants none or its link
+    /// is gone.
+    answer: Option<Message>,
+}
+
+/// The file-copy service's state: idle, one copy in progress, or one being put in place.
 pub struct FileCopyLogic {
     settings: FileCopySettings,
     sink: Box<dyn CopySink>,
     copy: Option<Copy>,
+    committing: Option<Committing>,
+    /// Deferred answers due at the next timer, and since when (the timer is then due at once).
+    ready: Vec<(LinkId, Message)>,
+    ready_at: Option<Instant>,
     copies: u64,
     last: Option<(Instant, String)>,
 }
@@ -200,12 +237,21 @@ impl FileCopyLogic {
             settings,
             sink,
             copy: None,
+            committing: None,
+            ready: Vec::new(),
+            ready_at: None,
             copies: 0,
             last: None,
         }
     }
 
     fn start(&mut self, link: LinkId, request: &Start, now: Instant) -> Result<(), Refusal> {
+        if let Some(committing) = &self.committing {
+            return Err(Refusal::new(
+                status::BUSY,
+                format!("{} is still being put in place", committing.copy.path),
+            ));
+        }
         if let Some(copy) = &self.copy {
             if copy.link != link {
                 return Err(Refusal::new(
@@ -330,7 +376,13 @@ impl FileCopyLogic {
         })
     }
 
-    fn complete(&mut self, link: LinkId, now: Instant) -> Result<(), Refusal> {
+    /// COMPLETE: the file put in place now (Ok(true)), or by the edge later (Ok(false): the answer waits).
+    fn complete(
+        &mut self,
+        link: LinkId,
+        request: &MessageRef<'_>,
+        now: Instant,
+    ) -> Result<bool, Refusal> {
         let copy = self.copy_of(link, Operation::COMPLETE_FCOPY)?;
         if copy.received != copy.size {
             let why = format!(
@@ -341,16 +393,36 @@ impl FileCopyLogic {
         }
         let overwrite = copy.overwrite;
         self.flush()?;
-        // The copy stays in progress until the commit succeeds, so a failed one is ended (and its
-        // temporary file removed) like any other refusal.
-        if let Err(error) = self.sink.commit(overwrite) {
+        // The copy stays in progress until the commit is under way, so a failed one is ended like any
+        // other refusal.
+        let commit = self.sink.commit(overwrite).map_err(|error| {
             let path = self.copy.as_ref().map_or("", |copy| copy.path.as_str());
             let why = format!("could not put {path} in place: {}", error.why());
-            return Err(Refusal::new(error.status(), why));
-        }
+            Refusal::new(error.status(), why)
+        })?;
         let Some(copy) = self.copy.take() else {
-            return Ok(());
+            return Ok(true);
         };
+        match commit {
+            Commit::Done => {
+                self.copied(copy, now);
+                Ok(true)
+            }
+            Commit::Later => {
+                // The answer is the request's own bytes, as every answer of this service.
+                let answer = request
+                    .header
+                    .flags
+                    .expects_answer()
+                    .then(|| request.reply(Status::OK, request.body.to_vec()));
+                self.committing = Some(Committing { link, copy, answer });
+                Ok(false)
+            }
+        }
+    }
+
+    /// A copy is in place.
+    fn copied(&mut self, copy: Copy, now: Instant) {
         let took = now.saturating_duration_since(copy.started).as_secs_f64();
         info!(
             "filecopy: copied {} bytes to {} in {took:.2} s ({:.1} MiB/s)",
@@ -360,7 +432,38 @@ impl FileCopyLogic {
         );
         self.copies += 1;
         self.last = Some((now, format!("{} ({} bytes)", copy.path, copy.size)));
-        Ok(())
+    }
+
+    /// The commit under way ended with `outcome`: its COMPLETE is answered at the next timer.
+    fn committed(&mut self, outcome: Result<(), SinkError>, now: Instant) {
+        let Some(Committing {
+            link,
+            copy,
+            mut answer,
+        }) = self.committing.take()
+        else {
+            return;
+        };
+        let status = match outcome {
+            Ok(()) => {
+                self.copied(copy, now);
+                Status::OK
+            }
+            Err(error) => {
+                warn!(
+                    "filecopy: could not put {} in place: {}; nothing was left behind",
+                    copy.path,
+                    error.why()
+                );
+                self.last = Some((now, format!("{} not put in place", copy.path)));
+                error.status()
+            }
+        };
+        if let Some(mut answer) = answer.take() {
+            answer.header.status = status;
+            self.ready.push((link, answer));
+            self.ready_at = Some(now);
+        }
     }
 
     /// Ends the copy in progress without putting the file in place.
@@ -403,7 +506,14 @@ impl Logic for FileCopyLogic {
                 .map_err(Refusal::invalid)
                 .and_then(|start| self.start(link, &start, now)),
             Operation::WRITE_TO_FILE => self.write(link, body, now),
-            Operation::COMPLETE_FCOPY => self.complete(link, now),
+            Operation::COMPLETE_FCOPY => match self.complete(link, request, now) {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    reply.defer();
+                    return Ok(Status::OK);
+                }
+                Err(refusal) => Err(refusal),
+            },
             Operation::CANCEL_FCOPY => {
                 if self.copy.as_ref().is_some_and(|copy| copy.link == link) {
                     self.end(Ending::Cancel, now);
@@ -432,9 +542,17 @@ impl Logic for FileCopyLogic {
         if self.copy.as_ref().is_some_and(|copy| copy.link == link) {
             self.end(Ending::LinkClosed, Instant::now());
         }
+        // A file whose every byte arrived is still put in place; only its answer has nowhere to go.
+        if let Some(committing) = self.committing.as_mut().filter(|c| c.link == link) {
+            committing.answer = None;
+        }
+        self.ready.retain(|(to, _)| *to != link);
     }
 
     fn deadline(&self) -> Option<Instant> {
+        if let Some(at) = self.ready_at.filter(|_| !self.ready.is_empty()) {
+            return Some(at);
+        }
         let copy = self.copy.as_ref()?;
         let idle = copy.last + self.settings.copy_timeout;
         if copy.pending.is_empty() {
@@ -444,7 +562,30 @@ impl Logic for FileCopyLogic {
         }
     }
 
-    fn on_timer(&mut self, now: Instant, _out: &mut Vec<(LinkId, crate::wire::Message)>) {
+    fn watched(&self) -> Option<Watch> {
+        self.committing.as_ref().and_then(|_| self.sink.watched())
+    }
+
+    fn watch_ready(&mut self, now: Instant) {
+        if self.committing.is_some() {
+            if let Some(outcome) = self.sink.finished() {
+                self.committed(outcome, now);
+            }
+        }
+    }
+
+    fn finishing(&mut self, now: Instant, out: &mut Vec<(LinkId, Message)>) {
+        if self.committing.is_some() {
+            if let Some(outcome) = self.sink.wait() {
+                self.committed(outcome, now);
+            }
+        }
+        out.append(&mut self.ready);
+    }
+
+    fn on_timer(&mut self, now: Instant, out: &mut Vec<(LinkId, Message)>) {
+        out.append(&mut self.ready);
+        self.ready_at = None;
         let Some(copy) = &self.copy else {
             return;
         };
@@ -461,6 +602,13 @@ impl Logic for FileCopyLogic {
 
     fn status(&self, now: Instant) -> Vec<StatusLine> {
         let state = match &self.copy {
+            None if self.committing.is_some() => {
+                let path = self
+                    .committing
+                    .as_ref()
+                    .map_or("", |c| c.copy.path.as_str());
+                format!("putting {path} in place (syncing it)")
+            }
             None => "idle".to_string(),
             Some(copy) => {
                 let took = now.saturating_duration_since(copy.started).as_secs_f64();

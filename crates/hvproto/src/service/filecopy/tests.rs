@@ -21,12 +21,30 @@ struct Disk {
     fail_begin: Option<SinkError>,
     fail_write: Option<SinkError>,
     fail_commit: Option<SinkError>,
+    /// Commits finish later, as the agent's do: the data waits in `committing` until `finish_commit`.
+    later: bool,
+    committing: Option<(String, Vec<u8>)>,
+    /// The outcome of a later commit that ended, for `finished`.
+    ended: Option<Result<(), SinkError>>,
 }
 
 #[derive(Clone, Default)]
 struct World(Rc<RefCell<Disk>>);
 
 impl World {
+    /// Ends the later commit under way: the file in place, or `error`.
+    fn finish_commit(&self, error: Option<SinkError>) {
+        let mut disk = self.0.borrow_mut();
+        let (path, data) = disk.committing.take().expect("a commit under way");
+        match error {
+            None => {
+                disk.files.retain(|(p, _)| *p != path);
+                disk.files.push((path, data));
+                disk.ended = Some(Ok(()));
+            }
+            Some(error) => disk.ended = Some(Err(error)),
+        }
+    }
     fn journal(&self) -> Vec<String> {
         self.0.borrow().journal.clone()
     }
@@ -72,17 +90,36 @@ impl CopySink for FakeSink {
         temp.extend_from_slice(data);
         Ok(())
     }
-    fn commit(&mut self, overwrite: bool) -> Result<(), SinkError> {
+    fn commit(&mut self, overwrite: bool) -> Result<Commit, SinkError> {
         let mut disk = self.0 .0.borrow_mut();
         disk.journal.push(format!("commit overwrite={overwrite}"));
         if let Some(error) = disk.fail_commit.take() {
+            disk.temp = None;
             return Err(error);
         }
         let data = disk.temp.take().expect("a commit has a temporary file");
         let path = disk.target.take().unwrap();
+        if disk.later {
+            disk.committing = Some((path, data));
+            return Ok(Commit::Later);
+        }
         disk.files.retain(|(p, _)| *p != path);
         disk.files.push((path, data));
-        Ok(())
+        Ok(Commit::Done)
+    }
+    fn watched(&self) -> Option<Watch> {
+        self.0 .0.borrow().committing.as_ref().map(|_| Watch(7))
+    }
+    fn finished(&mut self) -> Option<Result<(), SinkError>> {
+        self.0 .0.borrow_mut().ended.take()
+    }
+    fn wait(&mut self) -> Option<Result<(), SinkError>> {
+        let mut disk = self.0 .0.borrow_mut();
+        disk.ended.take().or_else(|| {
+            let (path, data) = disk.committing.take()?;
+            disk.files.push((path, data));
+            Some(Ok(()))
+        })
     }
     fn abort(&mut self) {
         let mut disk = self.0 .0.borrow_mut();
@@ -298,8 +335,9 @@ fn a_commit_refused_because_the_file_appeared_answers_already_exists_and_leaves_
         ask(&mut logic, 1, header_body(Operation::COMPLETE_FCOPY), now),
         status::ALREADY_EXISTS
     );
+    // A commit that fails removes its temporary file (the sink's part of the contract).
     assert_eq!(world.temp(), None);
-    assert_eq!(world.journal().last().unwrap(), "abort");
+    assert_eq!(world.file("/srv/in/f"), None);
 }
 
 #[test]
@@ -515,4 +553,112 @@ fn the_older_unpadded_write_layout_is_accepted() {
         Status::OK
     );
     assert_eq!(world.file("/srv/in/old"), Some(b"abc".to_vec()));
+}
+
+/// A logic whose sink finishes commits later, with a 5-byte copy of "hello" to /srv/in/f received whole.
+fn received_whole(world: &World, now: Instant) -> FileCopyLogic {
+    world.0.borrow_mut().later = true;
+    let mut logic = logic(world);
+    assert_eq!(
+        ask(&mut logic, 1, start_body("/srv/in", "f", 0, 5), now),
+        Status::OK
+    );
+    assert_eq!(ask(&mut logic, 1, data_body(0, b"hello"), now), Status::OK);
+    logic
+}
+
+/// COMPLETE asked on link 1: whether it was answered at once.
+fn complete_now(logic: &mut FileCopyLogic, now: Instant) -> bool {
+    let request = request(header_body(Operation::COMPLETE_FCOPY));
+    let mut out = Vec::new();
+    let mut reply = ReplyWriter::begin(&request, &mut out);
+    let status = logic
+        .request(1, &request.view(), VERSION, now, &mut reply)
+        .unwrap();
+    assert_eq!(status, Status::OK);
+    !reply.is_deferred()
+}
+
+#[test]
+fn a_commit_finished_off_the_loop_answers_complete_only_once_the_file_is_in_place() {
+    let world = World::default();
+    let now = Instant::now();
+    let mut logic = received_whole(&world, now);
+    assert!(
+        !complete_now(&mut logic, now),
+        "COMPLETE waits for the commit"
+    );
+    assert!(logic.watched().is_some(), "the loop watches the commit");
+    let mut out = Vec::new();
+    logic.watch_ready(now);
+    logic.on_timer(now, &mut out);
+    assert!(out.is_empty(), "nothing answered while the commit runs");
+    assert_eq!(
+        ask(&mut logic, 2, start_body("/srv/in", "g", 0, 1), now),
+        status::BUSY,
+        "no other copy starts meanwhile"
+    );
+    world.finish_commit(None);
+    logic.watch_ready(now);
+    assert_eq!(logic.deadline(), Some(now), "the answer is due at once");
+    logic.on_timer(now, &mut out);
+    assert_eq!(out.len(), 1);
+    let (link, answer) = &out[0];
+    assert_eq!(*link, 1);
+    assert_eq!(answer.header.status, Status::OK);
+    assert_eq!(answer.body, header_body(Operation::COMPLETE_FCOPY));
+    assert_eq!(world.file("/srv/in/f"), Some(b"hello".to_vec()));
+    assert!(logic.watched().is_none());
+    assert!(logic
+        .status(now)
+        .iter()
+        .any(|(label, value)| *label == "copies" && value == "1"));
+}
+
+#[test]
+fn a_commit_that_fails_off_the_loop_answers_complete_with_its_status() {
+    let world = World::default();
+    let now = Instant::now();
+    let mut logic = received_whole(&world, now);
+    assert!(!complete_now(&mut logic, now));
+    world.finish_commit(Some(SinkError::Exists("/srv/in/f appeared".to_string())));
+    logic.watch_ready(now);
+    let mut out = Vec::new();
+    logic.on_timer(now, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.header.status, status::ALREADY_EXISTS);
+    assert_eq!(world.file("/srv/in/f"), None);
+    // The service is free again.
+    assert_eq!(
+        ask(&mut logic, 1, start_body("/srv/in", "g", 0, 0), now),
+        Status::OK
+    );
+}
+
+#[test]
+fn a_link_gone_during_the_commit_still_gets_its_file_but_no_answer() {
+    let world = World::default();
+    let now = Instant::now();
+    let mut logic = received_whole(&world, now);
+    assert!(!complete_now(&mut logic, now));
+    logic.closed(1);
+    world.finish_commit(None);
+    logic.watch_ready(now);
+    let mut out = Vec::new();
+    logic.on_timer(now, &mut out);
+    assert!(out.is_empty());
+    assert_eq!(world.file("/srv/in/f"), Some(b"hello".to_vec()));
+}
+
+#[test]
+fn a_stopping_agent_waits_for_the_commit_and_sends_its_answer() {
+    let world = World::default();
+    let now = Instant::now();
+    let mut logic = received_whole(&world, now);
+    assert!(!complete_now(&mut logic, now));
+    let mut out = Vec::new();
+    logic.finishing(now, &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].1.header.status, Status::OK);
+    assert_eq!(world.file("/srv/in/f"), Some(b"hello".to_vec()));
 }

@@ -5,7 +5,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use super::*;
-use crate::service::filecopy::{CopySink, FileCopyLogic, FileCopySettings, SinkError, Target};
+use crate::service::filecopy::{
+    Commit, CopySink, FileCopyLogic, FileCopySettings, SinkError, Target,
+};
 use crate::service::{handle_to_messages, Channel, ServiceKind};
 use crate::wire::fcopy::CopyFlags;
 
@@ -25,11 +27,11 @@ impl CopySink for MemorySink {
         files.0.extend_from_slice(data);
         Ok(())
     }
-    fn commit(&mut self, _: bool) -> Result<(), SinkError> {
+    fn commit(&mut self, _: bool) -> Result<Commit, SinkError> {
         let mut files = self.0.borrow_mut();
         let data = std::mem::take(&mut files.0);
         files.1 = Some(data);
-        Ok(())
+        Ok(Commit::Done)
     }
     fn abort(&mut self) {}
 }
