@@ -317,6 +317,35 @@ pub struct Prepared {
     pub pairs: Vec<Pair>,
 }
 
+/// Creates `dir` and the directories missing above it (mode 0755), each given the owner of the directory
+/// it is made in when the caller may (root), as a pool file is: `hvagent kvp set` run by root before the
+/// agent ever wrote a pool must not leave a directory the agent's own user cannot write in.
+fn create_dirs_like_parent(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut existing = dir;
+    while !existing.exists() {
+        missing.push(existing);
+        existing = match existing.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
+    }
+    let owner = fs::metadata(existing)?;
+    for made in missing.into_iter().rev() {
+        match fs::DirBuilder::new().mode(0o755).create(made) {
+            Ok(()) => {}
+            // Another writer made it first: theirs stands.
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(error) => return Err(error),
+        }
+        let own = fs::metadata(made)?;
+        if (own.uid(), own.gid()) != (owner.uid(), owner.gid()) {
+            let _ = std::os::unix::fs::chown(made, Some(owner.uid()), Some(owner.gid()));
+        }
+    }
+    Ok(())
+}
+
 /// Takes the locks, reads the pool, applies `edit` and writes the result to the temporary file.
 pub fn prepare(
     dir: &Path,
@@ -325,10 +354,7 @@ pub fn prepare(
     edit: &mut dyn FnMut(&mut Vec<Pair>),
 ) -> io::Result<Prepared> {
     if !dir.exists() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir)?;
+        create_dirs_like_parent(dir)?;
     }
     let target = path(dir, pool);
     let Some(mut locked) = lock(&target, true, wait)? else {

@@ -8,7 +8,7 @@
 
 # sd-poweroff powers the guest off, so it stays last.
 IMAGE_SCENARIOS="sd-ready sd-least-privilege sd-status-doctor sd-health sd-clock-step sd-restart-clock
-    sd-stop-frequency sd-guestinfo sd-reload sd-watchdog sd-polkit sd-upgrade sd-poweroff"
+    sd-stop-frequency sd-guestinfo sd-kvp sd-reload sd-watchdog sd-polkit sd-upgrade sd-poweroff"
 CAP_SYS_TIME_ONLY=0000000002000000 # a capability set holding CAP_SYS_TIME (bit 25) alone
 NO_CAPABILITY=0000000000000000
 GUESTINFO_PORT=$((0x48560002))
@@ -276,6 +276,43 @@ scenario_sd_guestinfo() {
     grep -q "$IMAGE_IPV4" <<<"$line" ||
         { diag "$(cat "$RUN/sd-kvp.out")"; fail "NetworkAddressIPv4 is not $IMAGE_IPV4: ${line:-absent}"; return; }
     pass "PrivateNetwork=yes, pool 2 enumerate: $line"
+}
+
+# kvp_host NAME ARGS...: hvhost kvp ARGS to the guest's guest-info service; its output in RUN/NAME.out.
+kvp_host() {
+    local name=$1 status
+    shift
+    bg_start "$name" "$HVHOST" kvp "hybrid:$RUN/vsock.uds:$GUESTINFO_PORT" "$@"
+    status=0
+    bg_wait "$name" 60 || status=$?
+    [ "$status" = 0 ] || { agent_journal; fail "hvhost kvp $* exited $status: $(bg_why "$name")"; }
+}
+
+# The pool files under the packaged unit: what `hvagent kvp set` (root, on the files) writes the host
+# enumerates, what the host sets `hvagent kvp get` reads, and GET_IP_INFO for the guest's own adapter (by
+# its MAC) answers its address from inside PrivateNetwork=.
+scenario_sd_kvp() {
+    sd_begin || return
+    guest 30 'hvagent kvp set Role "web server" && hvagent kvp set Stage ready;
+        echo owner=$(stat -c %u /var/lib/hvagent/kvp/.kvp_pool_1);
+        echo uid=$(id -u hvagent);
+        for dev in /sys/class/net/*; do [ "${dev##*/}" = lo ] || { echo mac=$(cat "$dev/address"); break; }; done' ||
+        { fail "hvagent kvp set in the guest: $GUEST_OUT"; return; }
+    local mac owner uid
+    mac=$(guest_value mac)
+    owner=$(guest_value owner)
+    uid=$(guest_value uid)
+    [ "$owner" = "$uid" ] || { fail "the guest pool file made by root is owned by ${owner:-nobody}, not the agent's user ($uid)"; return; }
+    kvp_host sd-kvp-enum enumerate --pool guest || return
+    grep -q 'key=Role value="web server"' "$RUN/sd-kvp-enum.out" && grep -q 'key=Stage value="ready"' "$RUN/sd-kvp-enum.out" ||
+        { diag "$(cat "$RUN/sd-kvp-enum.out")"; fail "the host's enumerate of the guest pool lacks what hvagent kvp set wrote"; return; }
+    kvp_host sd-kvp-set set VirtualMachineName vm-under-test || return
+    guest 20 'hvagent kvp get VirtualMachineName --pool external' || { fail "hvagent kvp get: $GUEST_OUT"; return; }
+    [ "$GUEST_OUT" = vm-under-test ] || { fail "hvagent kvp get VirtualMachineName printed: $GUEST_OUT"; return; }
+    kvp_host sd-kvp-ip ip-info "$mac" || return
+    grep -q 'answer=HV_S_OK' "$RUN/sd-kvp-ip.out" && grep -q "^address=$IMAGE_IPV4/" "$RUN/sd-kvp-ip.out" ||
+        { diag "$(cat "$RUN/sd-kvp-ip.out")"; fail "GET_IP_INFO for $mac did not answer $IMAGE_IPV4"; return; }
+    pass "hvagent kvp set -> host enumerate (guest pool, file owned by uid $uid), host set -> hvagent kvp get, ip-info $mac: $(grep '^address=' "$RUN/sd-kvp-ip.out" | head -n 1)"
 }
 
 # reload_with DESCRIPTION EDIT: apply the shell EDIT to /etc/hvagent/hvagent.toml in the guest, then

@@ -244,3 +244,34 @@ fn a_new_pool_file_gets_its_directorys_owner_when_the_writer_may_give_it() {
         );
     }
 }
+
+#[test]
+fn a_pool_directory_made_by_its_first_writer_belongs_to_the_directory_it_is_made_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    fs::create_dir(&state).unwrap();
+    let me = fs::metadata(&state).unwrap();
+    let root = me.uid() == 0;
+    let owner = if root {
+        (65_534, 65_534)
+    } else {
+        (me.uid(), me.gid())
+    };
+    if root {
+        std::os::unix::fs::chown(&state, Some(owner.0), Some(owner.1)).unwrap();
+    }
+    let pools = state.join("kvp").join("pools");
+    update(&pools, Pool::GUEST, Wait::Forever, None, &mut |pairs| {
+        pairs.push(Pair::text("k", "v"))
+    })
+    .unwrap();
+    for made in [state.join("kvp"), pools.clone(), path(&pools, Pool::GUEST)] {
+        let meta = fs::metadata(&made).unwrap();
+        assert_eq!(
+            (meta.uid(), meta.gid()),
+            owner,
+            "{}: as root the owner of the directory it was made in, else the writer",
+            made.display()
+        );
+    }
+}
