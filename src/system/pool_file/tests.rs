@@ -214,23 +214,26 @@ fn a_writer_waits_for_hv_kvp_daemons_fcntl_lock() {
     read(dir.path(), pool, Wait::AtMost(Duration::from_millis(500))).unwrap();
 }
 
+/// Makes `dir` and, when the test runs as root, gives it to nobody (65534), so that what a writer creates in
+/// it can show whose it became; returns the owner a new file there should get: nobody as root (who may
+/// give files away), else the writer itself.
+fn owned_dir(dir: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    fs::create_dir(dir).unwrap();
+    let me = fs::metadata(dir).unwrap();
+    if me.uid() != 0 {
+        return (me.uid(), me.gid());
+    }
+    std::os::unix::fs::chown(dir, Some(65_534), Some(65_534)).unwrap();
+    (65_534, 65_534)
+}
+
 #[test]
 fn a_new_pool_file_gets_its_directorys_owner_when_the_writer_may_give_it() {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
     let pools = dir.path().join("pools");
-    fs::create_dir(&pools).unwrap();
-    // What this test runs as: the owner of what it creates.
-    let me = fs::metadata(&pools).unwrap();
-    let root = me.uid() == 0;
-    let owner = if root {
-        (65_534, 65_534)
-    } else {
-        (me.uid(), me.gid())
-    };
-    if root {
-        std::os::unix::fs::chown(&pools, Some(owner.0), Some(owner.1)).unwrap();
-    }
+    let owner = owned_dir(&pools);
     for key in ["a", "b"] {
         update(&pools, Pool::GUEST, Wait::Forever, None, &mut |pairs| {
             pairs.push(Pair::text(key, "1"))
@@ -249,17 +252,7 @@ fn a_new_pool_file_gets_its_directorys_owner_when_the_writer_may_give_it() {
 fn a_pool_directory_made_by_its_first_writer_belongs_to_the_directory_it_is_made_in() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    fs::create_dir(&state).unwrap();
-    let me = fs::metadata(&state).unwrap();
-    let root = me.uid() == 0;
-    let owner = if root {
-        (65_534, 65_534)
-    } else {
-        (me.uid(), me.gid())
-    };
-    if root {
-        std::os::unix::fs::chown(&state, Some(owner.0), Some(owner.1)).unwrap();
-    }
+    let owner = owned_dir(&state);
     let pools = state.join("kvp").join("pools");
     update(&pools, Pool::GUEST, Wait::Forever, None, &mut |pairs| {
         pairs.push(Pair::text("k", "v"))
