@@ -45,8 +45,22 @@ fn wine_command(args: &[&str]) -> Command {
     command
 }
 
+/// hvhost.exe's output under wine. Every hvhost command prints something, on stdout or stderr; a run with
+/// neither is wine losing the program's standard handles (seen once in CI: exit status 1, both streams
+/// empty, the same call fine before and after), so such a run is tried again, up to three times in all.
 fn wine(args: &[&str]) -> Output {
-    wine_command(args).output().unwrap()
+    let mut output = wine_command(args).output().unwrap();
+    for _ in 1..3 {
+        if !(output.stdout.is_empty() && output.stderr.is_empty()) {
+            break;
+        }
+        eprintln!(
+            "wine: hvhost.exe {args:?} printed nothing (status {:?}); again",
+            output.status.code()
+        );
+        output = wine_command(args).output().unwrap();
+    }
+    output
 }
 
 fn linux_hvhost(args: &[&str]) -> Output {
