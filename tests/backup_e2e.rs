@@ -11,11 +11,10 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    agent_log, hvagent, negotiate_request, no_vsock, v, wait_for_log, wait_for_path, wait_until,
+    agent_log, hvagent, negotiate_request, v, wait_for_log, wait_for_path, wait_until,
     write_config, Peer, Running,
 };
 use hvproto::wire::negotiate::Negotiate;
@@ -92,22 +91,7 @@ fn backup_agent(dir: &Path, mounts: &str) -> (Running, Peer) {
             dir.join("hooks").display()
         ),
     );
-    let log = std::fs::File::create(dir.join(common::AGENT_LOG)).unwrap();
-    let agent = Running(
-        no_vsock(&mut Command::new(common::AGENT))
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .arg("--control")
-            .arg(dir.join("control.sock"))
-            .env_remove("RUST_LOG")
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap(),
-    );
+    let agent = common::start_agent_in(&config, dir);
     wait_for_path(&socket);
     let mut peer = None;
     wait_until(

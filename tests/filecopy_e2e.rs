@@ -40,22 +40,7 @@ impl Guest {
                 dir.path().join("in").display()
             ),
         );
-        let log = std::fs::File::create(dir.path().join(common::AGENT_LOG)).unwrap();
-        let agent = Running(
-            no_vsock(&mut Command::new(common::AGENT))
-                .arg("run")
-                .arg("--config")
-                .arg(&config)
-                .arg("--control")
-                .arg(dir.path().join("control.sock"))
-                .env_remove("RUST_LOG")
-                .env_remove("JOURNAL_STREAM")
-                .env_remove("NOTIFY_SOCKET")
-                .stdout(Stdio::null())
-                .stderr(Stdio::from(log))
-                .spawn()
-                .unwrap(),
-        );
+        let agent = common::start_agent_in(&config, dir.path());
         wait_for_path(&socket);
         Guest { dir, agent }
     }

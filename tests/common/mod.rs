@@ -2,6 +2,7 @@
 //! in a temp dir, and a raw host-side peer that speaks IC messages over a Unix socket.
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -325,12 +326,29 @@ pub fn wait_for_log(dir: &Path, needle: &str, limit: Duration) -> String {
 
 /// Starts the agent with `config`; its log goes to `log` when given.
 pub fn start_agent(config: &Path, log: Option<&Path>) -> Running {
+    start_agent_with(&[], config, log)
+}
+
+/// Starts `hvagent run` with `config`, its control socket at DIR/control.sock and its log in DIR/agent.log
+/// (read with [`agent_log`]): for the tests that ask it for its status.
+pub fn start_agent_in(config: &Path, dir: &Path) -> Running {
+    let control = dir.join("control.sock");
+    let args = [
+        OsStr::new("run"),
+        OsStr::new("--control"),
+        control.as_os_str(),
+    ];
+    start_agent_with(&args, config, Some(&dir.join(AGENT_LOG)))
+}
+
+fn start_agent_with(args: &[&OsStr], config: &Path, log: Option<&Path>) -> Running {
     let stderr = match log {
         Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
         None => Stdio::null(),
     };
     Running(
         no_vsock(&mut Command::new(AGENT))
+            .args(args)
             .arg("--config")
             .arg(config)
             .env_remove("RUST_LOG")
