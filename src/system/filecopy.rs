@@ -443,8 +443,7 @@ impl CopySink for SystemSink {
                     self.committing = true;
                     return Ok(Commit::Later);
                 }
-                Err(Job::Commit(open, _)) => open,
-                Err(Job::Close(_)) => unreachable!("a commit's job comes back as it went"),
+                Err(unsent) => unsent,
             },
             None => open,
         };
@@ -551,11 +550,22 @@ impl Worker {
         })
     }
 
-    /// Hands `job` to the thread; gives it back when the thread is gone.
-    fn send(&self, job: Job) -> Result<(), Job> {
-        match &self.jobs {
-            Some(jobs) => jobs.send(job).map_err(|unsent| unsent.0),
-            None => Err(job),
+    /// Hands `job` to the thread; when the thread is gone, gives back the copy a commit carried (a close's
+    /// file is closed here instead).
+    fn send(&self, job: Job) -> Result<(), Open> {
+        let unsent = match &self.jobs {
+            Some(jobs) => match jobs.send(job) {
+                Ok(()) => return Ok(()),
+                Err(unsent) => unsent.0,
+            },
+            None => job,
+        };
+        match unsent {
+            Job::Commit(open, _) => Err(open),
+            Job::Close(file) => {
+                drop(file);
+                Ok(())
+            }
         }
     }
 }
